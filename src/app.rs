@@ -1,0 +1,277 @@
+//! Process-wide state, the per-request context, the route table and the HTTP server.
+//!
+//! [`AppState`] is built once, before `HttpServer::new`, and shared by every worker: the policy
+//! (`ArcSwap`), the rate limiters, the breaker and the metrics. State created inside the
+//! per-worker factory would be multiplied by the worker count (and so would every limit); only
+//! the awc client is per worker, by design.
+//!
+//! Middleware, in order, for every request: take one policy snapshot, settle the request id
+//! and client IP, open the audit cell; after the handler, record status and error code, echo
+//! `X-Request-Id`, and let the body carry the audit cell until the answer is fully sent.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use actix_web::body::{BodySize, BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::{Next, from_fn};
+use actix_web::{App, HttpMessage, HttpResponse, HttpServer, web};
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+
+use crate::audit::{AuditCell, AuditRecord};
+use crate::breaker::Breaker;
+use crate::errors::GatewayError;
+use crate::health;
+use crate::metrics::Metrics;
+use crate::policy::Policy;
+use crate::proxy::{self, upstream::Upstream};
+use crate::ratelimit::RateLimiter;
+use crate::telemetry::LogLevel;
+
+/// The outcome of the latest reload attempt, for `/readyz`.
+#[derive(Debug, Clone)]
+pub struct ReloadStatus {
+    pub ok: bool,
+    pub at: SystemTime,
+    pub error: Option<String>,
+    /// When the running policy was loaded.
+    pub loaded_at: SystemTime,
+}
+
+pub struct AppState {
+    pub policy: ArcSwap<Policy>,
+    pub policy_path: PathBuf,
+    pub limiter: RateLimiter,
+    pub auth_failures: RateLimiter,
+    pub breaker: Breaker,
+    pub metrics: Arc<Metrics>,
+    pub reload: Mutex<ReloadStatus>,
+    pub log_level: LogLevel,
+}
+
+impl AppState {
+    pub fn new(policy: Policy, policy_path: PathBuf, log_level: LogLevel) -> Self {
+        let metrics = Arc::new(Metrics::new());
+        metrics.set_policy(&policy.sha256);
+        let now = SystemTime::now();
+        AppState {
+            limiter: RateLimiter::new(policy.max_tracked_clients),
+            auth_failures: RateLimiter::new(policy.max_tracked_clients),
+            policy: ArcSwap::from_pointee(policy),
+            policy_path,
+            breaker: Breaker::default(),
+            metrics,
+            reload: Mutex::new(ReloadStatus {
+                ok: true,
+                at: now,
+                error: None,
+                loaded_at: now,
+            }),
+            log_level,
+        }
+    }
+
+    pub fn breaker_gauge(&self) {
+        self.metrics
+            .breaker_state
+            .set(self.breaker.state().as_gauge());
+    }
+}
+
+/// Everything a handler needs to know about the request, settled once by the middleware.
+pub struct RequestCtx {
+    /// The one policy snapshot this request sees from start to end.
+    pub policy: Arc<Policy>,
+    pub request_id: String,
+    pub client_ip: IpAddr,
+    pub audit: Rc<AuditCell>,
+}
+
+fn route_label(path: &str) -> &'static str {
+    match path {
+        "/v1/chat/completions" => "/v1/chat/completions",
+        "/v1/models" => "/v1/models",
+        "/healthz" => "/healthz",
+        "/readyz" => "/readyz",
+        "/metrics" => "/metrics",
+        _ => "other",
+    }
+}
+
+/// An inbound `X-Request-Id` is kept when it is short and plain; otherwise a new one is made.
+fn request_id(req: &ServiceRequest) -> String {
+    req.headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 128
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
+}
+
+/// The response body, carrying the audit cell until the last byte is out (or the client left).
+struct AuditedBody {
+    inner: BoxBody,
+    _audit: Rc<AuditCell>,
+}
+
+impl MessageBody for AuditedBody {
+    type Error = Box<dyn std::error::Error>;
+
+    fn size(&self) -> BodySize {
+        self.inner.size()
+    }
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_next(cx)
+    }
+}
+
+async fn gate(
+    req: ServiceRequest,
+    next: Next<BoxBody>,
+) -> Result<ServiceResponse<AuditedBody>, actix_web::Error> {
+    let state = req
+        .app_data::<web::Data<AppState>>()
+        .cloned()
+        .ok_or_else(|| actix_web::Error::from(GatewayError::Internal))?;
+    let policy = state.policy.load_full();
+    let peer = req
+        .peer_addr()
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let client_ip = crate::client_ip::resolve(peer, req.headers(), &policy.trusted_proxies);
+    let request_id = request_id(&req);
+    let audit = Rc::new(AuditCell::new(
+        AuditRecord {
+            request_id: request_id.clone(),
+            client_ip: Some(client_ip),
+            method: req.method().to_string(),
+            path: req.path().chars().take(256).collect(),
+            route: route_label(req.path()),
+            ..AuditRecord::default()
+        },
+        state.metrics.clone(),
+    ));
+    req.extensions_mut().insert(Rc::new(RequestCtx {
+        policy,
+        request_id: request_id.clone(),
+        client_ip,
+        audit: audit.clone(),
+    }));
+
+    let mut res = match next.call(req).await {
+        Ok(res) => res,
+        // Errors from extractors or the framework still get the envelope and an audit line.
+        Err(e) => {
+            let status = e.as_response_error().status_code().as_u16();
+            audit.update(|r| r.status = status);
+            return Err(e);
+        }
+    };
+    let status = res.status().as_u16();
+    let code = res
+        .response()
+        .error()
+        .and_then(|e| e.as_error::<GatewayError>())
+        .map(GatewayError::code);
+    audit.update(|r| {
+        r.status = status;
+        if r.error.is_none() {
+            r.error = code;
+        }
+    });
+    if status >= 500 {
+        tracing::warn!(request_id = %request_id, status, error = code.unwrap_or("unknown"), "Request failed.");
+    }
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        res.headers_mut()
+            .insert(HeaderName::from_static("x-request-id"), v);
+    }
+    Ok(res.map_body(|_, inner| AuditedBody {
+        inner,
+        _audit: audit,
+    }))
+}
+
+async fn not_found() -> Result<HttpResponse, GatewayError> {
+    Err(GatewayError::RouteNotFound)
+}
+
+async fn method_not_allowed() -> Result<HttpResponse, GatewayError> {
+    Err(GatewayError::MethodNotAllowed)
+}
+
+/// Body-extractor errors (never used with our handlers, but any future `web::Json`) answer in
+/// the OpenAI envelope, not actix's plain text.
+fn json_config() -> web::JsonConfig {
+    web::JsonConfig::default().error_handler(|err, _| {
+        GatewayError::BadRequest {
+            message: format!("invalid JSON body: {err}"),
+        }
+        .into()
+    })
+}
+
+/// The application: routes and middleware, in one place. `main` and the tests both use it.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/v1/chat/completions")
+            .route(web::post().to(proxy::chat_completions))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/models")
+            .route(web::get().to(proxy::models))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(web::resource("/healthz").route(web::get().to(health::healthz)))
+    .service(web::resource("/readyz").route(web::get().to(health::readyz)))
+    .service(web::resource("/metrics").route(web::get().to(health::metrics)));
+}
+
+/// Binds, serves until SIGTERM/SIGINT, drains in-flight requests for the grace period.
+pub async fn run(state: Arc<AppState>, workers: Option<usize>) -> anyhow::Result<()> {
+    let policy = state.policy.load_full();
+    let data = web::Data::from(state.clone());
+    let connect_timeout = policy.upstream.timeout;
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            // Per worker by design: awc clients are !Send and pool connections per thread.
+            .app_data(web::Data::new(Upstream::new(connect_timeout)))
+            .app_data(json_config())
+            .configure(configure)
+            .default_service(web::to(not_found))
+            .wrap(from_fn(gate))
+    })
+    .backlog(1024)
+    .client_request_timeout(Duration::from_secs(10))
+    .keep_alive(Duration::from_secs(75))
+    .shutdown_timeout(policy.shutdown_grace.as_secs())
+    .workers(workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())))
+    .bind(policy.listen)
+    .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", policy.listen))?;
+    for addr in server.addrs() {
+        tracing::info!(%addr, upstream = %policy.ollama_api, policy_sha256 = %policy.sha256, "Listening on {addr}.");
+    }
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    let server = server.run();
+    server.await?;
+    tracing::info!("Stopped: in-flight requests finished or the grace period ended.");
+    Ok(())
+}

@@ -1,0 +1,124 @@
+//! API-key authentication: which configured key, if any, a request carries.
+//!
+//! The key comes from the policy's `auth.header_key` (default `X-Api-Key`) or from
+//! `Authorization: Bearer <key>` (what OpenAI SDKs and chat UIs send). Only SHA-256 digests are
+//! held; the presented key is hashed and compared with every configured digest in constant
+//! time, without an early exit, so neither timing nor the number of keys reveals which part
+//! matched. A key never reaches a log, metric or error body: callers only see the key id.
+
+use std::collections::BTreeSet;
+
+use actix_web::http::header::{AUTHORIZATION, HeaderMap};
+use subtle::{ConstantTimeEq, Choice};
+
+use crate::policy::{AuthPolicy, Quota, digest};
+
+/// The identity behind a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub key_id: String,
+    pub rate_limit: Option<Quota>,
+    pub models: Option<BTreeSet<String>>,
+}
+
+/// Why a request carries no usable key. Both answer the same 401 `invalid api key`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    Missing,
+    Invalid,
+}
+
+/// Extracts the presented key: the configured header first, then a Bearer token.
+fn presented_key<'a>(headers: &'a HeaderMap, policy: &AuthPolicy) -> Option<&'a [u8]> {
+    if let Some(v) = headers.get(&policy.header) {
+        let v = v.as_bytes().trim_ascii();
+        if !v.is_empty() {
+            return Some(v);
+        }
+    }
+    let auth = headers.get(AUTHORIZATION)?.as_bytes();
+    let (scheme, rest) = auth.split_at_checked(7)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer ") {
+        return None;
+    }
+    let token = rest.trim_ascii();
+    (!token.is_empty()).then_some(token)
+}
+
+pub fn authenticate(headers: &HeaderMap, policy: &AuthPolicy) -> Result<Principal, AuthFailure> {
+    let key = presented_key(headers, policy).ok_or(AuthFailure::Missing)?;
+    let d = digest(key);
+    let mut found: Option<usize> = None;
+    for (i, k) in policy.keys.iter().enumerate() {
+        // Digests are unique (validated), so at most one matches; keep scanning regardless.
+        let eq: Choice = k.digest.ct_eq(&d);
+        if bool::from(eq) {
+            found = Some(i);
+        }
+    }
+    let k = found
+        .and_then(|i| policy.keys.get(i))
+        .ok_or(AuthFailure::Invalid)?;
+    Ok(Principal {
+        key_id: k.id.clone(),
+        rate_limit: k.rate_limit,
+        models: k.models.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use actix_web::http::header::{HeaderName, HeaderValue};
+
+    use super::*;
+    use crate::policy::ApiKey;
+
+    fn policy() -> AuthPolicy {
+        AuthPolicy {
+            header: HeaderName::from_static("x-api-key"),
+            keys: vec![
+                ApiKey {
+                    id: "a".into(),
+                    digest: digest(b"key-aaaa"),
+                    rate_limit: None,
+                    models: None,
+                },
+                ApiKey {
+                    id: "b".into(),
+                    digest: digest(b"key-bbbb"),
+                    rate_limit: None,
+                    models: None,
+                },
+            ],
+            failures: Quota {
+                max_requests: 10,
+                window: Duration::from_secs(60),
+            },
+        }
+    }
+
+    fn h(name: &'static str, v: &str) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        m.insert(HeaderName::from_static(name), HeaderValue::from_str(v).unwrap());
+        m
+    }
+
+    #[test]
+    fn header_and_bearer() {
+        let p = policy();
+        assert_eq!(authenticate(&h("x-api-key", "key-bbbb"), &p).map(|p| p.key_id), Ok("b".into()));
+        assert_eq!(
+            authenticate(&h("authorization", "Bearer key-aaaa"), &p).map(|p| p.key_id),
+            Ok("a".into())
+        );
+        assert_eq!(
+            authenticate(&h("authorization", "bearer  key-aaaa "), &p).map(|p| p.key_id),
+            Ok("a".into())
+        );
+        assert_eq!(authenticate(&h("x-api-key", "wrong"), &p), Err(AuthFailure::Invalid));
+        assert_eq!(authenticate(&h("authorization", "Basic a2V5"), &p), Err(AuthFailure::Missing));
+        assert_eq!(authenticate(&HeaderMap::new(), &p), Err(AuthFailure::Missing));
+    }
+}

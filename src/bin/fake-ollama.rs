@@ -1,0 +1,360 @@
+//! A stand-in Ollama for tests, demos and the benchmark. Speaks the native API (`/`,
+//! `/api/version`, `/api/tags`, `/api/chat` as NDJSON or one JSON object, `/api/embed`) and
+//! answers from the request: the reply echoes the last user message, so tests check real
+//! translation, not canned text.
+//!
+//! Behaviour is chosen by model name, so one stand-in serves every test case:
+//! `test/slow-first:MS` (headers after MS), `test/delay-second:MS` (second chunk after MS),
+//! `test/hang` (never answers), `test/stall` (one chunk, then silence), `test/error-mid` (one
+//! chunk, then an error line), `test/busy` (503), `test/error500`, `test/tools`, `test/think`.
+//! Any other name must be in `--models`, or the answer is Ollama's 404.
+//! `--mode dead` accepts connections and never answers anything.
+//! `GET /_fake/stats` reports what reached it (request count, last body and headers).
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use bytes::Bytes;
+use clap::Parser;
+use serde_json::{Value, json};
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "A stand-in Ollama for tests and demos")]
+struct Args {
+    /// Address to listen on (port 0 picks a free one; the chosen address is printed).
+    #[arg(long, default_value = "127.0.0.1:11434")]
+    listen: String,
+    /// Comma-separated model names served (besides the test/* behaviours).
+    #[arg(long, default_value = "qwen3:32b,registry.internal/qwen3:32b,llama3.2:latest")]
+    models: String,
+    /// `normal` or `dead` (accept connections, never answer).
+    #[arg(long, default_value = "normal")]
+    mode: String,
+    /// Fixed number of answer chunks (benchmark mode); default: echo the prompt.
+    #[arg(long)]
+    chunks: Option<usize>,
+    /// Delay between streamed chunks, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    chunk_delay_ms: u64,
+    /// HTTP worker threads.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+}
+
+#[derive(Default)]
+struct Stats {
+    chat_requests: u64,
+    tags_requests: u64,
+    last_chat: Value,
+    last_headers: BTreeMap<String, String>,
+}
+
+struct Shared {
+    args: Args,
+    stats: Mutex<Stats>,
+}
+
+fn announce(addr: &str) {
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "listening on {addr}");
+    let _ = out.flush();
+}
+
+fn main() -> std::io::Result<()> {
+    let args = Args::parse();
+    let listener = TcpListener::bind(&args.listen)?;
+    let addr = listener.local_addr()?;
+    if args.mode == "dead" {
+        announce(&addr.to_string());
+        let mut held = Vec::new();
+        for conn in listener.incoming() {
+            // Keep every socket open and never read or write: a hung server.
+            held.push(conn);
+        }
+        return Ok(());
+    }
+    let workers = args.workers;
+    let shared = web::Data::new(Shared {
+        args,
+        stats: Mutex::new(Stats::default()),
+    });
+    announce(&addr.to_string());
+    actix_web::rt::System::new().block_on(async move {
+        HttpServer::new(move || {
+            App::new()
+                .app_data(shared.clone())
+                .app_data(web::PayloadConfig::new(64 << 20))
+                .route("/", web::get().to(|| async { "Ollama is running" }))
+                .route("/", web::head().to(HttpResponse::Ok))
+                .route("/api/version", web::get().to(version))
+                .route("/api/tags", web::get().to(tags))
+                .route("/api/chat", web::post().to(chat))
+                .route("/api/embed", web::post().to(embed))
+                .route("/_fake/stats", web::get().to(stats))
+        })
+        .workers(workers)
+        .listen(listener)?
+        .run()
+        .await
+    })
+}
+
+async fn version() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"version": "0.0.0-stand-in"}))
+}
+
+async fn stats(shared: web::Data<Shared>) -> HttpResponse {
+    let s = shared.stats.lock().unwrap_or_else(|p| p.into_inner());
+    HttpResponse::Ok().json(json!({
+        "chat_requests": s.chat_requests,
+        "tags_requests": s.tags_requests,
+        "last_chat": s.last_chat,
+        "last_headers": s.last_headers,
+    }))
+}
+
+async fn tags(shared: web::Data<Shared>) -> HttpResponse {
+    shared
+        .stats
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .tags_requests += 1;
+    let models: Vec<Value> = shared
+        .args
+        .models
+        .split(',')
+        .filter(|m| !m.is_empty())
+        .map(|m| {
+            json!({"name": m, "model": m, "modified_at": "2025-05-04T17:37:44.706015396-07:00",
+                   "size": 2019393189u64, "digest": "a80c4f17acd5",
+                   "details": {"format": "gguf", "family": "qwen3", "parameter_size": "32B"}})
+        })
+        .collect();
+    HttpResponse::Ok().json(json!({ "models": models }))
+}
+
+fn err(status: StatusCode, msg: &str) -> HttpResponse {
+    HttpResponse::build(status).json(json!({ "error": msg }))
+}
+
+/// The words of the answer: an echo of the last user message, or `--chunks` fixed words.
+fn answer_words(args: &Args, body: &Value) -> Vec<String> {
+    if let Some(n) = args.chunks {
+        return (0..n).map(|i| format!("w{i} ")).collect();
+    }
+    let last_user = body["messages"]
+        .as_array()
+        .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or("");
+    let text = format!("You said: {last_user}");
+    let mut words: Vec<String> = text
+        .split_inclusive(' ')
+        .take(64)
+        .map(str::to_owned)
+        .collect();
+    if words.len() < 2 {
+        words.push(" ok".to_owned());
+    }
+    words
+}
+
+fn line(model: &str, message: Value, done: bool) -> Value {
+    json!({"model": model, "created_at": "2025-07-07T20:22:19.184789Z", "message": message, "done": done})
+}
+
+fn final_line(model: &str, reason: &str, prompt: usize, eval: usize) -> Value {
+    json!({"model": model, "created_at": "2025-07-07T20:22:19.19314Z",
+           "message": {"role": "assistant", "content": ""}, "done_reason": reason, "done": true,
+           "total_duration": 182242375u64, "load_duration": 41295167u64,
+           "prompt_eval_count": prompt, "prompt_eval_duration": 24573166u64,
+           "eval_count": eval, "eval_duration": 115959084u64})
+}
+
+fn ndjson(v: &Value) -> Bytes {
+    let mut s = v.to_string();
+    s.push('\n');
+    Bytes::from(s)
+}
+
+async fn chat(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -> HttpResponse {
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return err(StatusCode::BAD_REQUEST, "invalid character 'x' looking for beginning of value");
+    };
+    {
+        let mut s = shared.stats.lock().unwrap_or_else(|p| p.into_inner());
+        s.chat_requests += 1;
+        s.last_chat = body.clone();
+        s.last_headers = req
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+            .collect();
+    }
+    let args = &shared.args;
+    let model = body["model"].as_str().unwrap_or("").to_owned();
+    let stream = body["stream"].as_bool().unwrap_or(true);
+    let (behaviour, param) = match model.strip_prefix("test/") {
+        Some(b) => match b.split_once(':') {
+            Some((b, p)) => (b.to_owned(), p.parse::<u64>().unwrap_or(0)),
+            None => (b.to_owned(), 0),
+        },
+        None => {
+            if !args.models.split(',').any(|m| m == model) {
+                return err(StatusCode::NOT_FOUND, &format!("model '{model}' not found"));
+            }
+            (String::new(), 0)
+        }
+    };
+    match behaviour.as_str() {
+        "hang" => std::future::pending::<()>().await,
+        "busy" => {
+            return err(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server busy, please try again.  maximum pending requests exceeded",
+            );
+        }
+        "error500" => {
+            return err(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "an error was encountered while running the model: CUDA error at /tmp/ollama/llm.cpp:42",
+            );
+        }
+        "slow-first" => actix_web::rt::time::sleep(Duration::from_millis(param)).await,
+        _ => {}
+    }
+
+    let prompt_tokens: usize = body["messages"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .map(|m| m["content"].as_str().unwrap_or("").split_whitespace().count())
+                .sum()
+        })
+        .unwrap_or(0);
+    let mut words = answer_words(args, &body);
+    let mut reason = "stop";
+    if let Some(n) = body["options"]["num_predict"].as_u64()
+        && (n as usize) < words.len()
+    {
+        words.truncate(n as usize);
+        reason = "length";
+    }
+    let mut lines: Vec<Value> = Vec::new();
+    match behaviour.as_str() {
+        "tools" => lines.push(line(
+            &model,
+            json!({"role": "assistant", "content": "", "tool_calls": [{"id": "call_k3j9x0qa",
+                   "function": {"index": 0, "name": "get_weather", "arguments": {"city": "Tokyo"}}}]}),
+            false,
+        )),
+        "think" => {
+            lines.push(line(&model, json!({"role": "assistant", "content": "", "thinking": "Let me think."}), false));
+            for w in &words {
+                lines.push(line(&model, json!({"role": "assistant", "content": w}), false));
+            }
+        }
+        _ => {
+            for w in &words {
+                lines.push(line(&model, json!({"role": "assistant", "content": w}), false));
+            }
+        }
+    }
+    let eval = lines.len();
+
+    if !stream {
+        let mut content = String::new();
+        let mut tool_calls = Value::Null;
+        let mut thinking = Value::Null;
+        for l in &lines {
+            content.push_str(l["message"]["content"].as_str().unwrap_or(""));
+            if !l["message"]["tool_calls"].is_null() {
+                tool_calls = l["message"]["tool_calls"].clone();
+            }
+            if !l["message"]["thinking"].is_null() {
+                thinking = l["message"]["thinking"].clone();
+            }
+        }
+        let mut fin = final_line(&model, reason, prompt_tokens, eval);
+        fin["message"]["content"] = Value::from(content);
+        if !tool_calls.is_null() {
+            fin["message"]["tool_calls"] = tool_calls;
+        }
+        if !thinking.is_null() {
+            fin["message"]["thinking"] = thinking;
+        }
+        return HttpResponse::Ok().json(fin);
+    }
+
+    let delay = Duration::from_millis(args.chunk_delay_ms);
+    let fin = final_line(&model, reason, prompt_tokens, eval);
+    let script: Vec<(Duration, Option<Bytes>)> = {
+        let mut s = Vec::new();
+        for (i, l) in lines.iter().enumerate() {
+            let wait = match behaviour.as_str() {
+                "delay-second" if i == 1 => Duration::from_millis(param),
+                _ if i == 0 => Duration::ZERO,
+                _ => delay,
+            };
+            s.push((wait, Some(ndjson(l))));
+            if i == 0 && behaviour == "error-mid" {
+                s.push((
+                    Duration::ZERO,
+                    Some(ndjson(&json!({"error": "an error was encountered while running the model: out of memory at 0x7f00 /srv/ollama"}))),
+                ));
+                break;
+            }
+            if i == 0 && behaviour == "stall" {
+                // Silence forever after the first chunk.
+                s.push((Duration::from_secs(86_400), None));
+                break;
+            }
+        }
+        if behaviour != "error-mid" && behaviour != "stall" {
+            s.push((delay, Some(ndjson(&fin))));
+        }
+        s
+    };
+    let body = futures_util::stream::unfold(script.into_iter(), |mut it| async move {
+        let (wait, bytes) = it.next()?;
+        if !wait.is_zero() {
+            actix_web::rt::time::sleep(wait).await;
+        }
+        let bytes = bytes?;
+        Some((Ok::<Bytes, actix_web::Error>(bytes), it))
+    });
+    HttpResponse::Ok()
+        .content_type("application/x-ndjson")
+        .streaming(body)
+}
+
+async fn embed(body: web::Json<Value>) -> HttpResponse {
+    let inputs: Vec<String> = match &body["input"] {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(a) => a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+        _ => Vec::new(),
+    };
+    if inputs.is_empty() {
+        return err(StatusCode::BAD_REQUEST, "invalid input");
+    }
+    // A deterministic 8-dimensional embedding of each input's bytes.
+    let embeddings: Vec<Vec<f64>> = inputs
+        .iter()
+        .map(|s| {
+            let mut v = [0f64; 8];
+            for (i, b) in s.bytes().enumerate() {
+                v[i % 8] += f64::from(b) / 255.0;
+            }
+            let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-9);
+            v.iter().map(|x| x / norm).collect()
+        })
+        .collect();
+    let tokens: usize = inputs.iter().map(|s| s.split_whitespace().count()).sum();
+    HttpResponse::Ok().json(json!({"model": body["model"], "embeddings": embeddings,
+        "total_duration": 14143917u64, "load_duration": 1019500u64, "prompt_eval_count": tokens}))
+}

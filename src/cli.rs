@@ -1,0 +1,37 @@
+//! Command-line interface: clap structs only.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::policy::DEFAULT_PATH;
+
+/// An OpenAI-compatible gateway in front of Ollama: API keys, client-IP allowlist, rate
+/// limits, audit log and metrics, with a policy file that reloads live.
+#[derive(Debug, Parser)]
+#[command(name = "qwen-gateway", version, about)]
+pub struct Cli {
+    /// Policy file (YAML).
+    #[arg(short, long, global = true, default_value = DEFAULT_PATH)]
+    pub config: PathBuf,
+
+    /// HTTP worker threads (default: one per CPU core).
+    #[arg(long)]
+    pub workers: Option<usize>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate the policy file like `nginx -t`: exit 0 with a summary, or non-zero with the
+    /// field at fault.
+    Check,
+    /// Print `sha256:<hex>` for a key, the form `auth` entries should hold. Reads the key from
+    /// standard input when not given (keeps it out of shell history).
+    HashKey {
+        /// The key to hash.
+        key: Option<String>,
+    },
+}

@@ -1,0 +1,261 @@
+//! The one client-facing error type, and the one place it becomes an HTTP answer.
+//!
+//! Every rejection and failure the gateway reports to a client is a [`GatewayError`]. Its
+//! status, OpenAI error `type`, `code` and message are decided in exhaustive matches below, so
+//! a new variant cannot ship without an answer. Messages are written for a person using a chat
+//! UI: they never carry upstream text, addresses, library names or `Debug` output. The cause of
+//! a 5xx goes to the operational log under the request id instead.
+
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{HeaderName, HeaderValue, RETRY_AFTER};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+use crate::ratelimit::Decision;
+
+/// Everything that can go wrong for a client, without the internal cause.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GatewayError {
+    #[error("invalid api key")]
+    InvalidApiKey,
+    #[error("too many failed authentication attempts")]
+    AuthThrottled { retry_after: Duration },
+    #[error("client address not allowed")]
+    IpNotAllowed,
+    #[error("model not allowed for this key")]
+    ModelNotAllowed { model: String },
+    #[error("rate limit exceeded")]
+    RateLimited(Decision),
+    #[error("prompt too long")]
+    PromptTooLong { max: usize },
+    #[error("request body too large")]
+    BodyTooLarge { max: usize },
+    #[error("invalid request")]
+    BadRequest { message: String },
+    #[error("unknown route")]
+    RouteNotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("model not found")]
+    ModelNotFound { model: String },
+    #[error("upstream unavailable")]
+    UpstreamUnavailable { retry_after: Duration },
+    #[error("upstream busy")]
+    UpstreamBusy { retry_after: Duration },
+    #[error("upstream timed out")]
+    UpstreamTimeout,
+    #[error("upstream error")]
+    UpstreamFailed,
+    #[error("shutting down")]
+    ShuttingDown,
+    #[error("internal error")]
+    Internal,
+}
+
+/// OpenAI's error envelope: `{"error":{"message","type","param","code"}}`.
+#[derive(Serialize)]
+pub struct ErrorEnvelope<'a> {
+    pub error: ErrorBody<'a>,
+}
+
+#[derive(Serialize)]
+pub struct ErrorBody<'a> {
+    pub message: &'a str,
+    #[serde(rename = "type")]
+    pub kind: &'a str,
+    pub param: Option<&'a str>,
+    pub code: &'a str,
+}
+
+impl GatewayError {
+    /// Short machine-readable code: the envelope's `code`, the audit line's `error`, and the
+    /// `reason` label on metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            GatewayError::InvalidApiKey => "invalid_api_key",
+            GatewayError::AuthThrottled { .. } => "auth_throttled",
+            GatewayError::IpNotAllowed => "ip_not_allowed",
+            GatewayError::ModelNotAllowed { .. } => "model_not_allowed",
+            GatewayError::RateLimited(_) => "rate_limit_exceeded",
+            GatewayError::PromptTooLong { .. } => "prompt_too_long",
+            GatewayError::BodyTooLarge { .. } => "request_too_large",
+            GatewayError::BadRequest { .. } => "invalid_request",
+            GatewayError::RouteNotFound => "not_found",
+            GatewayError::MethodNotAllowed => "method_not_allowed",
+            GatewayError::ModelNotFound { .. } => "model_not_found",
+            GatewayError::UpstreamUnavailable { .. } => "upstream_unavailable",
+            GatewayError::UpstreamBusy { .. } => "upstream_busy",
+            GatewayError::UpstreamTimeout => "upstream_timeout",
+            GatewayError::UpstreamFailed => "upstream_error",
+            GatewayError::ShuttingDown => "shutting_down",
+            GatewayError::Internal => "internal_error",
+        }
+    }
+
+    /// OpenAI's error `type` field.
+    fn kind(&self) -> &'static str {
+        match self {
+            GatewayError::InvalidApiKey => "authentication_error",
+            GatewayError::IpNotAllowed | GatewayError::ModelNotAllowed { .. } => {
+                "permission_error"
+            }
+            GatewayError::AuthThrottled { .. } | GatewayError::RateLimited(_) => {
+                "rate_limit_error"
+            }
+            GatewayError::PromptTooLong { .. }
+            | GatewayError::BodyTooLarge { .. }
+            | GatewayError::BadRequest { .. }
+            | GatewayError::MethodNotAllowed => "invalid_request_error",
+            GatewayError::RouteNotFound | GatewayError::ModelNotFound { .. } => "not_found_error",
+            GatewayError::UpstreamUnavailable { .. }
+            | GatewayError::UpstreamBusy { .. }
+            | GatewayError::UpstreamTimeout
+            | GatewayError::UpstreamFailed
+            | GatewayError::ShuttingDown
+            | GatewayError::Internal => "api_error",
+        }
+    }
+
+    /// The sentence a chat user reads.
+    pub fn message(&self) -> String {
+        match self {
+            GatewayError::InvalidApiKey => "invalid api key".to_owned(),
+            GatewayError::AuthThrottled { .. } => {
+                "too many failed authentication attempts, try again later".to_owned()
+            }
+            GatewayError::IpNotAllowed => "your address is not allowed to use this API".to_owned(),
+            GatewayError::ModelNotAllowed { model } => {
+                format!("this api key may not use the model '{model}'")
+            }
+            GatewayError::RateLimited(_) => "rate limit exceeded, try again later".to_owned(),
+            GatewayError::PromptTooLong { max } => format!("prompt too long, max {max} chars"),
+            GatewayError::BodyTooLarge { max } => {
+                format!("request body too large, max {max} bytes")
+            }
+            GatewayError::BadRequest { message } => message.clone(),
+            GatewayError::RouteNotFound => "unknown route".to_owned(),
+            GatewayError::MethodNotAllowed => "method not allowed for this route".to_owned(),
+            GatewayError::ModelNotFound { model } => format!("model '{model}' not found"),
+            GatewayError::UpstreamUnavailable { .. } => {
+                "the model server is not reachable right now, please try again shortly".to_owned()
+            }
+            GatewayError::UpstreamBusy { .. } => {
+                "the model server is busy, please try again shortly".to_owned()
+            }
+            GatewayError::UpstreamTimeout => {
+                "the model server did not answer in time, please try again".to_owned()
+            }
+            GatewayError::UpstreamFailed => {
+                "the model server failed to answer, please try again".to_owned()
+            }
+            GatewayError::ShuttingDown => {
+                "the gateway is restarting, please try again shortly".to_owned()
+            }
+            GatewayError::Internal => "internal error".to_owned(),
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            GatewayError::AuthThrottled { retry_after }
+            | GatewayError::UpstreamUnavailable { retry_after }
+            | GatewayError::UpstreamBusy { retry_after } => Some(*retry_after),
+            GatewayError::RateLimited(d) => Some(d.retry_after()),
+            GatewayError::ShuttingDown => Some(Duration::from_secs(1)),
+            _ => None,
+        }
+    }
+
+    /// The JSON body, also used as the payload of an SSE error event.
+    pub fn envelope_json(&self) -> String {
+        let message = self.message();
+        let env = ErrorEnvelope {
+            error: ErrorBody {
+                message: &message,
+                kind: self.kind(),
+                param: None,
+                code: self.code(),
+            },
+        };
+        serde_json::to_string(&env).unwrap_or_else(|_| {
+            r#"{"error":{"message":"internal error","type":"api_error","param":null,"code":"internal_error"}}"#
+                .to_owned()
+        })
+    }
+}
+
+/// Whole seconds, rounded up and at least 1, for `Retry-After` (RFC 9110 delay-seconds).
+pub fn ceil_secs(d: Duration) -> u64 {
+    let whole = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    whole.max(1)
+}
+
+impl ResponseError for GatewayError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            GatewayError::InvalidApiKey => StatusCode::UNAUTHORIZED,
+            GatewayError::IpNotAllowed | GatewayError::ModelNotAllowed { .. } => {
+                StatusCode::FORBIDDEN
+            }
+            GatewayError::AuthThrottled { .. } | GatewayError::RateLimited(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            GatewayError::PromptTooLong { .. } | GatewayError::BadRequest { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::RouteNotFound | GatewayError::ModelNotFound { .. } => {
+                StatusCode::NOT_FOUND
+            }
+            GatewayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            GatewayError::UpstreamUnavailable { .. }
+            | GatewayError::UpstreamBusy { .. }
+            | GatewayError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::UpstreamFailed => StatusCode::BAD_GATEWAY,
+            GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut resp = HttpResponse::build(self.status_code());
+        resp.content_type("application/json");
+        if let Some(wait) = self.retry_after() {
+            resp.insert_header((RETRY_AFTER, ceil_secs(wait)));
+        }
+        if let GatewayError::RateLimited(decision) = self {
+            for (name, value) in decision.headers() {
+                resp.insert_header((name, value));
+            }
+        }
+        resp.body(self.envelope_json())
+    }
+}
+
+/// Header pairs helper used by the rate limiter and the error mapping.
+pub type HeaderPair = (HeaderName, HeaderValue);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_rounds_up() {
+        assert_eq!(ceil_secs(Duration::from_millis(1)), 1);
+        assert_eq!(ceil_secs(Duration::from_millis(59_001)), 60);
+        assert_eq!(ceil_secs(Duration::from_secs(60)), 60);
+        assert_eq!(ceil_secs(Duration::ZERO), 1);
+    }
+
+    #[test]
+    fn envelope_shape() {
+        let e = GatewayError::PromptTooLong { max: 32768 };
+        let v: serde_json::Value =
+            serde_json::from_str(&e.envelope_json()).unwrap_or_default();
+        assert_eq!(v["error"]["message"], "prompt too long, max 32768 chars");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["code"], "prompt_too_long");
+    }
+}

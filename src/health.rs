@@ -1,0 +1,110 @@
+//! `/healthz` (the process is up), `/readyz` (policy loaded, breaker, Ollama reachable) and
+//! `/metrics`.
+//!
+//! `/healthz` is open to every caller: Nginx and systemd probe it, and it says nothing. The
+//! other two need no key but answer only observers: clients from `trusted_proxies` (the
+//! local host by default) or, when the whitelist is on, from an allowed range.
+
+use actix_web::http::header::CONTENT_TYPE;
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Serialize;
+
+use crate::app::{AppState, RequestCtx};
+use crate::audit::rfc3339;
+use crate::errors::GatewayError;
+use crate::proxy::request_ctx;
+use crate::proxy::upstream::Upstream;
+
+fn observer(ctx: &RequestCtx) -> Result<(), GatewayError> {
+    let p = &ctx.policy;
+    let allowed = p.trusted_proxies.contains(ctx.client_ip)
+        || p.whitelist.as_ref().is_some_and(|w| w.contains(ctx.client_ip));
+    if allowed {
+        Ok(())
+    } else {
+        Err(GatewayError::IpNotAllowed)
+    }
+}
+
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((CONTENT_TYPE, "application/json"))
+        .body(r#"{"status":"ok"}"#)
+}
+
+#[derive(Serialize)]
+struct Ready<'a> {
+    status: &'static str,
+    policy: PolicyState<'a>,
+    breaker: &'static str,
+    ollama: OllamaState,
+}
+
+#[derive(Serialize)]
+struct PolicyState<'a> {
+    sha256: &'a str,
+    loaded_at: String,
+    last_reload_ok: bool,
+    last_reload_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_reload_error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct OllamaState {
+    reachable: bool,
+}
+
+pub async fn readyz(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    upstream: web::Data<Upstream>,
+) -> Result<HttpResponse, GatewayError> {
+    let ctx = request_ctx(&req)?;
+    observer(&ctx)?;
+    let p = &ctx.policy;
+    let reachable = upstream.probe(&p.ollama_api, p.upstream.timeout).await;
+    let reload = state
+        .reload
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    state.breaker_gauge();
+    let body = Ready {
+        status: if reachable { "ready" } else { "not_ready" },
+        policy: PolicyState {
+            sha256: &p.sha256,
+            loaded_at: rfc3339(reload.loaded_at),
+            last_reload_ok: reload.ok,
+            last_reload_at: rfc3339(reload.at),
+            last_reload_error: reload.error,
+        },
+        breaker: state.breaker.state().as_str(),
+        ollama: OllamaState { reachable },
+    };
+    let mut resp = if reachable {
+        HttpResponse::Ok()
+    } else {
+        HttpResponse::ServiceUnavailable()
+    };
+    Ok(resp.json(body))
+}
+
+pub async fn metrics(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, GatewayError> {
+    let ctx = request_ctx(&req)?;
+    observer(&ctx)?;
+    state.breaker_gauge();
+    state
+        .metrics
+        .ratelimit_tracked
+        .set(i64::try_from(state.limiter.tracked()).unwrap_or(i64::MAX));
+    Ok(HttpResponse::Ok()
+        .insert_header((
+            CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ))
+        .body(state.metrics.render()))
+}

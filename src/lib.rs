@@ -1,0 +1,22 @@
+//! qwen-gateway: an OpenAI-compatible gateway in front of Ollama.
+//!
+//! Request flow: Nginx -> `app` (middleware: policy snapshot, request id, client IP, audit) ->
+//! `proxy` (guards: `client_ip` allowlist, `auth`, `ratelimit`; then request limits,
+//! `proxy::convert` to Ollama's native API, `proxy::upstream` with the `breaker`, and
+//! `proxy::stream` back to SSE). `policy` is the validated file, `reload` swaps it live,
+//! `audit`/`telemetry`/`metrics`/`health` are what operators see, `errors` is what clients see.
+
+pub mod app;
+pub mod audit;
+pub mod auth;
+pub mod breaker;
+pub mod cli;
+pub mod client_ip;
+pub mod errors;
+pub mod health;
+pub mod metrics;
+pub mod policy;
+pub mod proxy;
+pub mod ratelimit;
+pub mod reload;
+pub mod telemetry;

@@ -1,0 +1,96 @@
+//! Entry point: parse the CLI, then run, check or hash. Exit codes and nothing else.
+
+use std::io::Read as _;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser as _;
+use qwen_gateway::app::{self, AppState};
+use qwen_gateway::cli::{Cli, Command};
+use qwen_gateway::policy::{Policy, hash_key};
+use qwen_gateway::{reload, telemetry};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Check) => check(&cli.config),
+        Some(Command::HashKey { key }) => hash(key),
+        None => match run(&cli.config, cli.workers) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("qwen-gateway: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    match Policy::load(path) {
+        Ok(p) => {
+            print!("{}", p.summary());
+            println!("qwen-gateway: the policy file {} is valid", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("qwen-gateway: {e}");
+            eprintln!("qwen-gateway: the policy file {} is NOT valid", path.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn hash(key: Option<String>) -> ExitCode {
+    let key = match key {
+        Some(k) => k,
+        None => {
+            let mut s = String::new();
+            if std::io::stdin().read_to_string(&mut s).is_err() {
+                eprintln!("qwen-gateway: cannot read the key from standard input");
+                return ExitCode::FAILURE;
+            }
+            s.lines().next().unwrap_or_default().to_owned()
+        }
+    };
+    if key.is_empty() {
+        eprintln!("qwen-gateway: empty key");
+        return ExitCode::FAILURE;
+    }
+    println!("{}", hash_key(&key));
+    ExitCode::SUCCESS
+}
+
+fn run(path: &Path, workers: Option<usize>) -> anyhow::Result<()> {
+    // Fail fast, before anything listens: a bad policy at startup is fatal.
+    let policy = Policy::load(path)?;
+    let telemetry = telemetry::init(&policy.log_level, policy.audit.dir.as_deref())?;
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), policy = %path.display(), "Starting.");
+    for w in &policy.warnings {
+        tracing::warn!("Policy: {w}.");
+    }
+    let state = Arc::new(AppState::new(
+        policy,
+        path.to_owned(),
+        telemetry.log_level.clone(),
+    ));
+
+    actix_web::rt::System::new().block_on(async move {
+        // Before binding: SIGHUP's default action would kill the process.
+        let mut hup =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let reloader = reload::spawn(state.clone())?;
+        let trigger = reloader.trigger.clone();
+        actix_web::rt::spawn(async move {
+            while hup.recv().await.is_some() {
+                let _ = trigger.send(reload::Trigger::Signal);
+            }
+        });
+        let result = app::run(state, workers).await;
+        drop(reloader);
+        result
+    })?;
+    // Dropping the telemetry guard flushes the audit file: every accepted request has its line.
+    drop(telemetry);
+    Ok(())
+}

@@ -1,0 +1,213 @@
+//! Prometheus metrics: names and label sets in one place, rendered at `GET /metrics`.
+//!
+//! Built once at startup and shared by every worker. Label values are bounded: routes are the
+//! fixed route table (unknown paths are "other"), key ids come from the policy, reasons and
+//! kinds are fixed codes. A key itself never appears, only its id.
+
+use std::sync::atomic::AtomicI64;
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: &'static str,
+    pub status: u16,
+    pub key_id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyLabels {
+    pub key_id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    pub sha256: String,
+}
+
+type HistFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 1 ms .. ~65 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub latency: HistFamily<RouteLabels>,
+    pub ttft: Histogram,
+    pub prompt_tokens: Family<KeyLabels, Counter>,
+    pub completion_tokens: Family<KeyLabels, Counter>,
+    pub rejections: Family<ReasonLabels, Counter>,
+    pub upstream_errors: Family<KindLabels, Counter>,
+    pub breaker_state: Gauge<i64, AtomicI64>,
+    pub reloads: Family<ResultLabels, Counter>,
+    pub policy_info: Family<PolicyLabels, Gauge<i64, AtomicI64>>,
+    pub in_flight: Gauge<i64, AtomicI64>,
+    pub streams: Gauge<i64, AtomicI64>,
+    pub ratelimit_tracked: Gauge<i64, AtomicI64>,
+    current_policy: Mutex<Option<String>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut r = Registry::with_prefix("qwen_gateway");
+        let m = Metrics {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            ttft: latency_histogram(),
+            prompt_tokens: Family::default(),
+            completion_tokens: Family::default(),
+            rejections: Family::default(),
+            upstream_errors: Family::default(),
+            breaker_state: Gauge::default(),
+            reloads: Family::default(),
+            policy_info: Family::default(),
+            in_flight: Gauge::default(),
+            streams: Gauge::default(),
+            ratelimit_tracked: Gauge::default(),
+            current_policy: Mutex::new(None),
+            registry: Registry::default(),
+        };
+        r.register("requests", "Requests answered, by route, status and key id", m.requests.clone());
+        r.register(
+            "request_duration_seconds",
+            "Time from request start to the end of the response, by route",
+            m.latency.clone(),
+        );
+        r.register(
+            "time_to_first_token_seconds",
+            "Time from request start to the first streamed chunk",
+            m.ttft.clone(),
+        );
+        r.register("prompt_tokens", "Prompt tokens reported by Ollama, by key id", m.prompt_tokens.clone());
+        r.register(
+            "completion_tokens",
+            "Completion tokens reported by Ollama, by key id",
+            m.completion_tokens.clone(),
+        );
+        r.register(
+            "rejections",
+            "Requests refused before reaching Ollama, by reason (auth, ip, rate, size, invalid)",
+            m.rejections.clone(),
+        );
+        r.register("upstream_errors", "Upstream failures, by kind", m.upstream_errors.clone());
+        r.register(
+            "breaker_state",
+            "Circuit breaker state: 0 closed, 1 open, 2 half-open",
+            m.breaker_state.clone(),
+        );
+        r.register("policy_reloads", "Policy reload attempts, by result", m.reloads.clone());
+        r.register(
+            "policy_info",
+            "The loaded policy, identified by the sha256 of its file (value 1)",
+            m.policy_info.clone(),
+        );
+        r.register("in_flight_requests", "Requests being served", m.in_flight.clone());
+        r.register("in_flight_streams", "Streamed answers being sent", m.streams.clone());
+        r.register(
+            "ratelimit_tracked_identities",
+            "Identities with live rate-limit state",
+            m.ratelimit_tracked.clone(),
+        );
+        Metrics { registry: r, ..m }
+    }
+
+    pub fn set_policy(&self, sha256: &str) {
+        let mut cur = self.current_policy.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = cur.take() {
+            self.policy_info.remove(&PolicyLabels { sha256: old });
+        }
+        self.policy_info
+            .get_or_create(&PolicyLabels {
+                sha256: sha256.to_owned(),
+            })
+            .set(1);
+        *cur = Some(sha256.to_owned());
+    }
+
+    pub fn reject(&self, reason: &'static str) {
+        self.rejections.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    pub fn upstream_error(&self, kind: &'static str) {
+        self.upstream_errors.get_or_create(&KindLabels { kind }).inc();
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// Reason label for a refused request, from its error code.
+pub fn rejection_reason(code: &str) -> Option<&'static str> {
+    Some(match code {
+        "invalid_api_key" | "auth_throttled" | "model_not_allowed" => "auth",
+        "ip_not_allowed" => "ip",
+        "rate_limit_exceeded" => "rate",
+        "prompt_too_long" | "request_too_large" => "size",
+        "invalid_request" => "invalid",
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::new();
+        m.requests
+            .get_or_create(&RequestLabels {
+                route: "/v1/chat/completions",
+                status: 200,
+                key_id: "team-a".into(),
+            })
+            .inc();
+        m.set_policy("abc");
+        m.set_policy("def");
+        let text = m.render();
+        assert!(text.contains("qwen_gateway_requests_total{route=\"/v1/chat/completions\",status=\"200\",key_id=\"team-a\"} 1"), "{text}");
+        assert!(text.contains("qwen_gateway_policy_info{sha256=\"def\"} 1"));
+        assert!(!text.contains("sha256=\"abc\""));
+    }
+}

@@ -1,0 +1,35 @@
+//! Why a policy file was refused. Each variant names the file or the dotted field at fault, so
+//! `qwen-gateway check` and the reload log tell the operator exactly what to fix.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot parse {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+impl PolicyError {
+    pub fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        PolicyError::Invalid {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Short label for the `policy_reloads_total{result}` metric.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PolicyError::Read { .. } => "read_error",
+            PolicyError::Parse { .. } => "parse_error",
+            PolicyError::Invalid { .. } => "invalid",
+        }
+    }
+}

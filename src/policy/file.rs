@@ -1,0 +1,101 @@
+//! Wire structs that mirror `policy.yaml` exactly: serde only, no logic.
+//!
+//! Every struct denies unknown fields, because a typo in a security policy (`whitelsit:`) must
+//! be an error, not a silently disabled guard. Optional fields are `Option` here; defaults are
+//! applied in `validate.rs`, which is the only way to turn these into a runtime `Policy`.
+//! The field documentation for operators lives in `policy/policy.yaml`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    pub listen: Option<String>,
+    pub ollama_api: Option<String>,
+    pub log_level: Option<String>,
+    pub rate_limit: Option<RateLimitFile>,
+    pub auth: Option<AuthFile>,
+    pub whitelist: Option<WhitelistFile>,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub limits: Option<LimitsFile>,
+    pub upstream: Option<UpstreamFile>,
+    pub models: Option<BTreeMap<String, String>>,
+    pub audit: Option<AuditFile>,
+    pub shutdown_grace_seconds: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitFile {
+    pub enabled: Option<bool>,
+    pub max_requests: Option<u32>,
+    pub window_seconds: Option<u64>,
+    pub max_tracked_clients: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyLimitFile {
+    pub max_requests: u32,
+    pub window_seconds: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthFile {
+    pub enabled: Option<bool>,
+    pub header_key: Option<String>,
+    pub valid_keys: Option<Vec<String>>,
+    pub keys: Option<Vec<NamedKeyFile>>,
+    pub max_failures: Option<u32>,
+    pub failure_window_seconds: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedKeyFile {
+    pub id: String,
+    pub key: String,
+    pub rate_limit: Option<KeyLimitFile>,
+    pub models: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WhitelistFile {
+    pub enabled: Option<bool>,
+    pub ips: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    pub max_prompt_chars: Option<usize>,
+    pub max_body_bytes: Option<usize>,
+    pub max_messages: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    pub timeout_seconds: Option<f64>,
+    pub first_token_timeout_seconds: Option<f64>,
+    pub stream_idle_timeout_seconds: Option<f64>,
+    pub breaker: Option<BreakerFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerFile {
+    pub failure_threshold: Option<u32>,
+    pub cooldown_seconds: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditFile {
+    pub dir: Option<String>,
+    pub user_id_header: Option<String>,
+}

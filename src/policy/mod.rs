@@ -1,0 +1,359 @@
+//! The validated, runtime form of `policy.yaml`.
+//!
+//! `PolicyFile` (file.rs) mirrors the YAML; `validate` (validate.rs) is the only way to turn it
+//! into a [`Policy`], whose fields are already the types the request path needs: parsed IP
+//! sets, hashed keys, durations, a header name. A `Policy` is immutable; the reload path builds
+//! a new one off to the side and publishes it with one `ArcSwap::store`.
+
+mod error;
+mod file;
+mod validate;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use actix_web::http::header::HeaderName;
+use sha2::{Digest, Sha256};
+
+pub use error::PolicyError;
+pub use file::PolicyFile;
+
+use crate::client_ip::IpSet;
+
+/// "N requests per window". Used for the default limit, per-key limits and auth failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub max_requests: u32,
+    pub window: Duration,
+}
+
+/// One accepted API key. Only the SHA-256 digest is kept in memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    pub id: String,
+    pub digest: [u8; 32],
+    pub rate_limit: Option<Quota>,
+    /// Public model names this key may use; `None` means any.
+    pub models: Option<BTreeSet<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthPolicy {
+    pub header: HeaderName,
+    pub keys: Vec<ApiKey>,
+    /// Failed key attempts tolerated per client IP before it is throttled.
+    pub failures: Quota,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_prompt_chars: usize,
+    pub max_body_bytes: usize,
+    pub max_messages: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerPolicy {
+    pub failure_threshold: u32,
+    pub cooldown: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamPolicy {
+    /// Connect and liveness-probe budget; also how long to wait for headers before probing.
+    pub timeout: Duration,
+    /// How long a live Ollama may take to send its first byte (model load + prompt eval).
+    pub first_token_timeout: Duration,
+    /// Longest silence between two streamed chunks.
+    pub stream_idle_timeout: Duration,
+    pub breaker: BreakerPolicy,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditPolicy {
+    pub dir: Option<PathBuf>,
+    pub user_id_header: HeaderName,
+}
+
+/// Public model name -> Ollama model name. Empty means "pass names through unchanged".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModelMap {
+    public_to_upstream: BTreeMap<String, String>,
+}
+
+impl ModelMap {
+    pub fn new(map: BTreeMap<String, String>) -> Self {
+        ModelMap {
+            public_to_upstream: map,
+        }
+    }
+
+    pub fn is_passthrough(&self) -> bool {
+        self.public_to_upstream.is_empty()
+    }
+
+    /// The Ollama name for a public name, or `None` when the gateway does not serve it.
+    pub fn to_upstream<'a>(&'a self, public: &'a str) -> Option<&'a str> {
+        if self.is_passthrough() {
+            return Some(public);
+        }
+        self.public_to_upstream.get(public).map(String::as_str)
+    }
+
+    /// Public names under which an Ollama model is offered.
+    pub fn public_names<'a>(&'a self, upstream: &'a str) -> Vec<&'a str> {
+        if self.is_passthrough() {
+            return vec![upstream];
+        }
+        self.public_to_upstream
+            .iter()
+            .filter(|(_, up)| same_model(up, upstream))
+            .map(|(public, _)| public.as_str())
+            .collect()
+    }
+
+    pub fn entries(&self) -> &BTreeMap<String, String> {
+        &self.public_to_upstream
+    }
+}
+
+/// Ollama reports `qwen3:latest` for a model pulled as `qwen3`.
+fn same_model(configured: &str, reported: &str) -> bool {
+    configured == reported
+        || (!configured.contains(':') && reported.strip_suffix(":latest") == Some(configured))
+}
+
+/// The whole validated policy. Cheap to share behind an `Arc`.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub listen: SocketAddr,
+    /// Base URL of Ollama without a trailing slash, e.g. `http://127.0.0.1:11434`.
+    pub ollama_api: String,
+    pub log_level: String,
+    pub rate_limit: Option<Quota>,
+    pub max_tracked_clients: u64,
+    pub auth: Option<AuthPolicy>,
+    pub whitelist: Option<IpSet>,
+    pub trusted_proxies: IpSet,
+    pub limits: Limits,
+    pub upstream: UpstreamPolicy,
+    pub models: ModelMap,
+    pub audit: AuditPolicy,
+    pub shutdown_grace: Duration,
+    /// SHA-256 of the file's bytes, hex: identifies the policy in logs, metrics and /readyz.
+    pub sha256: String,
+    /// Things that load but deserve an operator's attention (plaintext keys, open ranges).
+    pub warnings: Vec<String>,
+}
+
+pub const DEFAULT_PATH: &str = "/etc/qwen-gateway/policy.yaml";
+
+impl Policy {
+    /// Reads, parses and validates a policy file. The one entry point for startup, `check`
+    /// and hot reload.
+    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        let bytes = std::fs::read(path).map_err(|source| PolicyError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_bytes(&bytes, path)
+    }
+
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Policy, PolicyError> {
+        let parse_err = |message: String| PolicyError::Parse {
+            path: path.to_owned(),
+            message,
+        };
+        let text = std::str::from_utf8(bytes).map_err(|_| parse_err("not UTF-8 text".into()))?;
+        if text.trim().is_empty() {
+            return Err(parse_err("the file is empty".into()));
+        }
+        let file: PolicyFile =
+            serde_yaml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
+        validate::validate(file, hex::encode(Sha256::digest(bytes)))
+    }
+
+    /// The dotted names of keys that changed between two policies and cannot be applied live.
+    pub fn needs_restart(&self, new: &Policy) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.listen != new.listen {
+            v.push("listen");
+        }
+        if self.audit.dir != new.audit.dir {
+            v.push("audit.dir");
+        }
+        if self.shutdown_grace != new.shutdown_grace {
+            v.push("shutdown_grace_seconds");
+        }
+        v
+    }
+
+    /// A short, redacted description of what a reload changed: key ids, never keys.
+    pub fn diff_summary(&self, new: &Policy) -> String {
+        let mut parts: Vec<String> = Vec::new();
+        let ids = |p: &Policy| -> BTreeSet<String> {
+            p.auth
+                .as_ref()
+                .map(|a| a.keys.iter().map(|k| k.id.clone()).collect())
+                .unwrap_or_default()
+        };
+        let (old_ids, new_ids) = (ids(self), ids(new));
+        let added: Vec<_> = new_ids.difference(&old_ids).cloned().collect();
+        let removed: Vec<_> = old_ids.difference(&new_ids).cloned().collect();
+        if !added.is_empty() {
+            parts.push(format!("keys added: {}", added.join(",")));
+        }
+        if !removed.is_empty() {
+            parts.push(format!("keys removed: {}", removed.join(",")));
+        }
+        if self.auth.is_some() != new.auth.is_some() {
+            parts.push(format!("auth enabled: {}", new.auth.is_some()));
+        }
+        if self.whitelist != new.whitelist {
+            parts.push(format!("whitelist: {}", describe_set(new.whitelist.as_ref())));
+        }
+        if self.trusted_proxies != new.trusted_proxies {
+            parts.push(format!(
+                "trusted_proxies: {}",
+                describe_set(Some(&new.trusted_proxies))
+            ));
+        }
+        if self.rate_limit != new.rate_limit {
+            parts.push(format!("rate_limit: {}", describe_quota(new.rate_limit)));
+        }
+        let key_limits = |p: &Policy| -> Vec<(String, Option<Quota>, Option<BTreeSet<String>>)> {
+            p.auth
+                .as_ref()
+                .map(|a| {
+                    a.keys
+                        .iter()
+                        .map(|k| (k.id.clone(), k.rate_limit, k.models.clone()))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        if key_limits(self) != key_limits(new) && added.is_empty() && removed.is_empty() {
+            parts.push("per-key limits or models changed".to_owned());
+        }
+        if self.limits != new.limits {
+            parts.push(format!(
+                "limits: prompt {} chars, body {} bytes",
+                new.limits.max_prompt_chars, new.limits.max_body_bytes
+            ));
+        }
+        if self.upstream != new.upstream || self.ollama_api != new.ollama_api {
+            parts.push("upstream settings changed".to_owned());
+        }
+        if self.models != new.models {
+            parts.push(format!("models: {} aliases", new.models.entries().len()));
+        }
+        if self.log_level != new.log_level {
+            parts.push(format!("log_level: {}", new.log_level));
+        }
+        if parts.is_empty() {
+            "no effective change".to_owned()
+        } else {
+            parts.join("; ")
+        }
+    }
+
+    /// The one-screen summary `qwen-gateway check` prints.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "listen:          {}", self.listen);
+        let _ = writeln!(s, "ollama_api:      {}", self.ollama_api);
+        let _ = writeln!(s, "log_level:       {}", self.log_level);
+        match &self.auth {
+            Some(a) => {
+                let ids: Vec<&str> = a.keys.iter().map(|k| k.id.as_str()).collect();
+                let _ = writeln!(
+                    s,
+                    "auth:            on, header {}, {} key(s): {}",
+                    a.header,
+                    a.keys.len(),
+                    ids.join(", ")
+                );
+            }
+            None => {
+                let _ = writeln!(s, "auth:            OFF");
+            }
+        }
+        let _ = writeln!(
+            s,
+            "whitelist:       {}",
+            describe_set(self.whitelist.as_ref())
+        );
+        let _ = writeln!(
+            s,
+            "trusted_proxies: {}",
+            describe_set(Some(&self.trusted_proxies))
+        );
+        let _ = writeln!(s, "rate_limit:      {}", describe_quota(self.rate_limit));
+        let _ = writeln!(
+            s,
+            "limits:          prompt {} chars, body {} bytes, {} messages",
+            self.limits.max_prompt_chars, self.limits.max_body_bytes, self.limits.max_messages
+        );
+        let _ = writeln!(
+            s,
+            "upstream:        connect/probe {:?}, first token {:?}, stream idle {:?}, breaker {} failures / {:?}",
+            self.upstream.timeout,
+            self.upstream.first_token_timeout,
+            self.upstream.stream_idle_timeout,
+            self.upstream.breaker.failure_threshold,
+            self.upstream.breaker.cooldown
+        );
+        if self.models.is_passthrough() {
+            let _ = writeln!(s, "models:          pass-through");
+        } else {
+            for (public, up) in self.models.entries() {
+                let _ = writeln!(s, "model:           {public} -> {up}");
+            }
+        }
+        let _ = writeln!(
+            s,
+            "audit:           {}",
+            self.audit
+                .dir
+                .as_ref()
+                .map(|d| d.display().to_string())
+                .unwrap_or_else(|| "OFF".to_owned())
+        );
+        let _ = writeln!(s, "sha256:          {}", self.sha256);
+        for w in &self.warnings {
+            let _ = writeln!(s, "warning: {w}");
+        }
+        s
+    }
+}
+
+fn describe_set(set: Option<&IpSet>) -> String {
+    match set {
+        None => "off (every address allowed)".to_owned(),
+        Some(s) => s
+            .nets()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
+fn describe_quota(q: Option<Quota>) -> String {
+    match q {
+        None => "off".to_owned(),
+        Some(q) => format!("{} per {}s", q.max_requests, q.window.as_secs()),
+    }
+}
+
+/// `sha256:<64 lowercase hex>` of a key, the form `auth` entries may use instead of plaintext.
+pub fn hash_key(key: &str) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(key.as_bytes())))
+}
+
+pub fn digest(key: &[u8]) -> [u8; 32] {
+    Sha256::digest(key).into()
+}

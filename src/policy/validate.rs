@@ -1,0 +1,538 @@
+//! `PolicyFile` -> `Policy`: defaults, every semantic check, and warnings.
+//!
+//! Errors carry the dotted key path (`auth.keys[1].key`), never a key's value. Defaults here
+//! are the ones documented in `policy/policy.yaml`; change both together.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use actix_web::http::header::HeaderName;
+
+use super::file::{AuthFile, KeyLimitFile, PolicyFile};
+use super::{
+    ApiKey, AuditPolicy, AuthPolicy, BreakerPolicy, Limits, ModelMap, Policy, PolicyError, Quota,
+    UpstreamPolicy, digest,
+};
+use crate::client_ip::{IpSet, parse_net};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:18789";
+pub const DEFAULT_OLLAMA: &str = "http://127.0.0.1:11434";
+pub const DEFAULT_MAX_PROMPT_CHARS: usize = 32_768;
+/// 4 MiB: a 100,000-character prompt, or 32,768 CJK characters (3 bytes each), must reach the
+/// prompt check and get its 400 rather than a 413; images in messages need room too.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+const MAX_WINDOW_SECS: u64 = 86_400;
+
+pub fn validate(f: PolicyFile, sha256: String) -> Result<Policy, PolicyError> {
+    let mut warnings = Vec::new();
+
+    let listen = parse_listen(f.listen.as_deref().unwrap_or(DEFAULT_LISTEN))?;
+    if listen.ip().is_unspecified() {
+        warnings.push(format!(
+            "listen {listen} accepts connections on every interface; behind a local Nginx, \
+             127.0.0.1:{} is enough",
+            listen.port()
+        ));
+    }
+    let ollama_api = parse_ollama(f.ollama_api.as_deref().unwrap_or(DEFAULT_OLLAMA))?;
+
+    let log_level = f.log_level.unwrap_or_else(|| "info".to_owned());
+    if !["trace", "debug", "info", "warn", "error"].contains(&log_level.as_str()) {
+        return Err(PolicyError::invalid(
+            "log_level",
+            format!("'{log_level}' is not one of trace, debug, info, warn, error"),
+        ));
+    }
+
+    let rl = f.rate_limit.unwrap_or_default();
+    let rate_limit = if rl.enabled.unwrap_or(false) {
+        Some(quota(
+            "rate_limit",
+            rl.max_requests.unwrap_or(30),
+            rl.window_seconds.unwrap_or(60),
+        )?)
+    } else {
+        None
+    };
+    let max_tracked_clients = rl.max_tracked_clients.unwrap_or(100_000);
+    if !(100..=10_000_000).contains(&max_tracked_clients) {
+        return Err(PolicyError::invalid(
+            "rate_limit.max_tracked_clients",
+            "must be between 100 and 10000000",
+        ));
+    }
+
+    let models = validate_models(f.models.unwrap_or_default())?;
+    let auth = validate_auth(f.auth.unwrap_or_default(), &models, &mut warnings)?;
+    if auth.is_none() {
+        warnings.push(
+            "auth is disabled: anyone who can reach the gateway can use the model".to_owned(),
+        );
+    }
+
+    let wl = f.whitelist.unwrap_or_default();
+    let whitelist = if wl.enabled.unwrap_or(false) {
+        let ips = wl.ips.unwrap_or_default();
+        if ips.is_empty() {
+            return Err(PolicyError::invalid(
+                "whitelist.ips",
+                "is empty, which would refuse every client; set whitelist.enabled: false to \
+                 allow every address",
+            ));
+        }
+        Some(ip_set("whitelist.ips", &ips)?)
+    } else {
+        None
+    };
+
+    let trusted_proxies = match f.trusted_proxies {
+        Some(list) => ip_set("trusted_proxies", &list)?,
+        None => ip_set(
+            "trusted_proxies",
+            &["127.0.0.1/32".to_owned(), "::1/128".to_owned()],
+        )?,
+    };
+    if trusted_proxies.covers_everything() {
+        warnings.push(
+            "trusted_proxies covers every address: any client can choose its own IP with \
+             X-Forwarded-For, which defeats the whitelist and per-IP limits"
+                .to_owned(),
+        );
+    }
+
+    let lf = f.limits.unwrap_or_default();
+    let limits = Limits {
+        max_prompt_chars: lf.max_prompt_chars.unwrap_or(DEFAULT_MAX_PROMPT_CHARS),
+        max_body_bytes: lf.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+        max_messages: lf.max_messages.unwrap_or(1_000),
+    };
+    if limits.max_prompt_chars == 0 {
+        return Err(PolicyError::invalid("limits.max_prompt_chars", "must be > 0"));
+    }
+    if !(1024..=256 * 1024 * 1024).contains(&limits.max_body_bytes) {
+        return Err(PolicyError::invalid(
+            "limits.max_body_bytes",
+            "must be between 1024 and 268435456",
+        ));
+    }
+    if limits.max_messages == 0 {
+        return Err(PolicyError::invalid("limits.max_messages", "must be > 0"));
+    }
+
+    let uf = f.upstream.unwrap_or_default();
+    let bf = uf.breaker.unwrap_or_default();
+    let upstream = UpstreamPolicy {
+        timeout: seconds("upstream.timeout_seconds", uf.timeout_seconds, 3.0)?,
+        first_token_timeout: seconds(
+            "upstream.first_token_timeout_seconds",
+            uf.first_token_timeout_seconds,
+            120.0,
+        )?,
+        stream_idle_timeout: seconds(
+            "upstream.stream_idle_timeout_seconds",
+            uf.stream_idle_timeout_seconds,
+            60.0,
+        )?,
+        breaker: BreakerPolicy {
+            failure_threshold: bf.failure_threshold.unwrap_or(5),
+            cooldown: seconds("upstream.breaker.cooldown_seconds", bf.cooldown_seconds, 10.0)?,
+        },
+    };
+    if upstream.first_token_timeout < upstream.timeout {
+        return Err(PolicyError::invalid(
+            "upstream.first_token_timeout_seconds",
+            "must be at least upstream.timeout_seconds",
+        ));
+    }
+    if upstream.breaker.failure_threshold == 0 {
+        return Err(PolicyError::invalid(
+            "upstream.breaker.failure_threshold",
+            "must be > 0",
+        ));
+    }
+
+    let af = f.audit.unwrap_or_default();
+    let audit = AuditPolicy {
+        dir: af.dir.filter(|d| !d.trim().is_empty()).map(PathBuf::from),
+        user_id_header: header_name(
+            "audit.user_id_header",
+            af.user_id_header.as_deref().unwrap_or("X-User-Id"),
+        )?,
+    };
+    if audit.dir.is_none() {
+        warnings.push("audit.dir is not set: no audit log is written".to_owned());
+    }
+
+    let shutdown_grace = Duration::from_secs(f.shutdown_grace_seconds.unwrap_or(30));
+
+    Ok(Policy {
+        listen,
+        ollama_api,
+        log_level,
+        rate_limit,
+        max_tracked_clients,
+        auth,
+        whitelist,
+        trusted_proxies,
+        limits,
+        upstream,
+        models,
+        audit,
+        shutdown_grace,
+        sha256,
+        warnings,
+    })
+}
+
+/// `:18789` (every interface, as in Go), `HOST:PORT`, `[v6]:PORT`.
+fn parse_listen(s: &str) -> Result<SocketAddr, PolicyError> {
+    let bad = || {
+        PolicyError::invalid(
+            "listen",
+            format!("'{s}' is not ':PORT', 'IP:PORT' or '[IPv6]:PORT'"),
+        )
+    };
+    if let Some(port) = s.strip_prefix(':') {
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
+    }
+    if let Some(port) = s.strip_prefix("localhost:") {
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    s.parse().map_err(|_| bad())
+}
+
+fn parse_ollama(s: &str) -> Result<String, PolicyError> {
+    let bad = |why: &str| PolicyError::invalid("ollama_api", format!("'{s}' {why}"));
+    let rest = s
+        .strip_prefix("http://")
+        .ok_or_else(|| bad("must start with http:// (Ollama speaks plain HTTP)"))?;
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() || rest.contains('/') || rest.contains('?') || rest.contains('@') {
+        return Err(bad("must be http://HOST:PORT with no path"));
+    }
+    let uri: actix_web::http::Uri = format!("http://{rest}/")
+        .parse()
+        .map_err(|_| bad("is not a valid URL"))?;
+    if uri.host().is_none() {
+        return Err(bad("has no host"));
+    }
+    Ok(format!("http://{rest}"))
+}
+
+fn quota(key: &str, max_requests: u32, window_seconds: u64) -> Result<Quota, PolicyError> {
+    if max_requests == 0 {
+        return Err(PolicyError::invalid(
+            format!("{key}.max_requests"),
+            "must be > 0 (disable the limit with enabled: false)",
+        ));
+    }
+    if max_requests > 1_000_000 {
+        return Err(PolicyError::invalid(
+            format!("{key}.max_requests"),
+            "must be at most 1000000",
+        ));
+    }
+    if window_seconds == 0 || window_seconds > MAX_WINDOW_SECS {
+        return Err(PolicyError::invalid(
+            format!("{key}.window_seconds"),
+            format!("must be between 1 and {MAX_WINDOW_SECS}"),
+        ));
+    }
+    Ok(Quota {
+        max_requests,
+        window: Duration::from_secs(window_seconds),
+    })
+}
+
+fn seconds(key: &str, v: Option<f64>, default: f64) -> Result<Duration, PolicyError> {
+    let v = v.unwrap_or(default);
+    if !v.is_finite() || v <= 0.0 || v > 86_400.0 {
+        return Err(PolicyError::invalid(key, "must be a number of seconds > 0 and <= 86400"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+fn header_name(key: &str, v: &str) -> Result<HeaderName, PolicyError> {
+    HeaderName::try_from(v)
+        .map_err(|_| PolicyError::invalid(key, format!("'{v}' is not a valid HTTP header name")))
+}
+
+fn ip_set(key: &str, items: &[String]) -> Result<IpSet, PolicyError> {
+    let nets = items
+        .iter()
+        .enumerate()
+        .map(|(i, s)| parse_net(s).map_err(|reason| PolicyError::invalid(format!("{key}[{i}]"), reason)))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(IpSet::new(nets))
+}
+
+fn validate_models(map: BTreeMap<String, String>) -> Result<ModelMap, PolicyError> {
+    for (public, upstream) in &map {
+        if public.trim().is_empty() {
+            return Err(PolicyError::invalid("models", "a public model name is empty"));
+        }
+        if upstream.trim().is_empty() {
+            return Err(PolicyError::invalid(
+                format!("models.{public}"),
+                "the Ollama model name is empty",
+            ));
+        }
+    }
+    Ok(ModelMap::new(map))
+}
+
+/// A key entry is either `sha256:<64 hex>` or plaintext (warned about).
+fn key_digest(key: &str, path: &str, warnings: &mut Vec<String>) -> Result<[u8; 32], PolicyError> {
+    if let Some(hexpart) = key.strip_prefix("sha256:") {
+        let bytes = hex::decode(hexpart).map_err(|_| {
+            PolicyError::invalid(path, "sha256: must be followed by 64 hex digits")
+        })?;
+        return <[u8; 32]>::try_from(bytes.as_slice())
+            .map_err(|_| PolicyError::invalid(path, "sha256: must be followed by 64 hex digits"));
+    }
+    if key.len() < 8 {
+        return Err(PolicyError::invalid(path, "a key must be at least 8 characters"));
+    }
+    if key.trim() != key {
+        return Err(PolicyError::invalid(path, "a key must not start or end with spaces"));
+    }
+    warnings.push(format!(
+        "{path} is a plaintext key; store `qwen-gateway hash-key` output (sha256:...) instead"
+    ));
+    Ok(digest(key.as_bytes()))
+}
+
+fn validate_auth(
+    af: AuthFile,
+    models: &ModelMap,
+    warnings: &mut Vec<String>,
+) -> Result<Option<AuthPolicy>, PolicyError> {
+    let header = header_name("auth.header_key", af.header_key.as_deref().unwrap_or("X-Api-Key"))?;
+    let failures = quota(
+        "auth",
+        af.max_failures.unwrap_or(10),
+        af.failure_window_seconds.unwrap_or(60),
+    )
+    .map_err(|e| match e {
+        PolicyError::Invalid { key, reason } => PolicyError::Invalid {
+            key: key
+                .replace("auth.max_requests", "auth.max_failures")
+                .replace("auth.window_seconds", "auth.failure_window_seconds"),
+            reason,
+        },
+        other => other,
+    })?;
+
+    let mut keys = Vec::new();
+    for (i, k) in af.valid_keys.unwrap_or_default().iter().enumerate() {
+        let d = key_digest(k, &format!("auth.valid_keys[{i}]"), warnings)?;
+        keys.push(ApiKey {
+            // A short, stable, non-reversible name for logs, limits and metrics.
+            id: format!("key-{}", &hex::encode(d)[..8]),
+            digest: d,
+            rate_limit: None,
+            models: None,
+        });
+    }
+    for (i, k) in af.keys.unwrap_or_default().into_iter().enumerate() {
+        let path = format!("auth.keys[{i}]");
+        let id_ok = !k.id.is_empty()
+            && k.id.len() <= 64
+            && k.id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !id_ok {
+            return Err(PolicyError::invalid(
+                format!("{path}.id"),
+                "must be 1-64 characters of A-Z a-z 0-9 - _ .",
+            ));
+        }
+        let d = key_digest(&k.key, &format!("{path}.key"), warnings)?;
+        let rate_limit = k
+            .rate_limit
+            .map(|KeyLimitFile {
+                     max_requests,
+                     window_seconds,
+                 }| {
+                quota(
+                    &format!("{path}.rate_limit"),
+                    max_requests,
+                    window_seconds.unwrap_or(60),
+                )
+            })
+            .transpose()?;
+        let allowed = match k.models {
+            None => None,
+            Some(list) => {
+                let mut set = BTreeSet::new();
+                for (j, m) in list.into_iter().enumerate() {
+                    if models.to_upstream(&m).is_none() {
+                        return Err(PolicyError::invalid(
+                            format!("{path}.models[{j}]"),
+                            format!("'{m}' is not one of the public names under `models`"),
+                        ));
+                    }
+                    set.insert(m);
+                }
+                Some(set)
+            }
+        };
+        keys.push(ApiKey {
+            id: k.id,
+            digest: d,
+            rate_limit,
+            models: allowed,
+        });
+    }
+
+    let mut ids = HashSet::new();
+    let mut digests = HashSet::new();
+    for (i, k) in keys.iter().enumerate() {
+        if !ids.insert(k.id.clone()) {
+            return Err(PolicyError::invalid(
+                "auth.keys",
+                format!("key id '{}' is used twice", k.id),
+            ));
+        }
+        if !digests.insert(k.digest) {
+            return Err(PolicyError::invalid(
+                "auth",
+                format!("the key of entry {i} ('{}') is listed twice", k.id),
+            ));
+        }
+    }
+
+    if !af.enabled.unwrap_or(false) {
+        return Ok(None);
+    }
+    if keys.is_empty() {
+        return Err(PolicyError::invalid(
+            "auth.valid_keys",
+            "auth is enabled but no keys are configured (auth.valid_keys or auth.keys)",
+        ));
+    }
+    Ok(Some(AuthPolicy {
+        header,
+        keys,
+        failures,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const ARTICLE: &str = r#"
+listen: ":18789"
+ollama_api: "http://localhost:11434"
+log_level: "info"
+rate_limit:
+  enabled: true
+  max_requests: 30
+  window_seconds: 60
+auth:
+  enabled: true
+  header_key: "X-Api-Key"
+  valid_keys: ["prod-key-2024-qwen3"]
+whitelist:
+  enabled: true
+  ips: ["127.0.0.1", "10.0.0.0/16"]
+"#;
+
+    fn load(s: &str) -> Result<Policy, PolicyError> {
+        Policy::from_bytes(s.as_bytes(), Path::new("policy.yaml"))
+    }
+
+    #[test]
+    fn article_config_loads_verbatim() {
+        let p = load(ARTICLE).map_err(|e| e.to_string());
+        let p = match p {
+            Ok(p) => p,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(p.listen.port(), 18789);
+        assert_eq!(p.rate_limit.map(|q| q.max_requests), Some(30));
+        assert_eq!(p.auth.as_ref().map(|a| a.keys.len()), Some(1));
+        assert_eq!(p.limits.max_prompt_chars, 32_768);
+        assert!(p.warnings.iter().any(|w| w.contains("plaintext")));
+        assert!(!p.summary().contains("prod-key-2024-qwen3"));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_that_name_the_field() {
+        let err = load("listen: ':1'\nrate_limt: {}\n").err().map(|e| e.to_string());
+        assert!(err.unwrap_or_default().contains("rate_limt"));
+        let err = load("auth: {enabled: true, valid_key: []}\n").err().map(|e| e.to_string());
+        assert!(err.unwrap_or_default().contains("valid_key"));
+    }
+
+    #[test]
+    fn bad_values_name_the_dotted_key() {
+        let cases = [
+            ("rate_limit: {enabled: true, max_requests: 0}", "rate_limit.max_requests"),
+            ("whitelist: {enabled: true, ips: ['10.0.0.0/99']}", "whitelist.ips[0]"),
+            ("listen: 'nope'", "listen"),
+            ("ollama_api: 'https://x:1'", "ollama_api"),
+            ("auth: {enabled: true, valid_keys: ['sha256:abc']}", "auth.valid_keys[0]"),
+            ("auth: {enabled: true}", "auth.valid_keys"),
+            (
+                "auth: {enabled: true, keys: [{id: a, key: aaaaaaaaaa}, {id: a, key: bbbbbbbbbb}]}",
+                "auth.keys",
+            ),
+            ("upstream: {timeout_seconds: -1}", "upstream.timeout_seconds"),
+            ("log_level: loud", "log_level"),
+            (
+                "models: {a: b}\nauth: {enabled: true, keys: [{id: x, key: aaaaaaaaaa, models: [c]}]}",
+                "auth.keys[0].models[0]",
+            ),
+        ];
+        for (yaml, key) in cases {
+            match load(yaml) {
+                Err(PolicyError::Invalid { key: k, .. }) => assert_eq!(k, key, "{yaml}"),
+                other => panic!("{yaml}: expected Invalid({key}), got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn listen_forms() {
+        for (s, want) in [
+            (":18789", "0.0.0.0:18789"),
+            ("127.0.0.1:1", "127.0.0.1:1"),
+            ("[::1]:8", "[::1]:8"),
+            ("localhost:9", "127.0.0.1:9"),
+        ] {
+            assert_eq!(parse_listen(s).map(|a| a.to_string()).ok().as_deref(), Some(want));
+        }
+    }
+
+    #[test]
+    fn hashed_and_named_keys() {
+        let hashed = super::super::hash_key("s3cret-key-1");
+        let y = format!(
+            "auth: {{enabled: true, keys: [{{id: team-a, key: '{hashed}', rate_limit: {{max_requests: 5}}}}]}}"
+        );
+        let p = load(&y).ok();
+        let key = p.as_ref().and_then(|p| p.auth.as_ref()).map(|a| a.keys[0].clone());
+        assert_eq!(key.as_ref().map(|k| k.id.as_str()), Some("team-a"));
+        assert_eq!(key.as_ref().map(|k| k.digest), Some(digest(b"s3cret-key-1")));
+        assert_eq!(
+            key.and_then(|k| k.rate_limit).map(|q| q.max_requests),
+            Some(5)
+        );
+    }
+
+    #[test]
+    fn shipped_policy_file_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("policy/policy.yaml");
+        if let Err(e) = Policy::load(&path) {
+            panic!("policy/policy.yaml: {e}");
+        }
+    }
+}

@@ -1,0 +1,581 @@
+//! Pure conversions between OpenAI's chat API and Ollama's native `/api/chat`.
+//!
+//! Follows `shared/reference/ollama-openai.md`, including where we do better than Ollama's own
+//! OpenAI layer: omitted `temperature`/`top_p` stay omitted (Modelfile defaults apply),
+//! `max_completion_tokens` wins over `max_tokens`, ids are unique per response, the model in
+//! every answer is the public name the client asked for, and Ollama's timing fields never
+//! reach a client. No I/O here: everything is table-tested.
+
+use std::collections::HashMap;
+
+use bytes::{BufMut, BytesMut};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::ollama;
+use super::openai::{
+    ChatCompletion, ChatRequest, Choice, Chunk, ChunkChoice, Content, Delta, OutFunction,
+    OutMessage, OutToolCall, Part, Stop, Usage,
+};
+use crate::errors::GatewayError;
+
+fn bad(message: impl Into<String>) -> GatewayError {
+    GatewayError::BadRequest {
+        message: message.into(),
+    }
+}
+
+/// Unicode characters of all text in `messages`: string contents and text parts alike.
+pub fn prompt_chars(req: &ChatRequest) -> usize {
+    req.messages
+        .iter()
+        .map(|m| match &m.content {
+            Some(Content::Text(t)) => t.chars().count(),
+            Some(Content::Parts(parts)) => parts
+                .iter()
+                .map(|p| match p {
+                    Part::Text { text } => text.chars().count(),
+                    Part::ImageUrl { .. } => 0,
+                })
+                .sum(),
+            None => 0,
+        })
+        .sum()
+}
+
+/// Checks what serde cannot: values and combinations.
+pub fn check_request(req: &ChatRequest, max_messages: usize) -> Result<(), GatewayError> {
+    if req.model.trim().is_empty() {
+        return Err(bad("model is required"));
+    }
+    if req.messages.is_empty() {
+        return Err(bad("messages must contain at least one message"));
+    }
+    if req.messages.len() > max_messages {
+        return Err(bad(format!("too many messages, max {max_messages}")));
+    }
+    if req.n.is_some_and(|n| n != 1) {
+        return Err(bad("n must be 1: only one choice per request is supported"));
+    }
+    Ok(())
+}
+
+/// Data URLs only (`data:image/png;base64,...`): the gateway never fetches client-given URLs.
+fn image_payload(url: &str) -> Result<String, GatewayError> {
+    let rest = url.strip_prefix("data:").ok_or_else(|| {
+        bad("image URLs are not supported, send the image as base64 data: URL instead")
+    })?;
+    let (meta, data) = rest
+        .split_once(',')
+        .ok_or_else(|| bad("malformed data: URL in image_url"))?;
+    let ok_type = matches!(
+        meta,
+        ";base64" | "image/jpeg;base64" | "image/jpg;base64" | "image/png;base64" | "image/webp;base64"
+    );
+    if !ok_type {
+        return Err(bad(
+            "image_url must be a base64 data: URL of type jpeg, png or webp",
+        ));
+    }
+    Ok(data.to_owned())
+}
+
+fn map_role(role: &str) -> Result<&'static str, GatewayError> {
+    Ok(match role {
+        "system" | "developer" => "system",
+        "user" => "user",
+        "assistant" => "assistant",
+        "tool" | "function" => "tool",
+        other => return Err(bad(format!("unsupported message role '{other}'"))),
+    })
+}
+
+fn think_from(effort: &str) -> Result<Value, GatewayError> {
+    Ok(match effort {
+        "none" => Value::Bool(false),
+        "minimal" => Value::from("low"),
+        "low" | "medium" | "high" | "max" => Value::from(effort),
+        "xhigh" | "ultra" => Value::from("max"),
+        other => return Err(bad(format!("unsupported reasoning_effort '{other}'"))),
+    })
+}
+
+/// OpenAI request -> Ollama `/api/chat` body.
+pub fn to_ollama<'a>(
+    req: &'a ChatRequest,
+    upstream_model: &'a str,
+) -> Result<ollama::ChatRequest<'a>, GatewayError> {
+    let mut messages = Vec::with_capacity(req.messages.len());
+    // tool_call_id -> function name, to fill `tool_name` on tool results.
+    let mut call_names: HashMap<&str, &str> = HashMap::new();
+    for m in &req.messages {
+        let role = map_role(&m.role)?;
+        let thinking = m.reasoning.clone().or_else(|| m.reasoning_content.clone());
+        let mut tool_calls = Vec::new();
+        for tc in m.tool_calls.iter().flatten() {
+            let arguments: Value = serde_json::from_str(&tc.function.arguments)
+                .map_err(|_| bad("invalid tool call arguments: not a JSON document"))?;
+            if let Some(id) = tc.id.as_deref() {
+                call_names.insert(id, &tc.function.name);
+            }
+            tool_calls.push(ollama::ToolCall {
+                id: tc.id.clone(),
+                function: ollama::Function {
+                    index: None,
+                    name: tc.function.name.clone(),
+                    arguments,
+                },
+            });
+        }
+        let tool_name = if role == "tool" {
+            m.name.clone().or_else(|| {
+                m.tool_call_id
+                    .as_deref()
+                    .and_then(|id| call_names.get(id))
+                    .map(|s| (*s).to_owned())
+            })
+        } else {
+            None
+        };
+        let base = |content: String, images: Vec<String>| ollama::Message {
+            role: role.to_owned(),
+            content,
+            images,
+            tool_calls: Vec::new(),
+            tool_name: tool_name.clone(),
+            tool_call_id: m.tool_call_id.clone(),
+            thinking: None,
+        };
+        match &m.content {
+            None => messages.push(base(String::new(), Vec::new())),
+            Some(Content::Text(t)) => messages.push(base(t.clone(), Vec::new())),
+            // As Ollama's own layer does: one native message per part, same role.
+            Some(Content::Parts(parts)) => {
+                for p in parts {
+                    match p {
+                        Part::Text { text } => messages.push(base(text.clone(), Vec::new())),
+                        Part::ImageUrl { image_url } => {
+                            messages.push(base(String::new(), vec![image_payload(&image_url.url)?]))
+                        }
+                    }
+                }
+            }
+        }
+        // Tool calls and reasoning belong to the message's last native part.
+        if let Some(last) = messages.last_mut() {
+            last.tool_calls = tool_calls;
+            last.thinking = thinking;
+        }
+    }
+
+    let format = match &req.response_format {
+        None => None,
+        Some(rf) => match rf.kind.as_str() {
+            "text" => None,
+            "json_object" => Some(Value::from("json")),
+            "json_schema" => Some(
+                rf.json_schema
+                    .as_ref()
+                    .and_then(|s| s.schema.clone())
+                    .ok_or_else(|| bad("response_format.json_schema.schema is required"))?,
+            ),
+            other => return Err(bad(format!("unsupported response_format type '{other}'"))),
+        },
+    };
+
+    let options = ollama::Options {
+        num_predict: req.max_completion_tokens.or(req.max_tokens),
+        temperature: req.temperature,
+        top_p: req.top_p,
+        stop: match &req.stop {
+            None => Vec::new(),
+            Some(Stop::One(s)) => vec![s.clone()],
+            Some(Stop::Many(v)) => v.clone(),
+        },
+        seed: req.seed,
+        frequency_penalty: req.frequency_penalty,
+        presence_penalty: req.presence_penalty,
+    };
+
+    Ok(ollama::ChatRequest {
+        model: upstream_model,
+        messages,
+        stream: req.stream.unwrap_or(false),
+        format,
+        options,
+        tools: req.tools.as_deref().filter(|t| !t.is_empty()),
+        think: req.reasoning_effort.as_deref().map(think_from).transpose()?,
+    })
+}
+
+/// `chatcmpl-` + 128 random bits.
+pub fn completion_id() -> String {
+    format!("chatcmpl-{}", uuid::Uuid::new_v4().simple())
+}
+
+fn call_id() -> String {
+    let u = uuid::Uuid::new_v4().simple().to_string();
+    format!("call_{}", &u[..24])
+}
+
+fn finish_reason(done_reason: Option<&str>, tool_calls: bool) -> &'static str {
+    if tool_calls {
+        return "tool_calls";
+    }
+    match done_reason {
+        Some("length") => "length",
+        _ => "stop",
+    }
+}
+
+fn out_tool_calls(calls: &[ollama::ToolCall], first_index: u32) -> Vec<OutToolCall<'_>> {
+    calls
+        .iter()
+        .zip(first_index..)
+        .map(|(c, i)| OutToolCall {
+            index: c.function.index.unwrap_or(i),
+            id: c.id.clone().unwrap_or_else(call_id),
+            kind: "function",
+            function: OutFunction {
+                name: &c.function.name,
+                arguments: if c.function.arguments.is_null() {
+                    "{}".to_owned()
+                } else {
+                    c.function.arguments.to_string()
+                },
+            },
+        })
+        .collect()
+}
+
+pub fn usage_of(chunk: &ollama::ChatChunk) -> Usage {
+    Usage::new(
+        chunk.prompt_eval_count.unwrap_or(0),
+        chunk.eval_count.unwrap_or(0),
+    )
+}
+
+/// Ollama's single non-stream answer -> OpenAI `chat.completion` JSON.
+pub fn completion_json(
+    answer: &ollama::ChatChunk,
+    id: &str,
+    created: u64,
+    public_model: &str,
+) -> String {
+    let msg = answer.message.as_ref();
+    let calls = msg.map(|m| m.tool_calls.as_slice()).unwrap_or(&[]);
+    let body = ChatCompletion {
+        id,
+        object: "chat.completion",
+        created,
+        model: public_model,
+        choices: [Choice {
+            index: 0,
+            message: OutMessage {
+                role: "assistant",
+                content: Some(msg.map(|m| m.content.as_str()).unwrap_or("")),
+                reasoning_content: msg
+                    .and_then(|m| m.thinking.as_deref())
+                    .filter(|t| !t.is_empty()),
+                tool_calls: (!calls.is_empty()).then(|| out_tool_calls(calls, 0)),
+            },
+            finish_reason: finish_reason(answer.done_reason.as_deref(), !calls.is_empty()),
+            logprobs: None,
+        }],
+        usage: usage_of(answer),
+    };
+    serde_json::to_string(&body).unwrap_or_default()
+}
+
+fn push_event<T: Serialize>(out: &mut BytesMut, value: &T) {
+    out.put_slice(b"data: ");
+    // Writing JSON into a BytesMut cannot fail for these plain structs.
+    let _ = serde_json::to_writer((&mut *out).writer(), value);
+    out.put_slice(b"\n\n");
+}
+
+/// What one NDJSON line meant for the stream.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LineOutcome {
+    /// More to come.
+    Continue,
+    /// The final line: the stream is complete (finish chunk, usage and `[DONE]` written).
+    Done(Usage),
+    /// Ollama reported an error mid-stream; the caller ends the stream with an error event.
+    Failed,
+}
+
+/// Turns Ollama NDJSON lines into OpenAI SSE events, one event per line, at once.
+pub struct SseTranslator {
+    id: String,
+    created: u64,
+    model: String,
+    include_usage: bool,
+    sent_role: bool,
+    tool_calls_sent: u32,
+    /// Completion tokens seen so far are unknown until the end; count content chunks.
+    pub chunks: u64,
+}
+
+impl SseTranslator {
+    pub fn new(id: String, created: u64, model: String, include_usage: bool) -> Self {
+        SseTranslator {
+            id,
+            created,
+            model,
+            include_usage,
+            sent_role: false,
+            tool_calls_sent: 0,
+            chunks: 0,
+        }
+    }
+
+    fn chunk<'a>(&'a self, delta: Delta<'a>, finish: Option<&'static str>) -> Chunk<'a> {
+        Chunk {
+            id: &self.id,
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: &self.model,
+            choices: vec![ChunkChoice {
+                index: 0,
+                delta,
+                finish_reason: finish,
+            }],
+            usage: None,
+        }
+    }
+
+    fn role(&mut self) -> Option<&'static str> {
+        let first = !self.sent_role;
+        self.sent_role = true;
+        first.then_some("assistant")
+    }
+
+    /// Translates one line (without its newline) and appends the SSE events to `out`.
+    pub fn on_line(&mut self, line: &[u8], out: &mut BytesMut) -> Result<LineOutcome, ()> {
+        let line = line.trim_ascii();
+        if line.is_empty() {
+            return Ok(LineOutcome::Continue);
+        }
+        let chunk: ollama::ChatChunk = serde_json::from_slice(line).map_err(|_| ())?;
+        if chunk.error.is_some() {
+            return Ok(LineOutcome::Failed);
+        }
+        if let Some(msg) = &chunk.message {
+            // Reasoning first, as its own chunk, then content and tool calls.
+            if let Some(thinking) = msg.thinking.as_deref().filter(|t| !t.is_empty()) {
+                let role = self.role();
+                push_event(
+                    out,
+                    &self.chunk(
+                        Delta {
+                            role,
+                            reasoning_content: Some(thinking),
+                            ..Delta::default()
+                        },
+                        None,
+                    ),
+                );
+                self.chunks += 1;
+            }
+            if !msg.tool_calls.is_empty() {
+                let role = self.role();
+                let calls = out_tool_calls(&msg.tool_calls, self.tool_calls_sent);
+                self.tool_calls_sent += u32::try_from(calls.len()).unwrap_or(0);
+                push_event(
+                    out,
+                    &self.chunk(
+                        Delta {
+                            role,
+                            content: (!msg.content.is_empty()).then_some(msg.content.as_str()),
+                            tool_calls: Some(calls),
+                            ..Delta::default()
+                        },
+                        None,
+                    ),
+                );
+                self.chunks += 1;
+            } else if !msg.content.is_empty() || (!self.sent_role && !chunk.done) {
+                let role = self.role();
+                push_event(
+                    out,
+                    &self.chunk(
+                        Delta {
+                            role,
+                            content: Some(&msg.content),
+                            ..Delta::default()
+                        },
+                        None,
+                    ),
+                );
+                self.chunks += 1;
+            }
+        }
+        if !chunk.done {
+            return Ok(LineOutcome::Continue);
+        }
+        let usage = usage_of(&chunk);
+        let role = self.role();
+        let finish = finish_reason(chunk.done_reason.as_deref(), self.tool_calls_sent > 0);
+        push_event(
+            out,
+            &self.chunk(
+                Delta {
+                    role,
+                    ..Delta::default()
+                },
+                Some(finish),
+            ),
+        );
+        if self.include_usage {
+            push_event(
+                out,
+                &Chunk {
+                    id: &self.id,
+                    object: "chat.completion.chunk",
+                    created: self.created,
+                    model: &self.model,
+                    choices: Vec::new(),
+                    usage: Some(usage),
+                },
+            );
+        }
+        out.put_slice(b"data: [DONE]\n\n");
+        Ok(LineOutcome::Done(usage))
+    }
+}
+
+/// An SSE event carrying an OpenAI error envelope, for failures after the 200 went out.
+pub fn error_event(err: &GatewayError, out: &mut BytesMut) {
+    out.put_slice(b"data: ");
+    out.put_slice(err.envelope_json().as_bytes());
+    out.put_slice(b"\n\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn req(v: Value) -> ChatRequest {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn reference_example_translates() {
+        let r = req(json!({"model":"llama3.2","stream":true,"max_tokens":256,"temperature":0.2,
+            "stop":"###","response_format":{"type":"json_object"},
+            "stream_options":{"include_usage":true},
+            "messages":[{"role":"system","content":"Answer in JSON."},
+                        {"role":"user","content":"Capital of France?"}]}));
+        let o = serde_json::to_value(to_ollama(&r, "llama3.2").unwrap()).unwrap();
+        assert_eq!(
+            o,
+            json!({"model":"llama3.2","stream":true,"format":"json",
+                "options":{"num_predict":256,"temperature":0.2,"stop":["###"]},
+                "messages":[{"role":"system","content":"Answer in JSON."},
+                            {"role":"user","content":"Capital of France?"}]})
+        );
+    }
+
+    #[test]
+    fn options_parts_tools_and_reasoning() {
+        let r = req(json!({"model":"m","max_tokens":5,"max_completion_tokens":9,"seed":7,
+            "reasoning_effort":"minimal",
+            "tools":[{"type":"function","function":{"name":"get_weather","parameters":{}}}],
+            "messages":[
+              {"role":"developer","content":"be brief"},
+              {"role":"user","content":[{"type":"text","text":"what is"},
+                 {"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA"}}]},
+              {"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function",
+                 "function":{"name":"get_weather","arguments":"{\"city\":\"Tokyo\"}"}}]},
+              {"role":"tool","tool_call_id":"call_1","content":"sunny"}]}));
+        let o = serde_json::to_value(to_ollama(&r, "up/m").unwrap()).unwrap();
+        assert_eq!(o["model"], "up/m");
+        assert_eq!(o["stream"], false);
+        assert_eq!(o["options"], json!({"num_predict":9,"seed":7}));
+        assert_eq!(o["think"], "low");
+        assert_eq!(o["messages"][0], json!({"role":"system","content":"be brief"}));
+        assert_eq!(o["messages"][1], json!({"role":"user","content":"what is"}));
+        assert_eq!(o["messages"][2], json!({"role":"user","content":"","images":["AAAA"]}));
+        assert_eq!(
+            o["messages"][3]["tool_calls"][0]["function"],
+            json!({"name":"get_weather","arguments":{"city":"Tokyo"}})
+        );
+        assert_eq!(o["messages"][4]["tool_name"], "get_weather");
+        assert_eq!(o["tools"][0]["function"]["name"], "get_weather");
+        assert!(o.get("temperature").is_none() && o["options"].get("top_p").is_none());
+    }
+
+    #[test]
+    fn rejects_what_ollama_would_choke_on() {
+        let url = req(json!({"model":"m","messages":[{"role":"user","content":[
+            {"type":"image_url","image_url":{"url":"https://x/y.png"}}]}]}));
+        assert!(to_ollama(&url, "m").is_err());
+        let args = req(json!({"model":"m","messages":[{"role":"assistant","tool_calls":[
+            {"id":"c","function":{"name":"f","arguments":"{nope"}}]}]}));
+        assert!(to_ollama(&args, "m").is_err());
+        let role = req(json!({"model":"m","messages":[{"role":"wizard","content":"x"}]}));
+        assert!(to_ollama(&role, "m").is_err());
+        let empty = req(json!({"model":"m","messages":[]}));
+        assert!(check_request(&empty, 10).is_err());
+    }
+
+    #[test]
+    fn prompt_chars_counts_unicode_characters() {
+        let r = req(json!({"model":"m","messages":[{"role":"user","content":"你好"},
+            {"role":"user","content":[{"type":"text","text":"abc"}]}]}));
+        assert_eq!(prompt_chars(&r), 5);
+    }
+
+    #[test]
+    fn completion_has_public_model_usage_and_no_ollama_fields() {
+        let a: ollama::ChatChunk = serde_json::from_value(json!({"model":"up/m",
+            "created_at":"2025-07-07T20:22:19Z","message":{"role":"assistant","content":"",
+            "tool_calls":[{"function":{"name":"f","arguments":{"a":1}}}]},
+            "done":true,"done_reason":"stop","total_duration":5,"prompt_eval_count":3,"eval_count":4}))
+        .unwrap();
+        let v: Value = serde_json::from_str(&completion_json(&a, "chatcmpl-x", 9, "pub")).unwrap();
+        assert_eq!(v["model"], "pub");
+        assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"], "{\"a\":1}");
+        assert_eq!(v["usage"], json!({"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}));
+        let text = v.to_string();
+        assert!(!text.contains("total_duration") && !text.contains("created_at"));
+    }
+
+    #[test]
+    fn stream_lines_become_sse_events() {
+        let mut t = SseTranslator::new("chatcmpl-1".into(), 5, "pub".into(), true);
+        let mut out = BytesMut::new();
+        let lines = [
+            r#"{"model":"m","message":{"role":"assistant","content":"The"},"done":false}"#,
+            r#"{"model":"m","message":{"role":"assistant","content":" sky"},"done":false}"#,
+            r#"{"model":"m","message":{"role":"assistant","content":""},"done":true,"done_reason":"length","prompt_eval_count":2,"eval_count":2}"#,
+        ];
+        let mut outcome = LineOutcome::Continue;
+        for l in lines {
+            outcome = t.on_line(l.as_bytes(), &mut out).unwrap();
+        }
+        assert_eq!(outcome, LineOutcome::Done(Usage::new(2, 2)));
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        let events: Vec<&str> = text.split("\n\n").filter(|s| !s.is_empty()).collect();
+        assert_eq!(events.len(), 5);
+        let first: Value = serde_json::from_str(&events[0][6..]).unwrap();
+        assert_eq!(first["choices"][0]["delta"], json!({"role":"assistant","content":"The"}));
+        assert_eq!(first["model"], "pub");
+        let fin: Value = serde_json::from_str(&events[2][6..]).unwrap();
+        assert_eq!(fin["choices"][0]["finish_reason"], "length");
+        let usage: Value = serde_json::from_str(&events[3][6..]).unwrap();
+        assert_eq!(usage["choices"], json!([]));
+        assert_eq!(events[4], "data: [DONE]");
+        let err = t.on_line(br#"{"error":"boom"}"#, &mut out).unwrap();
+        assert_eq!(err, LineOutcome::Failed);
+    }
+
+    #[test]
+    fn ids_are_unique() {
+        assert_ne!(completion_id(), completion_id());
+    }
+}

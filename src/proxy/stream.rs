@@ -1,0 +1,145 @@
+//! Ollama NDJSON -> OpenAI SSE, sent as it arrives.
+//!
+//! Each upstream read is split into complete lines; every line becomes its SSE event(s) and is
+//! handed to actix at once, so nothing waits for the rest of the answer. A partial line waits
+//! for its end. The stream ends with `[DONE]` only after Ollama's final `done` line; an error
+//! line, a broken connection, an early end or a silence longer than
+//! `upstream.stream_idle_timeout_seconds` end it with an SSE error event and no `[DONE]`, so a
+//! failure never looks like success. When the client goes away, actix drops this stream, which
+//! drops the upstream response and closes its connection: Ollama stops generating.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+
+use super::convert::{LineOutcome, SseTranslator, error_event};
+use crate::audit::AuditCell;
+use crate::errors::GatewayError;
+use crate::metrics::Metrics;
+
+/// Keeps the in-flight-streams gauge right however the stream ends.
+struct StreamGauge(Arc<Metrics>);
+
+impl StreamGauge {
+    fn new(m: Arc<Metrics>) -> Self {
+        m.streams.inc();
+        StreamGauge(m)
+    }
+}
+
+impl Drop for StreamGauge {
+    fn drop(&mut self) {
+        self.0.streams.dec();
+    }
+}
+
+struct State<S> {
+    upstream: S,
+    pending: BytesMut,
+    translator: SseTranslator,
+    idle: Duration,
+    audit: Rc<AuditCell>,
+    finished: bool,
+    first_sent: bool,
+    gauge: StreamGauge,
+}
+
+impl<S> State<S> {
+    /// Translates every complete line in `pending` into `out`.
+    fn drain_lines(&mut self, out: &mut BytesMut) {
+        while !self.finished {
+            let Some(pos) = memchr::memchr(b'\n', &self.pending) else {
+                return;
+            };
+            let line = self.pending.split_to(pos + 1);
+            self.on_line(&line[..pos], out);
+        }
+    }
+
+    fn on_line(&mut self, line: &[u8], out: &mut BytesMut) {
+        match self.translator.on_line(line, out) {
+            Ok(LineOutcome::Continue) => {}
+            Ok(LineOutcome::Done(usage)) => {
+                self.finished = true;
+                self.audit.update(|r| {
+                    r.prompt_tokens = Some(usage.prompt_tokens);
+                    r.completion_tokens = Some(usage.completion_tokens);
+                });
+            }
+            Ok(LineOutcome::Failed) => self.fail(GatewayError::UpstreamFailed, "stream_error", out),
+            Err(()) => self.fail(GatewayError::UpstreamFailed, "stream_invalid", out),
+        }
+    }
+
+    fn fail(&mut self, err: GatewayError, kind: &'static str, out: &mut BytesMut) {
+        self.finished = true;
+        self.gauge.0.upstream_error(kind);
+        let request_id = self.audit.rec.borrow().request_id.clone();
+        tracing::warn!(request_id, kind, "Streamed answer ended with an error.");
+        self.audit.update(|r| r.error = Some(err.code()));
+        error_event(&err, out);
+    }
+}
+
+pub fn sse<S, E>(
+    upstream: S,
+    translator: SseTranslator,
+    idle: Duration,
+    audit: Rc<AuditCell>,
+    metrics: Arc<Metrics>,
+) -> impl Stream<Item = Result<Bytes, actix_web::Error>>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin + 'static,
+{
+    let state = State {
+        upstream,
+        pending: BytesMut::new(),
+        translator,
+        idle,
+        audit,
+        finished: false,
+        first_sent: false,
+        gauge: StreamGauge::new(metrics),
+    };
+    futures_util::stream::unfold(state, |mut st| async move {
+        if st.finished {
+            return None;
+        }
+        let mut out = BytesMut::new();
+        loop {
+            st.drain_lines(&mut out);
+            if !out.is_empty() {
+                break;
+            }
+            if st.finished {
+                return None;
+            }
+            match tokio::time::timeout(st.idle, st.upstream.next()).await {
+                Ok(Some(Ok(bytes))) => st.pending.extend_from_slice(&bytes),
+                Ok(Some(Err(_))) => {
+                    st.fail(GatewayError::UpstreamFailed, "stream_broken", &mut out);
+                }
+                Ok(None) => {
+                    // A last line without its newline still counts.
+                    if !st.pending.is_empty() {
+                        let rest = std::mem::take(&mut st.pending);
+                        st.on_line(&rest, &mut out);
+                    }
+                    if !st.finished {
+                        st.fail(GatewayError::UpstreamFailed, "stream_truncated", &mut out);
+                    }
+                }
+                Err(_) => st.fail(GatewayError::UpstreamTimeout, "stream_idle_timeout", &mut out),
+            }
+        }
+        if !st.first_sent {
+            st.first_sent = true;
+            let ttft = st.audit.started.elapsed();
+            st.audit.update(|r| r.ttft = Some(ttft));
+        }
+        Some((Ok(out.freeze()), st))
+    })
+}

@@ -1,0 +1,243 @@
+//! Talking to Ollama: one pooled keep-alive `awc` client per worker, time budgets, the
+//! liveness probe, the circuit breaker, and upstream status -> [`GatewayError`].
+//!
+//! Budgets: a live Ollama sends no response headers until the model is loaded and the prompt
+//! evaluated, which can take tens of seconds, and aborting makes it start over. So when no
+//! headers arrive within `upstream.timeout_seconds`, the gateway probes `GET /api/version`
+//! (same budget) while still waiting: a dead Ollama gets the client a 503 at once, a live one
+//! is waited for up to `upstream.first_token_timeout_seconds` (then 504). Connection refused is
+//! a 503 straight away. Causes are logged under the request id; bodies carry none of them.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use awc::error::SendRequestError;
+
+use crate::app::AppState;
+use crate::breaker::Admit;
+use crate::errors::GatewayError;
+use crate::policy::Policy;
+
+/// The response type awc hands back; its body is read (non-stream) or streamed (SSE).
+/// (awc is built without decompression: Ollama does not compress, and the gateway must not
+/// pay for it.)
+pub type UpstreamResponse = awc::ClientResponse;
+
+const UA: &str = concat!("qwen-gateway/", env!("CARGO_PKG_VERSION"));
+
+/// One per worker: awc clients are not `Send`, and a per-worker pool keeps connections local.
+pub struct Upstream {
+    client: awc::Client,
+}
+
+#[derive(Debug)]
+enum HeadError {
+    Connect,
+    Dead,
+    FirstTokenTimeout,
+    Broken,
+}
+
+impl Upstream {
+    pub fn new(connect_timeout: Duration) -> Self {
+        let connector = awc::Connector::new()
+            .timeout(connect_timeout)
+            // No cap on pooled connections: one held stream per chat must never queue behind
+            // another (awc's default is 100 per host).
+            .limit(0);
+        Upstream {
+            client: awc::Client::builder()
+                .connector(connector)
+                .disable_timeout()
+                .add_default_header((USER_AGENT, UA))
+                .finish(),
+        }
+    }
+
+    /// `GET /api/version` answers 200 within `budget`.
+    pub async fn probe(&self, base: &str, budget: Duration) -> bool {
+        let req = self
+            .client
+            .get(format!("{base}/api/version"))
+            .timeout(budget)
+            .send();
+        matches!(
+            tokio::time::timeout(budget, req).await,
+            Ok(Ok(resp)) if resp.status().is_success()
+        )
+    }
+
+    async fn wait_for_head<F>(
+        &self,
+        fut: F,
+        policy: &Policy,
+        started: Instant,
+    ) -> Result<UpstreamResponse, HeadError>
+    where
+        F: Future<Output = Result<UpstreamResponse, SendRequestError>>,
+    {
+        let budget = policy.upstream.timeout;
+        tokio::pin!(fut);
+        tokio::select! {
+            r = &mut fut => return r.map_err(classify),
+            _ = tokio::time::sleep(budget) => {}
+        }
+        // No headers within the budget: is Ollama alive at all, or just busy loading?
+        let probe = self.probe(&policy.ollama_api, budget);
+        tokio::pin!(probe);
+        tokio::select! {
+            r = &mut fut => return r.map_err(classify),
+            alive = &mut probe => if !alive { return Err(HeadError::Dead) },
+        }
+        let remaining = policy
+            .upstream
+            .first_token_timeout
+            .saturating_sub(started.elapsed());
+        tokio::select! {
+            r = &mut fut => r.map_err(classify),
+            _ = tokio::time::sleep(remaining) => Err(HeadError::FirstTokenTimeout),
+        }
+    }
+
+    /// Sends a request to Ollama under the breaker and the time budgets. Only a 200 comes back
+    /// as `Ok`; everything else is already the client-facing error.
+    pub async fn send(
+        &self,
+        state: &AppState,
+        policy: &Policy,
+        path: &str,
+        body: Option<Vec<u8>>,
+        request_id: &str,
+        model: Option<&str>,
+    ) -> Result<UpstreamResponse, GatewayError> {
+        let breaker = &state.breaker;
+        let bp = policy.upstream.breaker;
+        if let Admit::No { retry_after } = breaker.admit(policy.upstream.first_token_timeout) {
+            state.metrics.upstream_error("breaker_open");
+            return Err(GatewayError::UpstreamUnavailable { retry_after });
+        }
+        let started = Instant::now();
+        let url = format!("{}{path}", policy.ollama_api);
+        let head = match body {
+            Some(body) => {
+                let req = self
+                    .client
+                    .post(url)
+                    .insert_header((CONTENT_TYPE, "application/json"))
+                    .insert_header(("x-request-id", request_id));
+                self.wait_for_head(req.send_body(body), policy, started).await
+            }
+            None => {
+                let req = self
+                    .client
+                    .get(url)
+                    .insert_header(("x-request-id", request_id));
+                self.wait_for_head(req.send(), policy, started).await
+            }
+        };
+        let fail = |kind: &'static str| {
+            state.metrics.upstream_error(kind);
+            if breaker.on_failure(bp.failure_threshold, bp.cooldown) {
+                tracing::error!(
+                    request_id,
+                    cooldown_s = bp.cooldown.as_secs_f64(),
+                    "Circuit breaker opened: Ollama failed {} times in a row.",
+                    bp.failure_threshold
+                );
+            }
+            state.breaker_gauge();
+        };
+        let mut resp = match head {
+            Ok(resp) => resp,
+            Err(e) => {
+                tracing::warn!(request_id, error = ?e, upstream = %policy.ollama_api, "Ollama request failed before its headers.");
+                return Err(match e {
+                    HeadError::Connect => {
+                        fail("connect");
+                        GatewayError::UpstreamUnavailable {
+                            retry_after: Duration::from_secs(1),
+                        }
+                    }
+                    HeadError::Dead => {
+                        fail("probe_failed");
+                        GatewayError::UpstreamUnavailable {
+                            retry_after: Duration::from_secs(1),
+                        }
+                    }
+                    HeadError::Broken => {
+                        fail("protocol");
+                        GatewayError::UpstreamFailed
+                    }
+                    HeadError::FirstTokenTimeout => {
+                        // Ollama is alive (the probe answered), just slow: not a breaker failure.
+                        state.metrics.upstream_error("first_token_timeout");
+                        GatewayError::UpstreamTimeout
+                    }
+                });
+            }
+        };
+        let status = resp.status();
+        if status == StatusCode::OK {
+            breaker.on_success();
+            state.breaker_gauge();
+            return Ok(resp);
+        }
+        // Read a little of the error body for the log, never for the client.
+        let detail = resp
+            .body()
+            .limit(4096)
+            .await
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        tracing::warn!(request_id, %status, detail = %detail.trim(), "Ollama answered with an error.");
+        match status {
+            StatusCode::NOT_FOUND => {
+                breaker.on_success();
+                state.metrics.upstream_error("model_not_found");
+                Err(GatewayError::ModelNotFound {
+                    model: model.unwrap_or_default().to_owned(),
+                })
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                // Busy means alive: overload never trips the breaker.
+                breaker.on_success();
+                state.metrics.upstream_error("busy");
+                let retry_after = resp
+                    .headers()
+                    .get(RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .map_or(Duration::from_secs(2), Duration::from_secs);
+                Err(GatewayError::UpstreamBusy { retry_after })
+            }
+            s if s.is_server_error() => {
+                fail("status_5xx");
+                Err(GatewayError::UpstreamFailed)
+            }
+            StatusCode::BAD_REQUEST => {
+                breaker.on_success();
+                state.metrics.upstream_error("status_400");
+                Err(GatewayError::BadRequest {
+                    message: "the model server rejected this request (an unsupported option, \
+                              or a feature this model does not have)"
+                        .to_owned(),
+                })
+            }
+            _ => {
+                // 403 from a Host/Origin check, 499, or anything unexpected: a deployment
+                // problem, not something the client can fix.
+                state.metrics.upstream_error("status_other");
+                Err(GatewayError::UpstreamFailed)
+            }
+        }
+    }
+}
+
+fn classify(e: SendRequestError) -> HeadError {
+    match e {
+        SendRequestError::Connect(_) => HeadError::Connect,
+        _ => HeadError::Broken,
+    }
+}
