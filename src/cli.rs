@@ -19,6 +19,11 @@ pub struct Cli {
     #[arg(long)]
     pub workers: Option<usize>,
 
+    /// Do not watch the policy file; reload only on SIGHUP (`systemctl reload`). For file
+    /// systems without change notification (some network mounts).
+    #[arg(long)]
+    pub no_watch: bool,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }

@@ -16,7 +16,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check) => check(&cli.config),
         Some(Command::HashKey { key }) => hash(key),
-        None => match run(&cli.config, cli.workers) {
+        None => match run(&cli.config, cli.workers, !cli.no_watch) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("qwen-gateway: {e:#}");
@@ -61,7 +61,7 @@ fn hash(key: Option<String>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn run(path: &Path, workers: Option<usize>) -> anyhow::Result<()> {
+fn run(path: &Path, workers: Option<usize>, watch: bool) -> anyhow::Result<()> {
     // Fail fast, before anything listens: a bad policy at startup is fatal.
     let policy = Policy::load(path)?;
     let telemetry = telemetry::init(&policy.log_level, policy.audit.dir.as_deref())?;
@@ -79,7 +79,7 @@ fn run(path: &Path, workers: Option<usize>) -> anyhow::Result<()> {
         // Before binding: SIGHUP's default action would kill the process.
         let mut hup =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-        let reloader = reload::spawn(state.clone())?;
+        let reloader = reload::spawn(state.clone(), watch)?;
         let trigger = reloader.trigger.clone();
         actix_web::rt::spawn(async move {
             while hup.recv().await.is_some() {

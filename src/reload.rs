@@ -48,7 +48,7 @@ impl Trigger {
 /// Keeps the watcher alive; dropping it stops watching.
 pub struct Reloader {
     pub trigger: Sender<Trigger>,
-    _watcher: Debouncer<notify::RecommendedWatcher, RecommendedCache>,
+    _watcher: Option<Debouncer<notify::RecommendedWatcher, RecommendedCache>>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -155,8 +155,29 @@ fn relevant(names: &[OsString], path: &Path) -> bool {
             .is_some_and(|n| n.starts_with(".."))
 }
 
-pub fn spawn(state: Arc<AppState>) -> anyhow::Result<Reloader> {
-    let path = state.policy_path.clone();
+/// Starts the reload thread and, when `watch` is set, the directory watcher.
+pub fn spawn(state: Arc<AppState>, watch: bool) -> anyhow::Result<Reloader> {
+    let (tx, rx) = channel();
+    let watcher = if watch {
+        Some(watch_policy(&state.policy_path, tx.clone())?)
+    } else {
+        tracing::info!("Not watching the policy file; SIGHUP reloads it.");
+        None
+    };
+    std::thread::Builder::new()
+        .name("policy-reload".into())
+        .spawn(move || reload_loop(state, rx))?;
+    Ok(Reloader {
+        trigger: tx,
+        _watcher: watcher,
+    })
+}
+
+fn watch_policy(
+    path: &Path,
+    tx: Sender<Trigger>,
+) -> anyhow::Result<Debouncer<notify::RecommendedWatcher, RecommendedCache>> {
+    let path = path.to_path_buf();
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -175,8 +196,7 @@ pub fn spawn(state: Arc<AppState>) -> anyhow::Result<Reloader> {
         }
     }
 
-    let (tx, rx) = channel();
-    let file_tx = tx.clone();
+    let file_tx = tx;
     let mut debouncer = new_debouncer(DEBOUNCE, None, move |res: DebounceEventResult| match res {
         Ok(events) => {
             let hit = events
@@ -198,12 +218,6 @@ pub fn spawn(state: Arc<AppState>) -> anyhow::Result<Reloader> {
             .watch(d, RecursiveMode::NonRecursive)
             .map_err(|e| anyhow::anyhow!("cannot watch {}: {e}", d.display()))?;
     }
-    std::thread::Builder::new()
-        .name("policy-reload".into())
-        .spawn(move || reload_loop(state, rx))?;
     tracing::info!(dirs = ?dirs, "Watching the policy file for changes (SIGHUP also reloads).");
-    Ok(Reloader {
-        trigger: tx,
-        _watcher: debouncer,
-    })
+    Ok(debouncer)
 }
