@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 
 use actix_web::http::header::{AUTHORIZATION, HeaderMap};
-use subtle::{ConstantTimeEq, Choice};
+use subtle::{Choice, ConstantTimeEq};
 
 use crate::policy::{AuthPolicy, Quota, digest};
 
@@ -101,14 +101,20 @@ mod tests {
 
     fn h(name: &'static str, v: &str) -> HeaderMap {
         let mut m = HeaderMap::new();
-        m.insert(HeaderName::from_static(name), HeaderValue::from_str(v).unwrap());
+        m.insert(
+            HeaderName::from_static(name),
+            HeaderValue::from_str(v).unwrap(),
+        );
         m
     }
 
     #[test]
     fn header_and_bearer() {
         let p = policy();
-        assert_eq!(authenticate(&h("x-api-key", "key-bbbb"), &p).map(|p| p.key_id), Ok("b".into()));
+        assert_eq!(
+            authenticate(&h("x-api-key", "key-bbbb"), &p).map(|p| p.key_id),
+            Ok("b".into())
+        );
         assert_eq!(
             authenticate(&h("authorization", "Bearer key-aaaa"), &p).map(|p| p.key_id),
             Ok("a".into())
@@ -117,8 +123,17 @@ mod tests {
             authenticate(&h("authorization", "bearer  key-aaaa "), &p).map(|p| p.key_id),
             Ok("a".into())
         );
-        assert_eq!(authenticate(&h("x-api-key", "wrong"), &p), Err(AuthFailure::Invalid));
-        assert_eq!(authenticate(&h("authorization", "Basic a2V5"), &p), Err(AuthFailure::Missing));
-        assert_eq!(authenticate(&HeaderMap::new(), &p), Err(AuthFailure::Missing));
+        assert_eq!(
+            authenticate(&h("x-api-key", "wrong"), &p),
+            Err(AuthFailure::Invalid)
+        );
+        assert_eq!(
+            authenticate(&h("authorization", "Basic a2V5"), &p),
+            Err(AuthFailure::Missing)
+        );
+        assert_eq!(
+            authenticate(&HeaderMap::new(), &p),
+            Err(AuthFailure::Missing)
+        );
     }
 }

@@ -24,7 +24,9 @@ pub enum Admit {
     Yes,
     /// Yes, as the half-open probe.
     Probe,
-    No { retry_after: Duration },
+    No {
+        retry_after: Duration,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,7 +85,9 @@ impl Breaker {
                 *phase = Phase::HalfOpen { probe_started: now };
                 Admit::Probe
             }
-            Phase::HalfOpen { probe_started } if now.duration_since(probe_started) > probe_timeout => {
+            Phase::HalfOpen { probe_started }
+                if now.duration_since(probe_started) > probe_timeout =>
+            {
                 *phase = Phase::HalfOpen { probe_started: now };
                 Admit::Probe
             }

@@ -137,10 +137,7 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            if let (Ok(name), Ok(value)) = (
-                HeaderName::try_from(*k),
-                HeaderValue::from_str(v),
-            ) {
+            if let (Ok(name), Ok(value)) = (HeaderName::try_from(*k), HeaderValue::from_str(v)) {
                 h.append(name, value);
             }
         }
@@ -157,7 +154,10 @@ mod tests {
         let t = set(&["127.0.0.1/32", "10.0.1.0/24"]);
         let peer = ip("127.0.0.1");
         let cases = [
-            (vec![("X-Forwarded-For", "10.0.0.1, 192.0.2.1")], "192.0.2.1"),
+            (
+                vec![("X-Forwarded-For", "10.0.0.1, 192.0.2.1")],
+                "192.0.2.1",
+            ),
             (
                 vec![("X-Forwarded-For", "10.0.1.1, 192.0.2.1, 127.0.0.1")],
                 "192.0.2.1",
@@ -169,13 +169,22 @@ mod tests {
                 ],
                 "192.0.2.1",
             ),
-            (vec![("X-Forwarded-For", "127.0.0.1, 10.0.1.1")], "127.0.0.1"),
+            (
+                vec![("X-Forwarded-For", "127.0.0.1, 10.0.1.1")],
+                "127.0.0.1",
+            ),
             (vec![("X-Real-IP", "192.0.2.9")], "192.0.2.9"),
-            (vec![("X-Forwarded-For", "[2001:db8::5]:443")], "2001:db8::5"),
+            (
+                vec![("X-Forwarded-For", "[2001:db8::5]:443")],
+                "2001:db8::5",
+            ),
             (vec![("X-Forwarded-For", "192.0.2.4:5555")], "192.0.2.4"),
             (vec![("X-Forwarded-For", "::ffff:192.0.2.4")], "192.0.2.4"),
             (vec![("X-Forwarded-For", "garbage")], "127.0.0.1"),
-            (vec![("X-Forwarded-For", "192.0.2.1, garbage, 10.0.1.7")], "10.0.1.7"),
+            (
+                vec![("X-Forwarded-For", "192.0.2.1, garbage, 10.0.1.7")],
+                "10.0.1.7",
+            ),
             (vec![], "127.0.0.1"),
         ];
         for (h, want) in cases {

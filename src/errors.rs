@@ -98,12 +98,8 @@ impl GatewayError {
     fn kind(&self) -> &'static str {
         match self {
             GatewayError::InvalidApiKey => "authentication_error",
-            GatewayError::IpNotAllowed | GatewayError::ModelNotAllowed { .. } => {
-                "permission_error"
-            }
-            GatewayError::AuthThrottled { .. } | GatewayError::RateLimited(_) => {
-                "rate_limit_error"
-            }
+            GatewayError::IpNotAllowed | GatewayError::ModelNotAllowed { .. } => "permission_error",
+            GatewayError::AuthThrottled { .. } | GatewayError::RateLimited(_) => "rate_limit_error",
             GatewayError::PromptTooLong { .. }
             | GatewayError::BodyTooLarge { .. }
             | GatewayError::BadRequest { .. }
@@ -252,8 +248,7 @@ mod tests {
     #[test]
     fn envelope_shape() {
         let e = GatewayError::PromptTooLong { max: 32768 };
-        let v: serde_json::Value =
-            serde_json::from_str(&e.envelope_json()).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&e.envelope_json()).unwrap_or_default();
         assert_eq!(v["error"]["message"], "prompt too long, max 32768 chars");
         assert_eq!(v["error"]["type"], "invalid_request_error");
         assert_eq!(v["error"]["code"], "prompt_too_long");

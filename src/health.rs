@@ -18,7 +18,9 @@ use crate::proxy::upstream::Upstream;
 fn observer(ctx: &RequestCtx) -> Result<(), GatewayError> {
     let p = &ctx.policy;
     let allowed = p.trusted_proxies.contains(ctx.client_ip)
-        || p.whitelist.as_ref().is_some_and(|w| w.contains(ctx.client_ip));
+        || p.whitelist
+            .as_ref()
+            .is_some_and(|w| w.contains(ctx.client_ip));
     if allowed {
         Ok(())
     } else {

@@ -35,7 +35,10 @@ fn check(path: &Path) -> ExitCode {
         }
         Err(e) => {
             eprintln!("qwen-gateway: {e}");
-            eprintln!("qwen-gateway: the policy file {} is NOT valid", path.display());
+            eprintln!(
+                "qwen-gateway: the policy file {} is NOT valid",
+                path.display()
+            );
             ExitCode::FAILURE
         }
     }
@@ -77,8 +80,7 @@ fn run(path: &Path, workers: Option<usize>, watch: bool) -> anyhow::Result<()> {
 
     actix_web::rt::System::new().block_on(async move {
         // Before binding: SIGHUP's default action would kill the process.
-        let mut hup =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let reloader = reload::spawn(state.clone(), watch)?;
         let trigger = reloader.trigger.clone();
         actix_web::rt::spawn(async move {

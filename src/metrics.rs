@@ -4,8 +4,8 @@
 //! fixed route table (unknown paths are "other"), key ids come from the policy, reasons and
 //! kinds are fixed codes. A key itself never appears, only its id.
 
-use std::sync::atomic::AtomicI64;
 use std::sync::Mutex;
+use std::sync::atomic::AtomicI64;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
@@ -103,7 +103,11 @@ impl Metrics {
             current_policy: Mutex::new(None),
             registry: Registry::default(),
         };
-        r.register("requests", "Requests answered, by route, status and key id", m.requests.clone());
+        r.register(
+            "requests",
+            "Requests answered, by route, status and key id",
+            m.requests.clone(),
+        );
         r.register(
             "request_duration_seconds",
             "Time from request start to the end of the response, by route",
@@ -114,7 +118,11 @@ impl Metrics {
             "Time from request start to the first streamed chunk",
             m.ttft.clone(),
         );
-        r.register("prompt_tokens", "Prompt tokens reported by Ollama, by key id", m.prompt_tokens.clone());
+        r.register(
+            "prompt_tokens",
+            "Prompt tokens reported by Ollama, by key id",
+            m.prompt_tokens.clone(),
+        );
         r.register(
             "completion_tokens",
             "Completion tokens reported by Ollama, by key id",
@@ -125,20 +133,36 @@ impl Metrics {
             "Requests refused before reaching Ollama, by reason (auth, ip, rate, size, invalid)",
             m.rejections.clone(),
         );
-        r.register("upstream_errors", "Upstream failures, by kind", m.upstream_errors.clone());
+        r.register(
+            "upstream_errors",
+            "Upstream failures, by kind",
+            m.upstream_errors.clone(),
+        );
         r.register(
             "breaker_state",
             "Circuit breaker state: 0 closed, 1 open, 2 half-open",
             m.breaker_state.clone(),
         );
-        r.register("policy_reloads", "Policy reload attempts, by result", m.reloads.clone());
+        r.register(
+            "policy_reloads",
+            "Policy reload attempts, by result",
+            m.reloads.clone(),
+        );
         r.register(
             "policy_info",
             "The loaded policy, identified by the sha256 of its file (value 1)",
             m.policy_info.clone(),
         );
-        r.register("in_flight_requests", "Requests being served", m.in_flight.clone());
-        r.register("in_flight_streams", "Streamed answers being sent", m.streams.clone());
+        r.register(
+            "in_flight_requests",
+            "Requests being served",
+            m.in_flight.clone(),
+        );
+        r.register(
+            "in_flight_streams",
+            "Streamed answers being sent",
+            m.streams.clone(),
+        );
         r.register(
             "ratelimit_tracked_identities",
             "Identities with live rate-limit state",
@@ -148,7 +172,10 @@ impl Metrics {
     }
 
     pub fn set_policy(&self, sha256: &str) {
-        let mut cur = self.current_policy.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cur = self
+            .current_policy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if let Some(old) = cur.take() {
             self.policy_info.remove(&PolicyLabels { sha256: old });
         }
@@ -161,11 +188,15 @@ impl Metrics {
     }
 
     pub fn reject(&self, reason: &'static str) {
-        self.rejections.get_or_create(&ReasonLabels { reason }).inc();
+        self.rejections
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     pub fn upstream_error(&self, kind: &'static str) {
-        self.upstream_errors.get_or_create(&KindLabels { kind }).inc();
+        self.upstream_errors
+            .get_or_create(&KindLabels { kind })
+            .inc();
     }
 
     pub fn render(&self) -> String {

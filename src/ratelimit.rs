@@ -208,7 +208,9 @@ fn decide(log: &mut VecDeque<Instant>, now: Instant, quota: Quota, record: bool)
         allowed: false,
         limit: quota.max_requests,
         remaining: 0,
-        reset: frees_at.saturating_duration_since(now).max(Duration::from_millis(1)),
+        reset: frees_at
+            .saturating_duration_since(now)
+            .max(Duration::from_millis(1)),
     }
 }
 
@@ -275,7 +277,9 @@ mod tests {
         let handles: Vec<_> = (0..8)
             .map(|_| {
                 let rl = rl.clone();
-                std::thread::spawn(move || (0..25).filter(|_| rl.check("k", q(30, 60)).allowed).count())
+                std::thread::spawn(move || {
+                    (0..25).filter(|_| rl.check("k", q(30, 60)).allowed).count()
+                })
             })
             .collect();
         let total: usize = handles.into_iter().map(|h| h.join().unwrap_or(0)).sum();

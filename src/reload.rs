@@ -148,7 +148,8 @@ fn reload_loop(state: Arc<AppState>, rx: Receiver<Trigger>) {
 /// Names in the watched directory whose change may change the policy: the file itself, a
 /// symlink target beside it, and Kubernetes' `..data` family.
 fn relevant(names: &[OsString], path: &Path) -> bool {
-    path.file_name().is_some_and(|n| names.iter().any(|x| x == n))
+    path.file_name()
+        .is_some_and(|n| names.iter().any(|x| x == n))
         || path
             .file_name()
             .and_then(|n| n.to_str())

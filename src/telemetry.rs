@@ -39,7 +39,9 @@ impl LogLevel {
 
     /// For tests and tools that run without a subscriber.
     pub fn noop() -> Self {
-        LogLevel { set: Arc::new(|_| {}) }
+        LogLevel {
+            set: Arc::new(|_| {}),
+        }
     }
 }
 
@@ -97,9 +99,8 @@ pub fn init(level: &str, audit_dir: Option<&Path>) -> anyhow::Result<Telemetry> 
 
     let (audit_layer, guard) = match audit_dir {
         Some(dir) => {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                anyhow::anyhow!("cannot create audit.dir {}: {e}", dir.display())
-            })?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| anyhow::anyhow!("cannot create audit.dir {}: {e}", dir.display()))?;
             let appender = RollingBuilder::new()
                 .rotation(Rotation::DAILY)
                 .filename_prefix("audit")

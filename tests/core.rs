@@ -55,7 +55,10 @@ fn non_stream_translation_both_ways() {
     let v = r.json();
     assert!(v["id"].as_str().unwrap().starts_with("chatcmpl-"));
     assert_eq!(v["object"], "chat.completion");
-    assert_eq!(v["model"], "qwen3:32b", "public name, never the upstream one");
+    assert_eq!(
+        v["model"], "qwen3:32b",
+        "public name, never the upstream one"
+    );
     assert_eq!(v["choices"][0]["message"]["role"], "assistant");
     assert_eq!(
         v["choices"][0]["message"]["content"],
@@ -68,7 +71,12 @@ fn non_stream_translation_both_ways() {
         Some(u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap())
     );
     let text = r.text();
-    for leaked in ["total_duration", "load_duration", "created_at", "registry.internal"] {
+    for leaked in [
+        "total_duration",
+        "load_duration",
+        "created_at",
+        "registry.internal",
+    ] {
         assert!(!text.contains(leaked), "{leaked} leaked: {text}");
     }
 
@@ -129,7 +137,10 @@ fn tools_and_reasoning_round_trip() {
     );
     let events = r.events();
     let first: Value = serde_json::from_str(&events[0]).unwrap();
-    assert_eq!(first["choices"][0]["delta"]["reasoning_content"], "Let me think.");
+    assert_eq!(
+        first["choices"][0]["delta"]["reasoning_content"],
+        "Let me think."
+    );
     assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
 }
 
@@ -186,12 +197,27 @@ fn streaming_is_real_streaming() {
 fn models_list_shows_public_names() {
     let fake = Fake::start(&[]);
     let gw = Gateway::start(POLICY, &fake.url());
-    let r = request(gw.addr, "GET", "/v1/models", &[("X-Api-Key", "key-aaaa-1111")], None);
+    let r = request(
+        gw.addr,
+        "GET",
+        "/v1/models",
+        &[("X-Api-Key", "key-aaaa-1111")],
+        None,
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
     assert_eq!(v["object"], "list");
-    let ids: Vec<&str> = v["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, vec!["qwen3:32b"], "only aliased models, under public names");
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        vec!["qwen3:32b"],
+        "only aliased models, under public names"
+    );
     assert_eq!(v["data"][0]["object"], "model");
 }
 
@@ -202,21 +228,64 @@ fn errors_use_the_openai_envelope() {
     let key = [("X-Api-Key", "key-aaaa-1111")];
     let cases: Vec<(Response, u16)> = vec![
         (request(gw.addr, "GET", "/nope", &[], None), 404),
-        (request(gw.addr, "GET", "/v1/chat/completions", &key, None), 405),
-        (request(gw.addr, "POST", "/v1/chat/completions", &key, Some(b"{not json")), 400),
-        (request(gw.addr, "POST", "/v1/chat/completions", &key, Some(b"")), 400),
-        (request(gw.addr, "POST", "/v1/chat/completions", &key, Some(br#"{"model":"qwen3:32b"}"#)), 400),
         (
-            request(gw.addr, "POST", "/v1/chat/completions", &key,
-                Some(br#"{"model":"qwen3:32b","messages":"hi"}"#)),
+            request(gw.addr, "GET", "/v1/chat/completions", &key, None),
+            405,
+        ),
+        (
+            request(
+                gw.addr,
+                "POST",
+                "/v1/chat/completions",
+                &key,
+                Some(b"{not json"),
+            ),
             400,
         ),
         (
-            request(gw.addr, "POST", "/v1/chat/completions", &key,
-                Some(br#"{"model":"qwen3:32b","messages":[]}"#)),
+            request(gw.addr, "POST", "/v1/chat/completions", &key, Some(b"")),
             400,
         ),
-        (request(gw.addr, "POST", "/v1/chat/completions", &key, Some(hello("unknown-model").to_string().as_bytes())), 404),
+        (
+            request(
+                gw.addr,
+                "POST",
+                "/v1/chat/completions",
+                &key,
+                Some(br#"{"model":"qwen3:32b"}"#),
+            ),
+            400,
+        ),
+        (
+            request(
+                gw.addr,
+                "POST",
+                "/v1/chat/completions",
+                &key,
+                Some(br#"{"model":"qwen3:32b","messages":"hi"}"#),
+            ),
+            400,
+        ),
+        (
+            request(
+                gw.addr,
+                "POST",
+                "/v1/chat/completions",
+                &key,
+                Some(br#"{"model":"qwen3:32b","messages":[]}"#),
+            ),
+            400,
+        ),
+        (
+            request(
+                gw.addr,
+                "POST",
+                "/v1/chat/completions",
+                &key,
+                Some(hello("unknown-model").to_string().as_bytes()),
+            ),
+            404,
+        ),
     ];
     for (r, want) in cases {
         assert_eq!(r.status, want, "{}", r.text());
@@ -224,9 +293,23 @@ fn errors_use_the_openai_envelope() {
         let msg = r.error_message();
         assert_no_internals(&msg, &fake.addr.to_string());
     }
-    let r = request(gw.addr, "POST", "/v1/chat/completions", &key, Some(br#"{"model":"qwen3:32b"}"#));
-    assert!(r.error_message().contains("messages"), "names the field: {}", r.text());
-    assert_eq!(fake.chat_requests(), 0, "invalid requests never reach Ollama");
+    let r = request(
+        gw.addr,
+        "POST",
+        "/v1/chat/completions",
+        &key,
+        Some(br#"{"model":"qwen3:32b"}"#),
+    );
+    assert!(
+        r.error_message().contains("messages"),
+        "names the field: {}",
+        r.text()
+    );
+    assert_eq!(
+        fake.chat_requests(),
+        0,
+        "invalid requests never reach Ollama"
+    );
 }
 
 // ---- live reload ----
@@ -262,7 +345,11 @@ fn start_a() -> (Fake, Gateway) {
 #[test]
 fn reload_by_in_place_write() {
     let (fake, gw) = start_a();
-    std::fs::write(&gw.policy_path, Gateway::render(RELOAD_B, &fake.url(), gw.dir.path())).unwrap();
+    std::fs::write(
+        &gw.policy_path,
+        Gateway::render(RELOAD_B, &fake.url(), gw.dir.path()),
+    )
+    .unwrap();
     assert_switched_to_b(&gw);
     gw.wait_log("Policy reloaded.", 0);
     assert!(gw.stderr_text().contains("keys added: new"));
@@ -284,7 +371,11 @@ fn reload_by_delete_and_recreate() {
     std::fs::remove_file(&gw.policy_path).unwrap();
     // While the file is gone, the running policy stays in force.
     assert_eq!(models_status(&gw, "old-key-0000"), 200);
-    std::fs::write(&gw.policy_path, Gateway::render(RELOAD_B, &fake.url(), gw.dir.path())).unwrap();
+    std::fs::write(
+        &gw.policy_path,
+        Gateway::render(RELOAD_B, &fake.url(), gw.dir.path()),
+    )
+    .unwrap();
     assert_switched_to_b(&gw);
 }
 
@@ -295,7 +386,11 @@ fn reload_by_kubernetes_symlink_swap() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::create_dir(d.join("..v1")).unwrap();
-    std::fs::write(d.join("..v1/policy.yaml"), Gateway::render(RELOAD_A, &fake.url(), d)).unwrap();
+    std::fs::write(
+        d.join("..v1/policy.yaml"),
+        Gateway::render(RELOAD_A, &fake.url(), d),
+    )
+    .unwrap();
     std::os::unix::fs::symlink("..v1", d.join("..data")).unwrap();
     std::os::unix::fs::symlink("..data/policy.yaml", d.join("policy.yaml")).unwrap();
     let path = d.join("policy.yaml");
@@ -304,7 +399,11 @@ fn reload_by_kubernetes_symlink_swap() {
 
     let d = gw.dir.path();
     std::fs::create_dir(d.join("..v2")).unwrap();
-    std::fs::write(d.join("..v2/policy.yaml"), Gateway::render(RELOAD_B, &fake.url(), d)).unwrap();
+    std::fs::write(
+        d.join("..v2/policy.yaml"),
+        Gateway::render(RELOAD_B, &fake.url(), d),
+    )
+    .unwrap();
     std::os::unix::fs::symlink("..v2", d.join("..data_tmp")).unwrap();
     std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
     std::fs::remove_dir_all(d.join("..v1")).unwrap();
@@ -316,8 +415,16 @@ fn reload_by_sighup() {
     let fake = Fake::start(&[]);
     // No watcher: only the signal can apply the change.
     let gw = Gateway::start_with(RELOAD_A, &fake.url(), &["--no-watch"]);
-    std::fs::write(&gw.policy_path, Gateway::render(RELOAD_B, &fake.url(), gw.dir.path())).unwrap();
-    assert_eq!(models_status(&gw, "old-key-0000"), 200, "not applied before the signal");
+    std::fs::write(
+        &gw.policy_path,
+        Gateway::render(RELOAD_B, &fake.url(), gw.dir.path()),
+    )
+    .unwrap();
+    assert_eq!(
+        models_status(&gw, "old-key-0000"),
+        200,
+        "not applied before the signal"
+    );
     let mark = gw.log_len();
     gw.signal("HUP");
     gw.wait_log("trigger=\"SIGHUP\"", mark);
@@ -329,15 +436,25 @@ fn invalid_file_keeps_the_running_policy() {
     let (fake, gw) = start_a();
     let bad_files = [
         "this: is: not: yaml: [".to_owned(),
-        format!("ollama_api: \"{}\"\nauth: {{enabled: true, keys: [{{id: new, key: new-key-1111}}]}}\nwhitelsit: {{}}\n", fake.url()),
-        format!("ollama_api: \"{}\"\nauth: {{enabled: true, keys: [{{id: new, key: new-key-1111}}]}}\nrate_limit: {{enabled: true, max_requests: 0}}\n", fake.url()),
+        format!(
+            "ollama_api: \"{}\"\nauth: {{enabled: true, keys: [{{id: new, key: new-key-1111}}]}}\nwhitelsit: {{}}\n",
+            fake.url()
+        ),
+        format!(
+            "ollama_api: \"{}\"\nauth: {{enabled: true, keys: [{{id: new, key: new-key-1111}}]}}\nrate_limit: {{enabled: true, max_requests: 0}}\n",
+            fake.url()
+        ),
         String::new(),
     ];
     for (i, bad) in bad_files.iter().enumerate() {
         let mark = gw.log_len();
         std::fs::write(&gw.policy_path, bad).unwrap();
         gw.wait_log("Policy reload rejected", mark);
-        assert_eq!(models_status(&gw, "old-key-0000"), 200, "bad file {i} replaced the policy");
+        assert_eq!(
+            models_status(&gw, "old-key-0000"),
+            200,
+            "bad file {i} replaced the policy"
+        );
         assert_eq!(models_status(&gw, "new-key-1111"), 401);
     }
     let log = gw.stderr_text();
@@ -347,7 +464,11 @@ fn invalid_file_keeps_the_running_policy() {
     let r = request(gw.addr, "GET", "/readyz", &[], None);
     assert_eq!(r.json()["policy"]["last_reload_ok"], false);
     // A good file afterwards is applied.
-    std::fs::write(&gw.policy_path, Gateway::render(RELOAD_B, &fake.url(), gw.dir.path())).unwrap();
+    std::fs::write(
+        &gw.policy_path,
+        Gateway::render(RELOAD_B, &fake.url(), gw.dir.path()),
+    )
+    .unwrap();
     assert_switched_to_b(&gw);
     let r = request(gw.addr, "GET", "/readyz", &[], None);
     assert_eq!(r.json()["policy"]["last_reload_ok"], true);
@@ -371,7 +492,11 @@ fn in_flight_stream_survives_a_reload() {
     wait_for(Duration::from_secs(5), "stream to start", || {
         (fake.chat_requests() == 1).then_some(())
     });
-    std::fs::write(&gw.policy_path, Gateway::render(RELOAD_B, &fake.url(), gw.dir.path())).unwrap();
+    std::fs::write(
+        &gw.policy_path,
+        Gateway::render(RELOAD_B, &fake.url(), gw.dir.path()),
+    )
+    .unwrap();
     let r = h.join().unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.events().last().map(String::as_str), Some("[DONE]"));
@@ -384,19 +509,38 @@ fn in_flight_stream_survives_a_reload() {
 
 #[test]
 fn cli_check_hash_help_version() {
-    let out = Command::new(GATEWAY).args(["check", "--config", "policy/policy.yaml"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(GATEWAY)
+        .args(["check", "--config", "policy/policy.yaml"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("is valid") && text.contains("rate_limit"));
 
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.yaml");
-    std::fs::write(&bad, "auth: {enabled: true, valid_keys: [\"sha256:123\"]}\n").unwrap();
-    let out = Command::new(GATEWAY).arg("check").arg("-c").arg(&bad).output().unwrap();
+    std::fs::write(
+        &bad,
+        "auth: {enabled: true, valid_keys: [\"sha256:123\"]}\n",
+    )
+    .unwrap();
+    let out = Command::new(GATEWAY)
+        .arg("check")
+        .arg("-c")
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("auth.valid_keys[0]"));
 
-    let out = Command::new(GATEWAY).args(["hash-key", "prod-key-2024-qwen3"]).output().unwrap();
+    let out = Command::new(GATEWAY)
+        .args(["hash-key", "prod-key-2024-qwen3"])
+        .output()
+        .unwrap();
     let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     assert!(line.starts_with("sha256:") && line.len() == 71, "{line}");
     let mut child = Command::new(GATEWAY)
@@ -406,9 +550,18 @@ fn cli_check_hash_help_version() {
         .spawn()
         .unwrap();
     use std::io::Write as _;
-    child.stdin.take().unwrap().write_all(b"prod-key-2024-qwen3\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"prod-key-2024-qwen3\n")
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), line, "stdin and argument agree");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        line,
+        "stdin and argument agree"
+    );
 
     for flag in ["--help", "--version"] {
         let out = Command::new(GATEWAY).arg(flag).output().unwrap();

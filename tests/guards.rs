@@ -27,7 +27,13 @@ fn article_wrong_key_is_401() {
     assert_eq!(r.status, 401);
     assert_eq!(r.error_message(), "invalid api key");
     // Missing key: same answer.
-    let r = request(gw.addr, "POST", "/v1/chat/completions", &[], Some(hello("qwen3:32b").to_string().as_bytes()));
+    let r = request(
+        gw.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        Some(hello("qwen3:32b").to_string().as_bytes()),
+    );
     assert_eq!(r.status, 401);
     assert_eq!(r.error_message(), "invalid api key");
     assert_eq!(fake.chat_requests(), 0);
@@ -49,7 +55,11 @@ fn article_31st_request_is_429_with_retry_after() {
     let r = gw.chat(KEY, &hello("qwen3:32b"));
     assert_eq!(r.status, 429);
     r.error_message();
-    let retry: u64 = r.header("retry-after").unwrap().parse().expect("integer seconds");
+    let retry: u64 = r
+        .header("retry-after")
+        .unwrap()
+        .parse()
+        .expect("integer seconds");
     assert!((58..=60).contains(&retry), "Retry-After {retry}");
     assert_eq!(r.header("x-ratelimit-remaining-requests"), Some("0"));
     assert!(r.header("x-ratelimit-reset-requests").is_some());
@@ -60,8 +70,14 @@ fn article_31st_request_is_429_with_retry_after() {
 fn article_client_outside_whitelist_is_403() {
     let fake = Fake::start(&[]);
     let gw = Gateway::start(article_policy(), &fake.url());
-    let r = request_from(untrusted(), gw.addr, "POST", "/v1/chat/completions",
-        &[("X-Api-Key", KEY)], Some(hello("qwen3:32b").to_string().as_bytes()));
+    let r = request_from(
+        untrusted(),
+        gw.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("X-Api-Key", KEY)],
+        Some(hello("qwen3:32b").to_string().as_bytes()),
+    );
     assert_eq!(r.status, 403);
     r.error_message();
     assert_eq!(fake.chat_requests(), 0);
@@ -72,7 +88,10 @@ fn article_long_prompt_is_400() {
     let fake = Fake::start(&[]);
     let gw = Gateway::start(article_policy(), &fake.url());
     let prompt = "a".repeat(100_000);
-    let r = gw.chat(KEY, &json!({"model":"qwen3:32b","messages":[{"role":"user","content":prompt}]}));
+    let r = gw.chat(
+        KEY,
+        &json!({"model":"qwen3:32b","messages":[{"role":"user","content":prompt}]}),
+    );
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(r.error_message(), "prompt too long, max 32768 chars");
     assert_eq!(fake.chat_requests(), 0);
@@ -97,14 +116,31 @@ audit: {{dir: "{{DIR}}/audit"}}
     );
     let gw = Gateway::start(&policy, &fake.url());
     let bearer = [("Authorization", "Bearer team-b-secret-key")];
-    let r = request(gw.addr, "POST", "/v1/chat/completions", &bearer, Some(hello("llama").to_string().as_bytes()));
+    let r = request(
+        gw.addr,
+        "POST",
+        "/v1/chat/completions",
+        &bearer,
+        Some(hello("llama").to_string().as_bytes()),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(fake.stats()["last_chat"]["model"], "llama3.2:latest");
-    let r = request(gw.addr, "POST", "/v1/chat/completions", &bearer, Some(hello("qwen3:32b").to_string().as_bytes()));
+    let r = request(
+        gw.addr,
+        "POST",
+        "/v1/chat/completions",
+        &bearer,
+        Some(hello("qwen3:32b").to_string().as_bytes()),
+    );
     assert_eq!(r.status, 403);
     assert!(r.error_message().contains("qwen3:32b"));
     let r = request(gw.addr, "GET", "/v1/models", &bearer, None);
-    let ids: Vec<String> = r.json()["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_owned()).collect();
+    let ids: Vec<String> = r.json()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(ids, vec!["llama"]);
 
     // Identity in the audit log is the id; the key is nowhere.
@@ -150,17 +186,31 @@ fn forwarded_headers_count_only_from_trusted_proxies() {
     let send = |from: Option<IpAddr>, hdrs: &[(&str, &str)]| {
         let mut h = vec![("X-Api-Key", KEY)];
         h.extend_from_slice(hdrs);
-        request_from(from, gw.addr, "POST", "/v1/chat/completions", &h, Some(body.as_bytes())).status
+        request_from(
+            from,
+            gw.addr,
+            "POST",
+            "/v1/chat/completions",
+            &h,
+            Some(body.as_bytes()),
+        )
+        .status
     };
     // Untrusted peer claiming to be an allowed address gains nothing.
     assert_eq!(send(untrusted(), &[("X-Forwarded-For", "127.0.0.1")]), 403);
     assert_eq!(send(untrusted(), &[("X-Real-IP", "10.0.0.5")]), 403);
-    assert_eq!(send(untrusted(), &[("X-Forwarded-For", "10.0.1.1, 127.0.0.1")]), 403);
+    assert_eq!(
+        send(untrusted(), &[("X-Forwarded-For", "10.0.1.1, 127.0.0.1")]),
+        403
+    );
     // Trusted peer (Nginx on 127.0.0.1): the rightmost untrusted address is the client.
     assert_eq!(send(None, &[("X-Forwarded-For", "203.0.113.9")]), 403);
     assert_eq!(send(None, &[("X-Forwarded-For", "10.0.3.4")]), 200);
     // A client-sent prefix that Nginx appended to does not help.
-    assert_eq!(send(None, &[("X-Forwarded-For", "10.0.3.4, 203.0.113.9")]), 403);
+    assert_eq!(
+        send(None, &[("X-Forwarded-For", "10.0.3.4, 203.0.113.9")]),
+        403
+    );
     assert_eq!(send(None, &[("X-Real-IP", "203.0.113.9")]), 403);
     assert_eq!(send(None, &[("X-Forwarded-For", "::ffff:10.0.9.9")]), 200);
     assert_eq!(fake.chat_requests(), 2);
@@ -169,8 +219,16 @@ fn forwarded_headers_count_only_from_trusted_proxies() {
         let l = gw.audit_lines();
         (l.len() >= 8).then_some(l)
     });
-    assert!(lines.iter().any(|l| l["client_ip"] == "203.0.113.9" && l["status"] == 403));
-    assert!(lines.iter().any(|l| l["client_ip"] == UNTRUSTED && l["status"] == 403));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["client_ip"] == "203.0.113.9" && l["status"] == 403)
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["client_ip"] == UNTRUSTED && l["status"] == 403)
+    );
 }
 
 #[test]
@@ -178,13 +236,20 @@ fn observer_endpoints_need_a_trusted_or_allowed_address() {
     let fake = Fake::start(&[]);
     let gw = Gateway::start(article_policy(), &fake.url());
     for path in ["/readyz", "/metrics"] {
-        assert_eq!(request(gw.addr, "GET", path, &[], None).status, 200, "{path}");
+        assert_eq!(
+            request(gw.addr, "GET", path, &[], None).status,
+            200,
+            "{path}"
+        );
         let r = request_from(untrusted(), gw.addr, "GET", path, &[], None);
         assert_eq!(r.status, 403, "{path}");
         r.error_message();
     }
     // /healthz answers everyone, without a key.
-    assert_eq!(request_from(untrusted(), gw.addr, "GET", "/healthz", &[], None).status, 200);
+    assert_eq!(
+        request_from(untrusted(), gw.addr, "GET", "/healthz", &[], None).status,
+        200
+    );
 }
 
 // ---- rate limits ----
@@ -202,12 +267,23 @@ fn hundred_concurrent_requests_admit_exactly_thirty() {
             let barrier = barrier.clone();
             std::thread::spawn(move || {
                 barrier.wait();
-                request(addr, "POST", "/v1/chat/completions", &[("X-Api-Key", KEY)], Some(body.as_bytes())).status
+                request(
+                    addr,
+                    "POST",
+                    "/v1/chat/completions",
+                    &[("X-Api-Key", KEY)],
+                    Some(body.as_bytes()),
+                )
+                .status
             })
         })
         .collect();
     let statuses: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 30, "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        30,
+        "{statuses:?}"
+    );
     assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 70);
     assert_eq!(fake.chat_requests(), 30);
 }
@@ -257,8 +333,14 @@ rate_limit: {enabled: true, max_requests: 3, window_seconds: 60}
         assert_eq!(gw.chat("", &hello("qwen3:32b")).status, 200);
     }
     assert_eq!(gw.chat("", &hello("qwen3:32b")).status, 429);
-    let r = request_from(untrusted(), gw.addr, "POST", "/v1/chat/completions", &[],
-        Some(hello("qwen3:32b").to_string().as_bytes()));
+    let r = request_from(
+        untrusted(),
+        gw.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        Some(hello("qwen3:32b").to_string().as_bytes()),
+    );
     assert_eq!(r.status, 200, "another client has its own budget");
 
     let policy = r#"
@@ -271,7 +353,11 @@ auth:
     - {id: small, key: "small-key-1234"}
 "#;
     let gw = Gateway::start(policy, &fake.url());
-    let ok = |key: &str| (0..8).filter(|_| gw.chat(key, &hello("qwen3:32b")).status == 200).count();
+    let ok = |key: &str| {
+        (0..8)
+            .filter(|_| gw.chat(key, &hello("qwen3:32b")).status == 200)
+            .count()
+    };
     assert_eq!(ok("big-key-12345"), 5);
     assert_eq!(ok("small-key-1234"), 2);
 }
@@ -283,17 +369,26 @@ fn prompt_length_counts_characters_not_bytes() {
     let fake = Fake::start(&[]);
     let gw = Gateway::start(article_policy(), &fake.url());
     let ok = "你".repeat(32_768);
-    let r = gw.chat(KEY, &json!({"model":"qwen3:32b","messages":[{"role":"user","content":ok}]}));
+    let r = gw.chat(
+        KEY,
+        &json!({"model":"qwen3:32b","messages":[{"role":"user","content":ok}]}),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     let over = "你".repeat(32_769);
-    let r = gw.chat(KEY, &json!({"model":"qwen3:32b","messages":[{"role":"user","content":over}]}));
+    let r = gw.chat(
+        KEY,
+        &json!({"model":"qwen3:32b","messages":[{"role":"user","content":over}]}),
+    );
     assert_eq!(r.status, 400);
     assert_eq!(r.error_message(), "prompt too long, max 32768 chars");
     // Parts count too.
     let half = "x".repeat(20_000);
-    let r = gw.chat(KEY, &json!({"model":"qwen3:32b","messages":[
+    let r = gw.chat(
+        KEY,
+        &json!({"model":"qwen3:32b","messages":[
         {"role":"system","content":half},
-        {"role":"user","content":[{"type":"text","text":half}]}]}));
+        {"role":"user","content":[{"type":"text","text":half}]}]}),
+    );
     assert_eq!(r.status, 400);
     assert_eq!(fake.chat_requests(), 1);
 }
@@ -304,7 +399,10 @@ fn oversized_body_is_413_in_the_envelope() {
     let policy = format!("{}limits: {{max_body_bytes: 65536}}\n", article_policy());
     let gw = Gateway::start(&policy, &fake.url());
     let big = "y".repeat(70_000);
-    let r = gw.chat(KEY, &json!({"model":"qwen3:32b","messages":[{"role":"user","content":big}]}));
+    let r = gw.chat(
+        KEY,
+        &json!({"model":"qwen3:32b","messages":[{"role":"user","content":big}]}),
+    );
     assert_eq!(r.status, 413);
     assert!(r.error_message().contains("65536"));
     // Without Content-Length (chunked upload) the limit holds too.
@@ -320,7 +418,11 @@ fn oversized_body_is_413_in_the_envelope() {
     let _ = write!(s, "0\r\n\r\n");
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
-    assert!(out.starts_with("HTTP/1.1 413"), "{}", &out[..out.len().min(200)]);
+    assert!(
+        out.starts_with("HTTP/1.1 413"),
+        "{}",
+        &out[..out.len().min(200)]
+    );
     assert_eq!(fake.chat_requests(), 0);
 }
 
@@ -329,7 +431,10 @@ fn default_body_limit_lets_the_article_prompt_reach_the_prompt_check() {
     let fake = Fake::start(&[]);
     let gw = Gateway::start(article_policy(), &fake.url());
     // 100,000 CJK characters: 300,000 bytes of UTF-8, well under the 4 MiB default.
-    let r = gw.chat(KEY, &json!({"model":"qwen3:32b","messages":[{"role":"user","content":"好".repeat(100_000)}]}));
+    let r = gw.chat(
+        KEY,
+        &json!({"model":"qwen3:32b","messages":[{"role":"user","content":"好".repeat(100_000)}]}),
+    );
     assert_eq!(r.status, 400);
     assert_eq!(r.error_message(), "prompt too long, max 32768 chars");
 }
@@ -339,15 +444,34 @@ fn guard_order_is_ip_key_rate_then_body() {
     let fake = Fake::start(&[]);
     let policy = article_policy().replace("max_requests: 30", "max_requests: 1");
     let gw = Gateway::start(&policy, &fake.url());
-    let long = json!({"model":"qwen3:32b","messages":[{"role":"user","content":"a".repeat(40_000)}]}).to_string();
+    let long =
+        json!({"model":"qwen3:32b","messages":[{"role":"user","content":"a".repeat(40_000)}]})
+            .to_string();
     // Disallowed IP with a bad key and a long prompt: the IP check answers.
-    let r = request_from(untrusted(), gw.addr, "POST", "/v1/chat/completions", &[("X-Api-Key", "bad")], Some(long.as_bytes()));
+    let r = request_from(
+        untrusted(),
+        gw.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("X-Api-Key", "bad")],
+        Some(long.as_bytes()),
+    );
     assert_eq!(r.status, 403);
     // Allowed IP, bad key, long prompt: the key check answers.
-    assert_eq!(gw.chat("bad-key-000", &serde_json::from_str(&long).unwrap()).status, 401);
+    assert_eq!(
+        gw.chat("bad-key-000", &serde_json::from_str(&long).unwrap())
+            .status,
+        401
+    );
     // Good key, long prompt: the prompt check answers, and it used the one allowed request.
-    assert_eq!(gw.chat(KEY, &serde_json::from_str(&long).unwrap()).status, 400);
+    assert_eq!(
+        gw.chat(KEY, &serde_json::from_str(&long).unwrap()).status,
+        400
+    );
     // Over the limit, long prompt: the rate limit answers before the body is looked at.
-    assert_eq!(gw.chat(KEY, &serde_json::from_str(&long).unwrap()).status, 429);
+    assert_eq!(
+        gw.chat(KEY, &serde_json::from_str(&long).unwrap()).status,
+        429
+    );
     assert_eq!(fake.chat_requests(), 0);
 }

@@ -62,7 +62,11 @@ fn closed_port_is_503_at_once() {
     let t = Instant::now();
     let r = ask(&gw, "qwen3:32b", true);
     assert_eq!(r.status, 503);
-    assert!(t.elapsed() < Duration::from_millis(600), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(600),
+        "took {:?}",
+        t.elapsed()
+    );
     assert_no_internals(&r.text(), &format!("127.0.0.1:{port}"));
 }
 
@@ -109,18 +113,28 @@ fn hung_but_alive_ollama_gets_504_at_first_token_timeout() {
     let r = ask(&gw, "test/hang", false);
     assert_eq!(r.status, 504, "{}", r.text());
     let took = t.elapsed();
-    assert!(took >= Duration::from_millis(2900) && took < Duration::from_secs(6), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(2900) && took < Duration::from_secs(6),
+        "{took:?}"
+    );
     assert_no_internals(&r.error_message(), &fake.addr.to_string());
 }
 
 fn assert_sse_error_without_done(r: &Response, code: &str, internal: &str) {
     assert_eq!(r.status, 200);
     let events = r.events();
-    assert!(!events.iter().any(|e| e == "[DONE]"), "a failure must not end with [DONE]");
+    assert!(
+        !events.iter().any(|e| e == "[DONE]"),
+        "a failure must not end with [DONE]"
+    );
     let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
     assert_eq!(last["error"]["code"], code, "{last}");
     assert!(last["error"]["message"].is_string());
-    assert!(!events.iter().any(|e| e.contains("\"finish_reason\":\"stop\"")));
+    assert!(
+        !events
+            .iter()
+            .any(|e| e.contains("\"finish_reason\":\"stop\""))
+    );
     assert_no_internals(&r.text(), internal);
 }
 
@@ -157,11 +171,18 @@ fn breaker_opens_fails_fast_and_closes() {
     assert_eq!(r.status, 503, "open breaker fails fast");
     assert!(t.elapsed() < Duration::from_millis(200));
     assert!(r.header("retry-after").is_some());
-    assert_eq!(fake.chat_requests(), before, "an open breaker does not touch Ollama");
+    assert_eq!(
+        fake.chat_requests(),
+        before,
+        "an open breaker does not touch Ollama"
+    );
     let ready = request(gw.addr, "GET", "/readyz", &[], None).json();
     assert_eq!(ready["breaker"], "open");
     let metrics = request(gw.addr, "GET", "/metrics", &[], None).text();
-    assert!(metrics.contains("qwen_gateway_breaker_state 1"), "{metrics}");
+    assert!(
+        metrics.contains("qwen_gateway_breaker_state 1"),
+        "{metrics}"
+    );
 
     // After the cool-down, one request probes and closes it.
     let r = wait_for(Duration::from_secs(5), "half-open probe", || {
@@ -169,7 +190,10 @@ fn breaker_opens_fails_fast_and_closes() {
         (r.status == 200).then_some(r)
     });
     assert_eq!(r.status, 200);
-    assert_eq!(request(gw.addr, "GET", "/readyz", &[], None).json()["breaker"], "closed");
+    assert_eq!(
+        request(gw.addr, "GET", "/readyz", &[], None).json()["breaker"],
+        "closed"
+    );
 
     // Busy (overload) never trips it.
     for _ in 0..5 {
@@ -184,7 +208,9 @@ fn client_disconnect_cancels_the_upstream_request() {
     let gw = Gateway::start(&policy(""), &fake.url());
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
-    let body = json!({"model":"test/stall","stream":true,"messages":[{"role":"user","content":"x"}]}).to_string();
+    let body =
+        json!({"model":"test/stall","stream":true,"messages":[{"role":"user","content":"x"}]})
+            .to_string();
     write!(s, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Api-Key: ops-key-123456\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
     let mut buf = [0u8; 256];
     let _ = s.read(&mut buf).unwrap();
@@ -210,9 +236,12 @@ fn audit_has_one_line_per_request_through_sigterm_and_leaks_nothing() {
     let mut sent = 0;
     let mut mixed = |key: &str, model: &str, stream: bool| {
         sent += 1;
-        gw.chat(key, &json!({"model": model, "stream": stream,
-            "messages": [{"role":"user","content": secret_prompt}]}))
-            .status
+        gw.chat(
+            key,
+            &json!({"model": model, "stream": stream,
+            "messages": [{"role":"user","content": secret_prompt}]}),
+        )
+        .status
     };
     let mut statuses = Vec::new();
     for i in 0..8 {
@@ -227,7 +256,13 @@ fn audit_has_one_line_per_request_through_sigterm_and_leaks_nothing() {
     assert!(statuses.contains(&429) && statuses.contains(&401) && statuses.contains(&502));
     let extra = [
         request(gw.addr, "GET", "/healthz", &[], None),
-        request(gw.addr, "GET", "/nope", &[("X-Request-Id", "trace-me-1")], None),
+        request(
+            gw.addr,
+            "GET",
+            "/nope",
+            &[("X-Request-Id", "trace-me-1")],
+            None,
+        ),
     ];
     // A stream still running when SIGTERM arrives finishes and is audited.
     let addr = gw.addr;
@@ -246,17 +281,52 @@ fn audit_has_one_line_per_request_through_sigterm_and_leaks_nothing() {
     let lines = gw.audit_lines();
     assert_eq!(lines.len(), sent + extra.len() + 1, "one line per request");
     for l in &lines {
-        for field in ["ts", "request_id", "client_ip", "key_id", "user_id", "method", "path", "model",
-            "status", "error", "prompt_chars", "prompt_tokens", "completion_tokens", "stream",
-            "latency_ms", "ttft_ms", "upstream_ms"] {
+        for field in [
+            "ts",
+            "request_id",
+            "client_ip",
+            "key_id",
+            "user_id",
+            "method",
+            "path",
+            "model",
+            "status",
+            "error",
+            "prompt_chars",
+            "prompt_tokens",
+            "completion_tokens",
+            "stream",
+            "latency_ms",
+            "ttft_ms",
+            "upstream_ms",
+        ] {
             assert!(l.get(field).is_some(), "missing {field} in {l}");
         }
     }
-    assert!(lines.iter().any(|l| l["request_id"] == "trace-me-1" && l["status"] == 404));
-    assert!(lines.iter().any(|l| l["status"] == 429 && l["error"] == "rate_limit_exceeded"));
-    assert!(lines.iter().any(|l| l["status"] == 200 && l["stream"] == true && l["ttft_ms"].is_number()));
-    assert!(lines.iter().any(|l| l["error"] == "upstream_error" && l["stream"] == true));
-    let ok = lines.iter().find(|l| l["status"] == 200 && l["stream"] == false).unwrap();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["request_id"] == "trace-me-1" && l["status"] == 404)
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["status"] == 429 && l["error"] == "rate_limit_exceeded")
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["status"] == 200 && l["stream"] == true && l["ttft_ms"].is_number())
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["error"] == "upstream_error" && l["stream"] == true)
+    );
+    let ok = lines
+        .iter()
+        .find(|l| l["status"] == 200 && l["stream"] == false)
+        .unwrap();
     assert!(ok["completion_tokens"].as_u64().unwrap() > 0);
     assert_eq!(ok["key_id"], "ops");
     assert_eq!(ok["user_id"], "ops");
@@ -271,15 +341,29 @@ fn audit_has_one_line_per_request_through_sigterm_and_leaks_nothing() {
 fn user_id_header_and_request_id_are_recorded() {
     let fake = Fake::start(&[]);
     let gw = Gateway::start(&policy(""), &fake.url());
-    let r = request(gw.addr, "POST", "/v1/chat/completions",
-        &[("X-Api-Key", "ops-key-123456"), ("X-User-Id", "alice"), ("X-Request-Id", "abc-123")],
-        Some(hello("qwen3:32b").to_string().as_bytes()));
+    let r = request(
+        gw.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[
+            ("X-Api-Key", "ops-key-123456"),
+            ("X-User-Id", "alice"),
+            ("X-Request-Id", "abc-123"),
+        ],
+        Some(hello("qwen3:32b").to_string().as_bytes()),
+    );
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-request-id"), Some("abc-123"));
     let generated = request(gw.addr, "GET", "/healthz", &[], None);
-    assert!(generated.header("x-request-id").is_some_and(|v| v.len() >= 16));
+    assert!(
+        generated
+            .header("x-request-id")
+            .is_some_and(|v| v.len() >= 16)
+    );
     let line = wait_for(Duration::from_secs(5), "audit", || {
-        gw.audit_lines().into_iter().find(|l| l["request_id"] == "abc-123")
+        gw.audit_lines()
+            .into_iter()
+            .find(|l| l["request_id"] == "abc-123")
     });
     assert_eq!(line["user_id"], "alice");
     assert_eq!(line["key_id"], "ops");
@@ -295,7 +379,8 @@ fn metrics_cover_requests_rejections_reloads_and_tokens() {
     std::fs::write(&gw.policy_path, "garbage: [").unwrap();
     let m = wait_for(Duration::from_secs(5), "reload failure metric", || {
         let m = request(gw.addr, "GET", "/metrics", &[], None).text();
-        m.contains("qwen_gateway_policy_reloads_total{result=\"parse_error\"} 1").then_some(m)
+        m.contains("qwen_gateway_policy_reloads_total{result=\"parse_error\"} 1")
+            .then_some(m)
     });
     for needle in [
         "qwen_gateway_requests_total{route=\"/v1/chat/completions\",status=\"200\",key_id=\"ops\"} 1",

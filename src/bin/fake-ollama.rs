@@ -30,7 +30,10 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:11434")]
     listen: String,
     /// Comma-separated model names served (besides the test/* behaviours).
-    #[arg(long, default_value = "qwen3:32b,registry.internal/qwen3:32b,llama3.2:latest")]
+    #[arg(
+        long,
+        default_value = "qwen3:32b,registry.internal/qwen3:32b,llama3.2:latest"
+    )]
     models: String,
     /// `normal` or `dead` (accept connections, never answer).
     #[arg(long, default_value = "normal")]
@@ -184,7 +187,10 @@ fn ndjson(v: &Value) -> Bytes {
 
 async fn chat(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -> HttpResponse {
     let Ok(body) = serde_json::from_slice::<Value>(&body) else {
-        return err(StatusCode::BAD_REQUEST, "invalid character 'x' looking for beginning of value");
+        return err(
+            StatusCode::BAD_REQUEST,
+            "invalid character 'x' looking for beginning of value",
+        );
     };
     {
         let mut s = shared.stats.lock().unwrap_or_else(|p| p.into_inner());
@@ -233,7 +239,13 @@ async fn chat(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -> 
         .as_array()
         .map(|m| {
             m.iter()
-                .map(|m| m["content"].as_str().unwrap_or("").split_whitespace().count())
+                .map(|m| {
+                    m["content"]
+                        .as_str()
+                        .unwrap_or("")
+                        .split_whitespace()
+                        .count()
+                })
                 .sum()
         })
         .unwrap_or(0);
@@ -336,7 +348,10 @@ async fn chat(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -> 
 async fn embed(body: web::Json<Value>) -> HttpResponse {
     let inputs: Vec<String> = match &body["input"] {
         Value::String(s) => vec![s.clone()],
-        Value::Array(a) => a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+        Value::Array(a) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
         _ => Vec::new(),
     };
     if inputs.is_empty() {

@@ -171,8 +171,7 @@ impl Policy {
         if text.trim().is_empty() {
             return Err(parse_err("the file is empty".into()));
         }
-        let file: PolicyFile =
-            serde_yaml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
+        let file: PolicyFile = serde_yaml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
         validate::validate(file, hex::encode(Sha256::digest(bytes)))
     }
 
@@ -213,7 +212,10 @@ impl Policy {
             parts.push(format!("auth enabled: {}", new.auth.is_some()));
         }
         if self.whitelist != new.whitelist {
-            parts.push(format!("whitelist: {}", describe_set(new.whitelist.as_ref())));
+            parts.push(format!(
+                "whitelist: {}",
+                describe_set(new.whitelist.as_ref())
+            ));
         }
         if self.trusted_proxies != new.trusted_proxies {
             parts.push(format!(

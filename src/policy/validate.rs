@@ -109,7 +109,10 @@ pub fn validate(f: PolicyFile, sha256: String) -> Result<Policy, PolicyError> {
         max_messages: lf.max_messages.unwrap_or(1_000),
     };
     if limits.max_prompt_chars == 0 {
-        return Err(PolicyError::invalid("limits.max_prompt_chars", "must be > 0"));
+        return Err(PolicyError::invalid(
+            "limits.max_prompt_chars",
+            "must be > 0",
+        ));
     }
     if !(1024..=256 * 1024 * 1024).contains(&limits.max_body_bytes) {
         return Err(PolicyError::invalid(
@@ -137,7 +140,11 @@ pub fn validate(f: PolicyFile, sha256: String) -> Result<Policy, PolicyError> {
         )?,
         breaker: BreakerPolicy {
             failure_threshold: bf.failure_threshold.unwrap_or(5),
-            cooldown: seconds("upstream.breaker.cooldown_seconds", bf.cooldown_seconds, 10.0)?,
+            cooldown: seconds(
+                "upstream.breaker.cooldown_seconds",
+                bf.cooldown_seconds,
+                10.0,
+            )?,
         },
     };
     if upstream.first_token_timeout < upstream.timeout {
@@ -251,7 +258,10 @@ fn quota(key: &str, max_requests: u32, window_seconds: u64) -> Result<Quota, Pol
 fn seconds(key: &str, v: Option<f64>, default: f64) -> Result<Duration, PolicyError> {
     let v = v.unwrap_or(default);
     if !v.is_finite() || v <= 0.0 || v > 86_400.0 {
-        return Err(PolicyError::invalid(key, "must be a number of seconds > 0 and <= 86400"));
+        return Err(PolicyError::invalid(
+            key,
+            "must be a number of seconds > 0 and <= 86400",
+        ));
     }
     Ok(Duration::from_secs_f64(v))
 }
@@ -265,7 +275,9 @@ fn ip_set(key: &str, items: &[String]) -> Result<IpSet, PolicyError> {
     let nets = items
         .iter()
         .enumerate()
-        .map(|(i, s)| parse_net(s).map_err(|reason| PolicyError::invalid(format!("{key}[{i}]"), reason)))
+        .map(|(i, s)| {
+            parse_net(s).map_err(|reason| PolicyError::invalid(format!("{key}[{i}]"), reason))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(IpSet::new(nets))
 }
@@ -273,7 +285,10 @@ fn ip_set(key: &str, items: &[String]) -> Result<IpSet, PolicyError> {
 fn validate_models(map: BTreeMap<String, String>) -> Result<ModelMap, PolicyError> {
     for (public, upstream) in &map {
         if public.trim().is_empty() {
-            return Err(PolicyError::invalid("models", "a public model name is empty"));
+            return Err(PolicyError::invalid(
+                "models",
+                "a public model name is empty",
+            ));
         }
         if upstream.trim().is_empty() {
             return Err(PolicyError::invalid(
@@ -288,17 +303,22 @@ fn validate_models(map: BTreeMap<String, String>) -> Result<ModelMap, PolicyErro
 /// A key entry is either `sha256:<64 hex>` or plaintext (warned about).
 fn key_digest(key: &str, path: &str, warnings: &mut Vec<String>) -> Result<[u8; 32], PolicyError> {
     if let Some(hexpart) = key.strip_prefix("sha256:") {
-        let bytes = hex::decode(hexpart).map_err(|_| {
-            PolicyError::invalid(path, "sha256: must be followed by 64 hex digits")
-        })?;
+        let bytes = hex::decode(hexpart)
+            .map_err(|_| PolicyError::invalid(path, "sha256: must be followed by 64 hex digits"))?;
         return <[u8; 32]>::try_from(bytes.as_slice())
             .map_err(|_| PolicyError::invalid(path, "sha256: must be followed by 64 hex digits"));
     }
     if key.len() < 8 {
-        return Err(PolicyError::invalid(path, "a key must be at least 8 characters"));
+        return Err(PolicyError::invalid(
+            path,
+            "a key must be at least 8 characters",
+        ));
     }
     if key.trim() != key {
-        return Err(PolicyError::invalid(path, "a key must not start or end with spaces"));
+        return Err(PolicyError::invalid(
+            path,
+            "a key must not start or end with spaces",
+        ));
     }
     warnings.push(format!(
         "{path} is a plaintext key; store `qwen-gateway hash-key` output (sha256:...) instead"
@@ -311,7 +331,10 @@ fn validate_auth(
     models: &ModelMap,
     warnings: &mut Vec<String>,
 ) -> Result<Option<AuthPolicy>, PolicyError> {
-    let header = header_name("auth.header_key", af.header_key.as_deref().unwrap_or("X-Api-Key"))?;
+    let header = header_name(
+        "auth.header_key",
+        af.header_key.as_deref().unwrap_or("X-Api-Key"),
+    )?;
     let failures = quota(
         "auth",
         af.max_failures.unwrap_or(10),
@@ -354,16 +377,18 @@ fn validate_auth(
         let d = key_digest(&k.key, &format!("{path}.key"), warnings)?;
         let rate_limit = k
             .rate_limit
-            .map(|KeyLimitFile {
+            .map(
+                |KeyLimitFile {
                      max_requests,
                      window_seconds,
                  }| {
-                quota(
-                    &format!("{path}.rate_limit"),
-                    max_requests,
-                    window_seconds.unwrap_or(60),
-                )
-            })
+                    quota(
+                        &format!("{path}.rate_limit"),
+                        max_requests,
+                        window_seconds.unwrap_or(60),
+                    )
+                },
+            )
             .transpose()?;
         let allowed = match k.models {
             None => None,
@@ -466,26 +491,42 @@ whitelist:
 
     #[test]
     fn unknown_keys_are_errors_that_name_the_field() {
-        let err = load("listen: ':1'\nrate_limt: {}\n").err().map(|e| e.to_string());
+        let err = load("listen: ':1'\nrate_limt: {}\n")
+            .err()
+            .map(|e| e.to_string());
         assert!(err.unwrap_or_default().contains("rate_limt"));
-        let err = load("auth: {enabled: true, valid_key: []}\n").err().map(|e| e.to_string());
+        let err = load("auth: {enabled: true, valid_key: []}\n")
+            .err()
+            .map(|e| e.to_string());
         assert!(err.unwrap_or_default().contains("valid_key"));
     }
 
     #[test]
     fn bad_values_name_the_dotted_key() {
         let cases = [
-            ("rate_limit: {enabled: true, max_requests: 0}", "rate_limit.max_requests"),
-            ("whitelist: {enabled: true, ips: ['10.0.0.0/99']}", "whitelist.ips[0]"),
+            (
+                "rate_limit: {enabled: true, max_requests: 0}",
+                "rate_limit.max_requests",
+            ),
+            (
+                "whitelist: {enabled: true, ips: ['10.0.0.0/99']}",
+                "whitelist.ips[0]",
+            ),
             ("listen: 'nope'", "listen"),
             ("ollama_api: 'https://x:1'", "ollama_api"),
-            ("auth: {enabled: true, valid_keys: ['sha256:abc']}", "auth.valid_keys[0]"),
+            (
+                "auth: {enabled: true, valid_keys: ['sha256:abc']}",
+                "auth.valid_keys[0]",
+            ),
             ("auth: {enabled: true}", "auth.valid_keys"),
             (
                 "auth: {enabled: true, keys: [{id: a, key: aaaaaaaaaa}, {id: a, key: bbbbbbbbbb}]}",
                 "auth.keys",
             ),
-            ("upstream: {timeout_seconds: -1}", "upstream.timeout_seconds"),
+            (
+                "upstream: {timeout_seconds: -1}",
+                "upstream.timeout_seconds",
+            ),
             ("log_level: loud", "log_level"),
             (
                 "models: {a: b}\nauth: {enabled: true, keys: [{id: x, key: aaaaaaaaaa, models: [c]}]}",
@@ -508,7 +549,10 @@ whitelist:
             ("[::1]:8", "[::1]:8"),
             ("localhost:9", "127.0.0.1:9"),
         ] {
-            assert_eq!(parse_listen(s).map(|a| a.to_string()).ok().as_deref(), Some(want));
+            assert_eq!(
+                parse_listen(s).map(|a| a.to_string()).ok().as_deref(),
+                Some(want)
+            );
         }
     }
 
@@ -519,9 +563,15 @@ whitelist:
             "auth: {{enabled: true, keys: [{{id: team-a, key: '{hashed}', rate_limit: {{max_requests: 5}}}}]}}"
         );
         let p = load(&y).ok();
-        let key = p.as_ref().and_then(|p| p.auth.as_ref()).map(|a| a.keys[0].clone());
+        let key = p
+            .as_ref()
+            .and_then(|p| p.auth.as_ref())
+            .map(|a| a.keys[0].clone());
         assert_eq!(key.as_ref().map(|k| k.id.as_str()), Some("team-a"));
-        assert_eq!(key.as_ref().map(|k| k.digest), Some(digest(b"s3cret-key-1")));
+        assert_eq!(
+            key.as_ref().map(|k| k.digest),
+            Some(digest(b"s3cret-key-1"))
+        );
         assert_eq!(
             key.and_then(|k| k.rate_limit).map(|q| q.max_requests),
             Some(5)

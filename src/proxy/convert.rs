@@ -70,7 +70,11 @@ fn image_payload(url: &str) -> Result<String, GatewayError> {
         .ok_or_else(|| bad("malformed data: URL in image_url"))?;
     let ok_type = matches!(
         meta,
-        ";base64" | "image/jpeg;base64" | "image/jpg;base64" | "image/png;base64" | "image/webp;base64"
+        ";base64"
+            | "image/jpeg;base64"
+            | "image/jpg;base64"
+            | "image/png;base64"
+            | "image/webp;base64"
     );
     if !ok_type {
         return Err(bad(
@@ -204,7 +208,11 @@ pub fn to_ollama<'a>(
         format,
         options,
         tools: req.tools.as_deref().filter(|t| !t.is_empty()),
-        think: req.reasoning_effort.as_deref().map(think_from).transpose()?,
+        think: req
+            .reasoning_effort
+            .as_deref()
+            .map(think_from)
+            .transpose()?,
     })
 }
 
@@ -303,6 +311,8 @@ pub enum LineOutcome {
     Done(Usage),
     /// Ollama reported an error mid-stream; the caller ends the stream with an error event.
     Failed,
+    /// The line is not an Ollama chat chunk: the stream cannot be trusted further.
+    Invalid,
 }
 
 /// Turns Ollama NDJSON lines into OpenAI SSE events, one event per line, at once.
@@ -352,14 +362,16 @@ impl SseTranslator {
     }
 
     /// Translates one line (without its newline) and appends the SSE events to `out`.
-    pub fn on_line(&mut self, line: &[u8], out: &mut BytesMut) -> Result<LineOutcome, ()> {
+    pub fn on_line(&mut self, line: &[u8], out: &mut BytesMut) -> LineOutcome {
         let line = line.trim_ascii();
         if line.is_empty() {
-            return Ok(LineOutcome::Continue);
+            return LineOutcome::Continue;
         }
-        let chunk: ollama::ChatChunk = serde_json::from_slice(line).map_err(|_| ())?;
+        let Ok(chunk) = serde_json::from_slice::<ollama::ChatChunk>(line) else {
+            return LineOutcome::Invalid;
+        };
         if chunk.error.is_some() {
-            return Ok(LineOutcome::Failed);
+            return LineOutcome::Failed;
         }
         if let Some(msg) = &chunk.message {
             // Reasoning first, as its own chunk, then content and tool calls.
@@ -412,7 +424,7 @@ impl SseTranslator {
             }
         }
         if !chunk.done {
-            return Ok(LineOutcome::Continue);
+            return LineOutcome::Continue;
         }
         let usage = usage_of(&chunk);
         let role = self.role();
@@ -441,7 +453,7 @@ impl SseTranslator {
             );
         }
         out.put_slice(b"data: [DONE]\n\n");
-        Ok(LineOutcome::Done(usage))
+        LineOutcome::Done(usage)
     }
 }
 
@@ -464,11 +476,13 @@ mod tests {
 
     #[test]
     fn reference_example_translates() {
-        let r = req(json!({"model":"llama3.2","stream":true,"max_tokens":256,"temperature":0.2,
+        let r = req(
+            json!({"model":"llama3.2","stream":true,"max_tokens":256,"temperature":0.2,
             "stop":"###","response_format":{"type":"json_object"},
             "stream_options":{"include_usage":true},
             "messages":[{"role":"system","content":"Answer in JSON."},
-                        {"role":"user","content":"Capital of France?"}]}));
+                        {"role":"user","content":"Capital of France?"}]}),
+        );
         let o = serde_json::to_value(to_ollama(&r, "llama3.2").unwrap()).unwrap();
         assert_eq!(
             o,
@@ -481,7 +495,8 @@ mod tests {
 
     #[test]
     fn options_parts_tools_and_reasoning() {
-        let r = req(json!({"model":"m","max_tokens":5,"max_completion_tokens":9,"seed":7,
+        let r = req(
+            json!({"model":"m","max_tokens":5,"max_completion_tokens":9,"seed":7,
             "reasoning_effort":"minimal",
             "tools":[{"type":"function","function":{"name":"get_weather","parameters":{}}}],
             "messages":[
@@ -490,15 +505,22 @@ mod tests {
                  {"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA"}}]},
               {"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function",
                  "function":{"name":"get_weather","arguments":"{\"city\":\"Tokyo\"}"}}]},
-              {"role":"tool","tool_call_id":"call_1","content":"sunny"}]}));
+              {"role":"tool","tool_call_id":"call_1","content":"sunny"}]}),
+        );
         let o = serde_json::to_value(to_ollama(&r, "up/m").unwrap()).unwrap();
         assert_eq!(o["model"], "up/m");
         assert_eq!(o["stream"], false);
         assert_eq!(o["options"], json!({"num_predict":9,"seed":7}));
         assert_eq!(o["think"], "low");
-        assert_eq!(o["messages"][0], json!({"role":"system","content":"be brief"}));
+        assert_eq!(
+            o["messages"][0],
+            json!({"role":"system","content":"be brief"})
+        );
         assert_eq!(o["messages"][1], json!({"role":"user","content":"what is"}));
-        assert_eq!(o["messages"][2], json!({"role":"user","content":"","images":["AAAA"]}));
+        assert_eq!(
+            o["messages"][2],
+            json!({"role":"user","content":"","images":["AAAA"]})
+        );
         assert_eq!(
             o["messages"][3]["tool_calls"][0]["function"],
             json!({"name":"get_weather","arguments":{"city":"Tokyo"}})
@@ -513,8 +535,10 @@ mod tests {
         let url = req(json!({"model":"m","messages":[{"role":"user","content":[
             {"type":"image_url","image_url":{"url":"https://x/y.png"}}]}]}));
         assert!(to_ollama(&url, "m").is_err());
-        let args = req(json!({"model":"m","messages":[{"role":"assistant","tool_calls":[
-            {"id":"c","function":{"name":"f","arguments":"{nope"}}]}]}));
+        let args = req(
+            json!({"model":"m","messages":[{"role":"assistant","tool_calls":[
+            {"id":"c","function":{"name":"f","arguments":"{nope"}}]}]}),
+        );
         assert!(to_ollama(&args, "m").is_err());
         let role = req(json!({"model":"m","messages":[{"role":"wizard","content":"x"}]}));
         assert!(to_ollama(&role, "m").is_err());
@@ -524,8 +548,10 @@ mod tests {
 
     #[test]
     fn prompt_chars_counts_unicode_characters() {
-        let r = req(json!({"model":"m","messages":[{"role":"user","content":"你好"},
-            {"role":"user","content":[{"type":"text","text":"abc"}]}]}));
+        let r = req(
+            json!({"model":"m","messages":[{"role":"user","content":"你好"},
+            {"role":"user","content":[{"type":"text","text":"abc"}]}]}),
+        );
         assert_eq!(prompt_chars(&r), 5);
     }
 
@@ -539,8 +565,14 @@ mod tests {
         let v: Value = serde_json::from_str(&completion_json(&a, "chatcmpl-x", 9, "pub")).unwrap();
         assert_eq!(v["model"], "pub");
         assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
-        assert_eq!(v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"], "{\"a\":1}");
-        assert_eq!(v["usage"], json!({"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}));
+        assert_eq!(
+            v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"],
+            "{\"a\":1}"
+        );
+        assert_eq!(
+            v["usage"],
+            json!({"prompt_tokens":3,"completion_tokens":4,"total_tokens":7})
+        );
         let text = v.to_string();
         assert!(!text.contains("total_duration") && !text.contains("created_at"));
     }
@@ -556,21 +588,24 @@ mod tests {
         ];
         let mut outcome = LineOutcome::Continue;
         for l in lines {
-            outcome = t.on_line(l.as_bytes(), &mut out).unwrap();
+            outcome = t.on_line(l.as_bytes(), &mut out);
         }
         assert_eq!(outcome, LineOutcome::Done(Usage::new(2, 2)));
         let text = String::from_utf8(out.to_vec()).unwrap();
         let events: Vec<&str> = text.split("\n\n").filter(|s| !s.is_empty()).collect();
         assert_eq!(events.len(), 5);
         let first: Value = serde_json::from_str(&events[0][6..]).unwrap();
-        assert_eq!(first["choices"][0]["delta"], json!({"role":"assistant","content":"The"}));
+        assert_eq!(
+            first["choices"][0]["delta"],
+            json!({"role":"assistant","content":"The"})
+        );
         assert_eq!(first["model"], "pub");
         let fin: Value = serde_json::from_str(&events[2][6..]).unwrap();
         assert_eq!(fin["choices"][0]["finish_reason"], "length");
         let usage: Value = serde_json::from_str(&events[3][6..]).unwrap();
         assert_eq!(usage["choices"], json!([]));
         assert_eq!(events[4], "data: [DONE]");
-        let err = t.on_line(br#"{"error":"boom"}"#, &mut out).unwrap();
+        let err = t.on_line(br#"{"error":"boom"}"#, &mut out);
         assert_eq!(err, LineOutcome::Failed);
     }
 

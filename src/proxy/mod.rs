@@ -295,15 +295,14 @@ pub async fn models(
     let mut resp = upstream
         .send(&state, policy, "/api/tags", None, &ctx.request_id, None)
         .await?;
-    let bytes = match tokio::time::timeout(policy.upstream.timeout, resp.body().limit(8 << 20))
-        .await
-    {
-        Ok(Ok(b)) => b,
-        _ => {
-            state.metrics.upstream_error("body");
-            return Err(GatewayError::UpstreamFailed);
-        }
-    };
+    let bytes =
+        match tokio::time::timeout(policy.upstream.timeout, resp.body().limit(8 << 20)).await {
+            Ok(Ok(b)) => b,
+            _ => {
+                state.metrics.upstream_error("body");
+                return Err(GatewayError::UpstreamFailed);
+            }
+        };
     let tags: ollama::Tags = serde_json::from_slice(&bytes).map_err(|_| {
         state.metrics.upstream_error("invalid_body");
         GatewayError::UpstreamFailed
@@ -318,7 +317,11 @@ pub async fn models(
             data.push(ModelEntry {
                 id: public.to_owned(),
                 object: "model",
-                created: m.modified_at.as_deref().and_then(parse_rfc3339).unwrap_or(0),
+                created: m
+                    .modified_at
+                    .as_deref()
+                    .and_then(parse_rfc3339)
+                    .unwrap_or(0),
                 owned_by: public
                     .rsplit_once('/')
                     .map_or("library", |(ns, _)| ns.rsplit('/').next().unwrap_or(ns))

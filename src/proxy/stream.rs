@@ -61,16 +61,16 @@ impl<S> State<S> {
 
     fn on_line(&mut self, line: &[u8], out: &mut BytesMut) {
         match self.translator.on_line(line, out) {
-            Ok(LineOutcome::Continue) => {}
-            Ok(LineOutcome::Done(usage)) => {
+            LineOutcome::Continue => {}
+            LineOutcome::Done(usage) => {
                 self.finished = true;
                 self.audit.update(|r| {
                     r.prompt_tokens = Some(usage.prompt_tokens);
                     r.completion_tokens = Some(usage.completion_tokens);
                 });
             }
-            Ok(LineOutcome::Failed) => self.fail(GatewayError::UpstreamFailed, "stream_error", out),
-            Err(()) => self.fail(GatewayError::UpstreamFailed, "stream_invalid", out),
+            LineOutcome::Failed => self.fail(GatewayError::UpstreamFailed, "stream_error", out),
+            LineOutcome::Invalid => self.fail(GatewayError::UpstreamFailed, "stream_invalid", out),
         }
     }
 
@@ -132,7 +132,11 @@ where
                         st.fail(GatewayError::UpstreamFailed, "stream_truncated", &mut out);
                     }
                 }
-                Err(_) => st.fail(GatewayError::UpstreamTimeout, "stream_idle_timeout", &mut out),
+                Err(_) => st.fail(
+                    GatewayError::UpstreamTimeout,
+                    "stream_idle_timeout",
+                    &mut out,
+                ),
             }
         }
         if !st.first_sent {

@@ -127,7 +127,8 @@ impl Upstream {
                     .post(url)
                     .insert_header((CONTENT_TYPE, "application/json"))
                     .insert_header(("x-request-id", request_id));
-                self.wait_for_head(req.send_body(body), policy, started).await
+                self.wait_for_head(req.send_body(body), policy, started)
+                    .await
             }
             None => {
                 let req = self

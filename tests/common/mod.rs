@@ -168,7 +168,11 @@ impl Gateway {
     pub fn wait_log(&self, needle: &str, skip: usize) {
         wait_for(Duration::from_secs(10), needle, || {
             let lines = self.stderr.lock().unwrap();
-            lines.iter().skip(skip).any(|l| l.contains(needle)).then_some(())
+            lines
+                .iter()
+                .skip(skip)
+                .any(|l| l.contains(needle))
+                .then_some(())
         });
     }
 
@@ -202,7 +206,10 @@ impl Gateway {
         if let Ok(entries) = std::fs::read_dir(&dir) {
             for e in entries.flatten() {
                 let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-                out.extend(text.lines().map(|l| serde_json::from_str(l).expect("audit json")));
+                out.extend(
+                    text.lines()
+                        .map(|l| serde_json::from_str(l).expect("audit json")),
+                );
             }
         }
         out

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Runs every check and test, exactly as CI does: format, clippy (warnings are errors), unit and
+# integration tests (real binaries, real sockets, real Nginx). Installs what the tests need
+# when it is missing: Debian's nginx, openssl, nftables and systemd's analyzer, plus a Python
+# venv with the official OpenAI SDK for the end-to-end client checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\n== %s\n' "$*"; }
+
+missing=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || missing+=(nftables)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing system packages: ${missing[*]}"
+  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+  $SUDO apt-get update -qq
+  # policy-rc.d keeps the package from starting a system-wide nginx on :80 during install.
+  printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+  $SUDO chmod +x /usr/sbin/policy-rc.d
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  $SUDO rm -f /usr/sbin/policy-rc.d
+fi
+
+VENV="${QWEN_TEST_VENV:-$PWD/target/test-venv}"
+if ! "$VENV/bin/python" -c 'import openai' >/dev/null 2>&1; then
+  say "creating the Python venv with the OpenAI SDK ($VENV)"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check 'openai>=1.40,<3'
+fi
+export QWEN_TEST_PYTHON="$VENV/bin/python"
+export PATH="$PATH:/usr/sbin:/sbin"
+
+say "cargo fmt --check"
+cargo fmt --all -- --check
+
+say "cargo clippy -D warnings"
+cargo clippy --locked --all-targets -- -D warnings
+
+say "cargo test"
+cargo test --locked --all-targets
+
+say "all checks passed"
