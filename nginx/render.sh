@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Renders an Nginx template with the values from nginx/site.env (or a file given with -e);
+# environment variables of the same names override the file. Usage:
+#   nginx/render.sh [-e site.env] TEMPLATE > OUTPUT
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+envfile="$here/site.env"
+if [ "${1:-}" = "-e" ]; then envfile=$2; shift 2; fi
+template=${1:?usage: render.sh [-e site.env] TEMPLATE}
+vars=(DOMAIN SSL_CERT SSL_KEY HTTP_PORT HTTPS_PORT GATEWAY_ADDR CHATUI_ADDR ACME_ROOT MAX_BODY)
+declare -A val
+while IFS='=' read -r k v; do
+  case "$k" in ''|\#*) continue ;; esac
+  val[$k]=$v
+done < "$envfile"
+for k in "${vars[@]}"; do
+  if [ -n "${!k:-}" ]; then val[$k]=${!k}; fi
+  [ -n "${val[$k]:-}" ] || { echo "render.sh: $k is not set" >&2; exit 1; }
+done
+# The redirect keeps a non-standard HTTPS port (tests, staging); 443 needs none.
+if [ "${val[HTTPS_PORT]}" = 443 ]; then val[HTTPS_SUFFIX]=; else val[HTTPS_SUFFIX]=":${val[HTTPS_PORT]}"; fi
+out=$(cat "$template")
+for k in "${vars[@]}" HTTPS_SUFFIX; do
+  out=${out//@${k}@/${val[$k]}}
+done
+if grep -q '@[A-Z_]*@' <<<"$out"; then
+  echo "render.sh: unreplaced placeholders: $(grep -o '@[A-Z_]*@' <<<"$out" | sort -u | tr '\n' ' ')" >&2
+  exit 1
+fi
+printf '%s\n' "$out"
