@@ -55,6 +55,8 @@ struct Stats {
     tags_requests: u64,
     last_chat: Value,
     last_headers: BTreeMap<String, String>,
+    /// The last request to a path the stand-in does not serve (what a proxy in front sent).
+    last_other: Value,
 }
 
 struct Shared {
@@ -99,6 +101,7 @@ fn main() -> std::io::Result<()> {
                 .route("/api/chat", web::post().to(chat))
                 .route("/api/embed", web::post().to(embed))
                 .route("/_fake/stats", web::get().to(stats))
+                .default_service(web::to(other))
         })
         .workers(workers)
         .listen(listener)?
@@ -118,7 +121,29 @@ async fn stats(shared: web::Data<Shared>) -> HttpResponse {
         "tags_requests": s.tags_requests,
         "last_chat": s.last_chat,
         "last_headers": s.last_headers,
+        "last_other": s.last_other,
     }))
+}
+
+fn headers_of(req: &HttpRequest) -> BTreeMap<String, String> {
+    req.headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+        .collect()
+}
+
+/// Unknown paths: 404 like Ollama, but remember what arrived (path and headers).
+async fn other(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
+    shared
+        .stats
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .last_other = json!({
+        "method": req.method().as_str(),
+        "path": req.uri().to_string(),
+        "headers": headers_of(&req),
+    });
+    err(StatusCode::NOT_FOUND, "404 page not found")
 }
 
 async fn tags(shared: web::Data<Shared>) -> HttpResponse {
@@ -196,11 +221,7 @@ async fn chat(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -> 
         let mut s = shared.stats.lock().unwrap_or_else(|p| p.into_inner());
         s.chat_requests += 1;
         s.last_chat = body.clone();
-        s.last_headers = req
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
-            .collect();
+        s.last_headers = headers_of(&req);
     }
     let args = &shared.args;
     let model = body["model"].as_str().unwrap_or("").to_owned();

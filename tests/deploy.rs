@@ -1,0 +1,727 @@
+//! The deployment bundle, tested with the real programs: Debian's Nginx with the shipped site
+//! config (only domain, certificate paths and ports substituted) in front of the real gateway
+//! and the stand-in Ollama, driven by the official OpenAI Python SDK; the certbot hook; the
+//! systemd unit; the nftables ruleset; install.sh; the ops scripts.
+//! `scripts/test.sh` installs nginx, nftables, curl and the SDK venv; a missing one fails here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+fn tool(name: &str) -> PathBuf {
+    for dir in ["/usr/sbin", "/sbin", "/usr/bin", "/bin", "/usr/local/bin"] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{name} is not installed; scripts/test.sh installs it");
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Nginx {
+    dir: tempfile::TempDir,
+    child: Child,
+    http: u16,
+    https: u16,
+}
+
+impl Nginx {
+    fn conf(&self) -> PathBuf {
+        self.dir.path().join("nginx.conf")
+    }
+
+    fn cmd_string(&self) -> String {
+        format!(
+            "{} -p {} -c {}",
+            tool("nginx").display(),
+            self.dir.path().display(),
+            self.conf().display()
+        )
+    }
+
+    fn cert(&self) -> PathBuf {
+        self.dir.path().join("cert.pem")
+    }
+
+    fn start(gateway: &str, chat_ui: &str) -> Nginx {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for sub in ["snippets", "acme/.well-known/acme-challenge", "logs"] {
+            std::fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        let o = run(Command::new(tool("openssl"))
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            ])
+            .arg("-keyout")
+            .arg(d.join("key.pem"))
+            .arg("-out")
+            .arg(d.join("cert.pem")));
+        assert!(o.status.success(), "{}", text(&o));
+        for f in [
+            "qwen-gateway-security-headers.conf",
+            "qwen-gateway-main.conf",
+        ] {
+            std::fs::copy(
+                Path::new(REPO).join("nginx/snippets").join(f),
+                d.join("snippets").join(f),
+            )
+            .unwrap();
+        }
+        let (http, https) = (free_port(), free_port());
+        let o = run(Command::new(Path::new(REPO).join("nginx/render.sh"))
+            .arg(Path::new(REPO).join("nginx/qwen-gateway.conf.template"))
+            .env("DOMAIN", "localhost")
+            .env("SSL_CERT", d.join("cert.pem"))
+            .env("SSL_KEY", d.join("key.pem"))
+            .env("HTTP_PORT", http.to_string())
+            .env("HTTPS_PORT", https.to_string())
+            .env("GATEWAY_ADDR", gateway)
+            .env("CHATUI_ADDR", chat_ui)
+            .env("ACME_ROOT", d.join("acme")));
+        assert!(o.status.success(), "{}", text(&o));
+        let site = String::from_utf8(o.stdout).unwrap();
+        // The test copy differs from the shipped template only in the substituted values.
+        let template =
+            std::fs::read_to_string(Path::new(REPO).join("nginx/qwen-gateway.conf.template"))
+                .unwrap();
+        assert_eq!(site.lines().count(), template.lines().count());
+        std::fs::write(d.join("site.conf"), site).unwrap();
+        // The main nginx.conf of a Debian install, reduced to what a private instance needs.
+        let p = d.display();
+        let main = format!(
+            "user root;\nworker_processes 1;\ndaemon off;\npid {p}/nginx.pid;\nerror_log {p}/logs/error.log warn;\n\
+             include snippets/qwen-gateway-main.conf;\nevents {{ worker_connections 1024; }}\n\
+             http {{\n  include /etc/nginx/mime.types;\n  access_log {p}/logs/access.log;\n\
+               client_body_temp_path {p}/body; proxy_temp_path {p}/proxy; fastcgi_temp_path {p}/fcgi;\n\
+               uwsgi_temp_path {p}/uwsgi; scgi_temp_path {p}/scgi;\n  include site.conf;\n}}\n"
+        );
+        std::fs::write(d.join("nginx.conf"), main).unwrap();
+        let child = Command::new(tool("nginx"))
+            .arg("-p")
+            .arg(d)
+            .arg("-c")
+            .arg(d.join("nginx.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nginx");
+        wait_for(Duration::from_secs(10), "nginx to listen", || {
+            std::net::TcpStream::connect(("127.0.0.1", https))
+                .ok()
+                .map(|_| ())
+        });
+        Nginx {
+            dir,
+            child,
+            http,
+            https,
+        }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-QUIT")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = wait_for_exit(&mut self.child);
+    }
+}
+
+fn wait_for_exit(child: &mut Child) -> Option<()> {
+    for _ in 0..500 {
+        if child.try_wait().ok().flatten().is_some() {
+            return Some(());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// curl with the test CA; returns (status, headers lowercased, body).
+fn curl(args: &[&str]) -> (u16, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let hdr = dir.path().join("h");
+    let o = run(Command::new(tool("curl"))
+        .args(["-s", "--max-time", "20", "-D"])
+        .arg(&hdr)
+        .args(args));
+    let headers = std::fs::read_to_string(&hdr)
+        .unwrap_or_default()
+        .to_lowercase();
+    let status = headers
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no answer from curl {args:?}: {}", text(&o)));
+    (
+        status,
+        headers,
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+    )
+}
+
+fn python() -> PathBuf {
+    let p = std::env::var("QWEN_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(REPO).join("target/test-venv/bin/python"));
+    let ok = Command::new(&p)
+        .args(["-c", "import openai"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "{} cannot import openai; scripts/test.sh creates the venv",
+        p.display()
+    );
+    p
+}
+
+fn sdk(base: &str, key: &str, ca: &Path, source: &str, mode: &str, model: &str) -> Value {
+    let o = run(Command::new(python())
+        .arg(Path::new(REPO).join("tests/e2e/openai_client.py"))
+        .args([base, key])
+        .arg(ca)
+        .args([source, mode, model]));
+    assert!(o.status.success(), "{}", text(&o));
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("bad output: {}", text(&o)))
+}
+
+const E2E_POLICY: &str = r#"
+ollama_api: "{OLLAMA}"
+auth: {enabled: true, header_key: "X-Api-Key", keys: [{id: sdk, key: "sdk-key-e2e-000"}]}
+whitelist: {enabled: true, ips: ["127.0.0.3"]}
+rate_limit: {enabled: true, max_requests: 100, window_seconds: 60}
+audit: {dir: "{DIR}/audit"}
+"#;
+
+#[test]
+fn nginx_in_front_of_the_gateway_end_to_end() {
+    let fake = Fake::start(&[]);
+    let chat_ui = Fake::start(&[]);
+    let gw = Gateway::start(E2E_POLICY, &fake.url());
+    let ngx = Nginx::start(&gw.addr.to_string(), &chat_ui.addr.to_string());
+    let (http, https) = (ngx.http, ngx.https);
+    let ca = ngx.cert();
+    let ca_s = ca.to_str().unwrap();
+    let base = format!("https://localhost:{https}");
+
+    // nginx -t: valid, and no warnings (no OCSP stapling noise, no deprecated directives).
+    let o = run(Command::new(tool("nginx"))
+        .arg("-p")
+        .arg(ngx.dir.path())
+        .arg("-c")
+        .arg(ngx.conf())
+        .arg("-t"));
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!text(&o).contains("[warn]"), "{}", text(&o));
+
+    // Port 80: HTTPS redirect, except ACME challenges.
+    let (s, h, _) = curl(&[&format!("http://localhost:{http}/v1/models?x=1")]);
+    assert_eq!(s, 301);
+    assert!(
+        h.contains(&format!(
+            "location: https://localhost:{https}/v1/models?x=1"
+        )),
+        "{h}"
+    );
+    std::fs::write(
+        ngx.dir
+            .path()
+            .join("acme/.well-known/acme-challenge/tok123"),
+        "tok123.thumb",
+    )
+    .unwrap();
+    let (s, _, body) = curl(&[&format!(
+        "http://localhost:{http}/.well-known/acme-challenge/tok123"
+    )]);
+    assert_eq!((s, body.as_str()), (200, "tok123.thumb"));
+
+    // Security headers on API answers (errors included) and no caching of them.
+    let (s, h, body) = curl(&[
+        "--cacert",
+        ca_s,
+        "--interface",
+        "127.0.0.3",
+        &format!("{base}/v1/models"),
+    ]);
+    assert_eq!(s, 401, "{body}");
+    for want in [
+        "strict-transport-security: max-age=63072000; includesubdomains",
+        "x-content-type-options: nosniff",
+        "x-frame-options: deny",
+        "referrer-policy: no-referrer",
+        "cache-control: no-store",
+        "server: nginx\r\n",
+    ] {
+        assert!(h.contains(want), "missing {want:?} in\n{h}");
+    }
+    assert!(!h.contains("x-xss-protection"));
+    assert!(body.contains("invalid api key"));
+    // The chat UI at /.
+    let (s, h, body) = curl(&["--cacert", ca_s, &format!("{base}/")]);
+    assert_eq!((s, body.as_str()), (200, "Ollama is running"));
+    assert!(h.contains("strict-transport-security"));
+
+    // The OpenAI SDK through the whole chain, non-stream and stream, from an allowed client.
+    let v1 = format!("{base}/v1");
+    let r = sdk(
+        &v1,
+        "sdk-key-e2e-000",
+        &ca,
+        "127.0.0.3",
+        "chat",
+        "qwen3:32b",
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["content"], "You said: hello from the sdk");
+    assert_eq!(r["model"], "qwen3:32b");
+    assert!(r["total_tokens"].as_u64().unwrap() > 0);
+
+    // Nothing buffers the stream: the first chunk arrives before the stand-in's delayed rest.
+    let r = sdk(
+        &v1,
+        "sdk-key-e2e-000",
+        &ca,
+        "127.0.0.3",
+        "stream",
+        "test/delay-second:800",
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["content"], "You said: hello from the sdk");
+    assert_eq!(r["finish_reason"], "stop");
+    let first = r["first_content_s"].as_f64().unwrap();
+    let last = r["last_content_s"].as_f64().unwrap();
+    assert!(
+        first < 0.7,
+        "first chunk after {first}s: something buffered it"
+    );
+    assert!(last >= 0.75, "the delay did not happen ({last}s)");
+
+    // The gateway sees the real client, and a client-sent X-Forwarded-For gains nothing.
+    let (s, _, body) = curl(&[
+        "--cacert",
+        ca_s,
+        "--interface",
+        "127.0.0.4",
+        "-H",
+        "X-Api-Key: sdk-key-e2e-000",
+        "-H",
+        "X-Forwarded-For: 127.0.0.3",
+        "-H",
+        "X-Real-IP: 127.0.0.3",
+        &format!("{base}/v1/models"),
+    ]);
+    assert_eq!(s, 403, "a spoofed X-Forwarded-For got through: {body}");
+    let r = sdk(
+        &v1,
+        "sdk-key-e2e-000",
+        &ca,
+        "127.0.0.4",
+        "chat",
+        "qwen3:32b",
+    );
+    assert_eq!(r["ok"], false);
+    assert_eq!(r["status"], 403, "a disallowed client is refused");
+    let lines = wait_for(Duration::from_secs(5), "audit lines", || {
+        let l = gw.audit_lines();
+        (l.len() >= 5).then_some(l)
+    });
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["client_ip"] == "127.0.0.3" && l["status"] == 200)
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["client_ip"] == "127.0.0.4" && l["status"] == 403)
+    );
+    assert!(
+        !lines.iter().any(|l| l["client_ip"] == "127.0.0.1"),
+        "the gateway saw Nginx, not the client"
+    );
+    // Nginx's request id reaches the gateway's audit line.
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["request_id"].as_str().is_some_and(|s| s.len() == 32))
+    );
+
+    // certbot's deploy hook: reloads a good config...
+    let hook = Path::new(REPO).join("scripts/certbot-deploy-hook");
+    let o = run(Command::new(&hook)
+        .env("NGINX_CMD", ngx.cmd_string())
+        .env("RENEWED_DOMAINS", "localhost"));
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("reloaded"));
+    let (s, _, _) = curl(&["--cacert", ca_s, &format!("{base}/")]);
+    assert_eq!(s, 200);
+    // ...and refuses a broken one, leaving the running Nginx serving.
+    let site = ngx.dir.path().join("site.conf");
+    let good = std::fs::read_to_string(&site).unwrap();
+    std::fs::write(&site, format!("{good}\nthis_is_not_a_directive on;\n")).unwrap();
+    let o = run(Command::new(&hook).env("NGINX_CMD", ngx.cmd_string()));
+    assert!(!o.status.success(), "the hook reloaded a broken config");
+    assert!(text(&o).contains("this_is_not_a_directive"), "{}", text(&o));
+    let r = sdk(
+        &v1,
+        "sdk-key-e2e-000",
+        &ca,
+        "127.0.0.3",
+        "chat",
+        "qwen3:32b",
+    );
+    assert_eq!(
+        r["ok"], true,
+        "Nginx stopped serving after a refused reload: {r}"
+    );
+}
+
+#[test]
+fn nginx_keeps_the_v1_path_and_overwrites_forwarded_headers() {
+    // Point the site's gateway upstream at the stand-in, which records what Nginx sends.
+    let echo = Fake::start(&[]);
+    let ngx = Nginx::start(&echo.addr.to_string(), &echo.addr.to_string());
+    let ca = ngx.cert();
+    let (s, h, _) = curl(&[
+        "--cacert",
+        ca.to_str().unwrap(),
+        "--interface",
+        "127.0.0.4",
+        "-H",
+        "X-Forwarded-For: 10.0.0.1",
+        "-H",
+        "X-Real-IP: 10.0.0.1",
+        "-H",
+        "X-Request-Id: client-chosen",
+        "-H",
+        "X-Api-Key: k-123",
+        &format!("https://localhost:{}/v1/models?limit=2", ngx.https),
+    ]);
+    assert_eq!(s, 404);
+    assert!(h.contains("cache-control: no-store"));
+    let seen = &echo.stats()["last_other"];
+    assert_eq!(
+        seen["path"], "/v1/models?limit=2",
+        "the /v1 prefix must reach the gateway"
+    );
+    let hd = &seen["headers"];
+    assert_eq!(
+        hd["x-forwarded-for"], "127.0.0.4",
+        "overwritten, not appended: {hd}"
+    );
+    assert_eq!(hd["x-real-ip"], "127.0.0.4");
+    assert_eq!(hd["x-forwarded-proto"], "https");
+    assert_eq!(hd["x-api-key"], "k-123", "the client's key passes through");
+    let rid = hd["x-request-id"].as_str().unwrap();
+    assert!(
+        rid.len() == 32 && rid != "client-chosen",
+        "Nginx sets the request id: {rid}"
+    );
+    assert_eq!(
+        hd["connection"].as_str().unwrap_or(""),
+        "",
+        "upstream keepalive: {hd}"
+    );
+}
+
+#[test]
+fn systemd_unit_verifies_and_is_hardened() {
+    let dir = tempfile::tempdir().unwrap();
+    let unit = dir.path().join("qwen-gateway.service");
+    let shipped =
+        std::fs::read_to_string(Path::new(REPO).join("systemd/qwen-gateway.service")).unwrap();
+    // verify checks that ExecStart exists: point it at the binary under test.
+    std::fs::write(
+        &unit,
+        shipped.replace("/usr/local/bin/qwen-gateway", GATEWAY),
+    )
+    .unwrap();
+    let o = run(Command::new(tool("systemd-analyze"))
+        .arg("verify")
+        .arg(&unit));
+    assert!(
+        o.status.success() && !text(&o).contains("qwen-gateway.service:"),
+        "{}",
+        text(&o)
+    );
+    let o = run(Command::new(tool("systemd-analyze"))
+        .args(["security", "--offline=true", "--threshold=20", "--no-pager"])
+        .arg(&unit));
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    let score: f64 = out
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .and_then(|l| l.split(": ").nth(1))
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no score in {out}"));
+    assert!(score <= 2.0, "exposure {score}");
+    for must in [
+        "Type=notify",
+        "ExecStartPre=/usr/local/bin/qwen-gateway check",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "Restart=on-failure",
+        "LogsDirectory=qwen-gateway",
+        "User=qwen-gateway",
+        "ProtectSystem=strict",
+    ] {
+        assert!(shipped.contains(must), "unit lacks {must}");
+    }
+    // The same gate fails a bare unit: the check can fail.
+    let bare = dir.path().join("bare.service");
+    std::fs::write(&bare, format!("[Service]\nExecStart={GATEWAY}\n")).unwrap();
+    let o = run(Command::new(tool("systemd-analyze"))
+        .args(["security", "--offline=true", "--threshold=20"])
+        .arg(&bare));
+    assert!(!o.status.success());
+}
+
+#[test]
+fn firewall_ruleset_passes_nft_check() {
+    let rules = Path::new(REPO).join("scripts/firewall/qwen-gateway.nft");
+    let o = run(Command::new(tool("nft")).arg("-c").arg("-f").arg(&rules));
+    assert!(o.status.success(), "{}", text(&o));
+    let text_rules = std::fs::read_to_string(&rules).unwrap();
+    for must in [
+        "policy drop",
+        "tcp dport { 80, 443 } accept",
+        "ip saddr $INTERNAL_RANGES tcp dport 18789 accept",
+        "iif \"lo\" accept",
+        "11434",
+    ] {
+        assert!(text_rules.contains(must), "ruleset lacks {must}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.nft");
+    std::fs::write(&broken, text_rules.replace("policy drop", "policy maybe")).unwrap();
+    assert!(
+        !run(Command::new(tool("nft")).arg("-c").arg("-f").arg(&broken))
+            .status
+            .success()
+    );
+}
+
+#[test]
+fn install_into_destdir_is_idempotent_and_keeps_the_policy() {
+    let dest = tempfile::tempdir().unwrap();
+    let install = || {
+        let o = run(Command::new(Path::new(REPO).join("scripts/install.sh"))
+            .env("DESTDIR", dest.path())
+            .env("BIN", GATEWAY)
+            .env("DOMAIN", "gw.example.org"));
+        assert!(o.status.success(), "{}", text(&o));
+    };
+    install();
+    let root = dest.path();
+    for f in [
+        "usr/local/bin/qwen-gateway",
+        "etc/qwen-gateway/policy.yaml",
+        "etc/systemd/system/qwen-gateway.service",
+        "etc/nginx/sites-available/qwen-gateway.conf",
+        "etc/nginx/sites-enabled/qwen-gateway.conf",
+        "etc/nginx/snippets/qwen-gateway-security-headers.conf",
+        "etc/nginx/modules-enabled/90-qwen-gateway-main.conf",
+        "etc/letsencrypt/renewal-hooks/deploy/50-qwen-gateway-nginx",
+        "etc/nftables.d/qwen-gateway.nft",
+        "usr/local/bin/qwen-gateway-report",
+        "usr/local/bin/qwen-gateway-health",
+        "usr/local/bin/qwen-gateway-cert-expiry",
+        "usr/local/bin/qwen-gateway-latency",
+    ] {
+        assert!(root.join(f).exists(), "{f} not installed");
+    }
+    let site =
+        std::fs::read_to_string(root.join("etc/nginx/sites-available/qwen-gateway.conf")).unwrap();
+    assert!(site.contains("server_name gw.example.org;"));
+    for placeholder in [
+        "@DOMAIN@",
+        "@SSL_CERT@",
+        "@HTTPS_PORT@",
+        "@GATEWAY_ADDR@",
+        "@HTTPS_SUFFIX@",
+    ] {
+        assert!(
+            !site.contains(placeholder),
+            "{placeholder} left in the site config"
+        );
+    }
+    // An operator edits the policy; a second install keeps it.
+    let policy = root.join("etc/qwen-gateway/policy.yaml");
+    let edited = std::fs::read_to_string(&policy)
+        .unwrap()
+        .replace("max_requests: 30", "max_requests: 31");
+    std::fs::write(&policy, &edited).unwrap();
+    install();
+    assert_eq!(std::fs::read_to_string(&policy).unwrap(), edited);
+    assert!(root.join("etc/qwen-gateway/policy.yaml.dist").exists());
+    let o = run(Command::new(GATEWAY).arg("check").arg("-c").arg(&policy));
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+fn ops(name: &str) -> Command {
+    Command::new(Path::new(REPO).join("scripts/ops").join(name))
+}
+
+#[test]
+fn ops_scripts_read_the_audit_log_and_endpoints() {
+    for name in [
+        "qwen-gateway-report",
+        "qwen-gateway-health",
+        "qwen-gateway-cert-expiry",
+        "qwen-gateway-latency",
+    ] {
+        let o = run(ops(name).arg("--help"));
+        assert!(
+            o.status.success() && text(&o).to_lowercase().contains("usage"),
+            "{name}: {}",
+            text(&o)
+        );
+    }
+
+    // A synthetic week of audit lines: day 8 is 2x slower; 401s and 429s from known sources.
+    let dir = tempfile::tempdir().unwrap();
+    for day in 1..=8 {
+        let mut lines = String::new();
+        let slow = if day == 8 { 2.0 } else { 1.0 };
+        for i in 0..40 {
+            let ms = (100.0 + f64::from(i)) * slow;
+            lines.push_str(&format!(
+                "{{\"status\":200,\"path\":\"/v1/chat/completions\",\"client_ip\":\"10.0.0.1\",\"key_id\":\"a\",\"latency_ms\":{ms}}}\n"
+            ));
+        }
+        for _ in 0..(day * 2) {
+            lines.push_str("{\"status\":401,\"path\":\"/v1/chat/completions\",\"client_ip\":\"203.0.113.7\",\"key_id\":null}\n");
+        }
+        lines.push_str("{\"status\":429,\"path\":\"/v1/chat/completions\",\"client_ip\":\"10.0.0.9\",\"key_id\":\"greedy\"}\n");
+        lines.push_str("{\"status\":503,\"path\":\"/v1/chat/completions\",\"client_ip\":\"10.0.0.1\",\"key_id\":\"a\"}\n");
+        std::fs::write(
+            dir.path().join(format!("audit.2026-11-{day:02}.jsonl")),
+            lines,
+        )
+        .unwrap();
+    }
+    let o = run(ops("qwen-gateway-report")
+        .arg("--dir")
+        .arg(dir.path())
+        .args(["--day", "2026-11-08"]));
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("401: 16 answers") && out.contains("203.0.113.7"),
+        "{out}"
+    );
+    assert!(
+        out.contains("429: 1 answers") && out.contains("greedy"),
+        "{out}"
+    );
+    assert!(out.contains("5xx: 1 answers"), "{out}");
+
+    let o = run(ops("qwen-gateway-latency").arg("--dir").arg(dir.path()));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("WARNING: p50 on 2026-11-08"),
+        "{}",
+        text(&o)
+    );
+    let o = run(ops("qwen-gateway-latency")
+        .arg("--dir")
+        .arg(dir.path())
+        .args(["--until", "2026-11-07"]));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+
+    // Certificate expiry on a 2-day certificate.
+    let cert = dir.path().join("c.pem");
+    let o = run(Command::new(tool("openssl"))
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=x",
+        ])
+        .arg("-keyout")
+        .arg(dir.path().join("k.pem"))
+        .arg("-out")
+        .arg(&cert));
+    assert!(o.status.success());
+    let o = run(ops("qwen-gateway-cert-expiry")
+        .arg("--cert")
+        .arg(&cert)
+        .args(["--warn-days", "1"]));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = run(ops("qwen-gateway-cert-expiry")
+        .arg("--cert")
+        .arg(&cert)
+        .args(["--warn-days", "21"]));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+
+    // Health of the chain: all up, then Ollama down.
+    let fake = Fake::start(&[]);
+    let gw = Gateway::start("ollama_api: \"{OLLAMA}\"\n", &fake.url());
+    let gw_url = format!("http://{}", gw.addr);
+    let o = run(ops("qwen-gateway-health").args([
+        "--gateway",
+        &gw_url,
+        "--chat-ui",
+        &fake.url(),
+        "--ollama",
+        &fake.url(),
+    ]));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let o = run(ops("qwen-gateway-health").args([
+        "--gateway",
+        &gw_url,
+        "--chat-ui",
+        &fake.url(),
+        "--ollama",
+        &closed,
+        "--timeout",
+        "2",
+    ]));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("DOWN  ollama"));
+}
