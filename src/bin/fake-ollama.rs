@@ -47,6 +47,41 @@ struct Args {
     /// HTTP worker threads.
     #[arg(long, default_value_t = 1)]
     workers: usize,
+    /// Benchmark mode: canned answers (`--chunks` words, default 50) built once, no request
+    /// parsing or recording, so the stand-in is never the bottleneck.
+    #[arg(long)]
+    fast: bool,
+}
+
+/// Pre-serialised answers for `--fast`.
+struct Canned {
+    single: Bytes,
+    lines: Vec<Bytes>,
+}
+
+impl Canned {
+    fn new(chunks: usize) -> Self {
+        let model = "qwen3:32b";
+        let lines: Vec<Bytes> = (0..chunks)
+            .map(|i| {
+                ndjson(&line(
+                    model,
+                    json!({"role": "assistant", "content": format!("w{i} ")}),
+                    false,
+                ))
+            })
+            .chain(std::iter::once(ndjson(&final_line(
+                model, "stop", 8, chunks,
+            ))))
+            .collect();
+        let mut fin = final_line(model, "stop", 8, chunks);
+        fin["message"]["content"] =
+            Value::from((0..chunks).map(|i| format!("w{i} ")).collect::<String>());
+        Canned {
+            single: Bytes::from(fin.to_string()),
+            lines,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -62,6 +97,7 @@ struct Stats {
 struct Shared {
     args: Args,
     stats: Mutex<Stats>,
+    canned: Canned,
 }
 
 fn announce(addr: &str) {
@@ -84,9 +120,11 @@ fn main() -> std::io::Result<()> {
         return Ok(());
     }
     let workers = args.workers;
+    let canned = Canned::new(args.chunks.unwrap_or(50));
     let shared = web::Data::new(Shared {
         args,
         stats: Mutex::new(Stats::default()),
+        canned,
     });
     announce(&addr.to_string());
     actix_web::rt::System::new().block_on(async move {
@@ -211,6 +249,9 @@ fn ndjson(v: &Value) -> Bytes {
 }
 
 async fn chat(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -> HttpResponse {
+    if shared.args.fast {
+        return fast_chat(&body, &shared);
+    }
     let Ok(body) = serde_json::from_slice::<Value>(&body) else {
         return err(
             StatusCode::BAD_REQUEST,
@@ -361,6 +402,30 @@ async fn chat(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -> 
         let bytes = bytes?;
         Some((Ok::<Bytes, actix_web::Error>(bytes), it))
     });
+    HttpResponse::Ok()
+        .content_type("application/x-ndjson")
+        .streaming(body)
+}
+
+fn fast_chat(body: &[u8], shared: &Shared) -> HttpResponse {
+    let stream = memchr::memmem::find(body, b"\"stream\":true").is_some();
+    if !stream {
+        return HttpResponse::Ok()
+            .content_type("application/json; charset=utf-8")
+            .body(shared.canned.single.clone());
+    }
+    let delay = Duration::from_millis(shared.args.chunk_delay_ms);
+    let lines = shared.canned.lines.clone();
+    let body = futures_util::stream::unfold(
+        (lines.into_iter(), true),
+        move |(mut it, first)| async move {
+            let bytes = it.next()?;
+            if !first && !delay.is_zero() {
+                actix_web::rt::time::sleep(delay).await;
+            }
+            Some((Ok::<Bytes, actix_web::Error>(bytes), (it, false)))
+        },
+    );
     HttpResponse::Ok()
         .content_type("application/x-ndjson")
         .streaming(body)

@@ -1,0 +1,372 @@
+#!/usr/bin/env bash
+# Benchmark: what the gateway costs compared with a direct call and with a plain Nginx hop,
+# all on loopback, all in front of the same stand-in Ollama (fast mode, canned answers).
+#
+#   scripts/bench.sh            full run (release build, ~5 minutes), results in target/bench/
+#   scripts/bench.sh --smoke    seconds-long run of every step (debug build), for CI
+#
+# Systems: (a) direct to the stand-in's /api/chat, (b) a plain Nginx hop (1 worker, upstream
+# keepalive), (c) the gateway with every guard on (key, IP allowlist, a rate limit too high to
+# trip, translation, audit log), (d) Nginx in front of the gateway. The system under test is
+# pinned to CPU 1, the load generator and the stand-in to CPU 0. Ratios are the figures that
+# count: the machine is shared and noisy. Prints a markdown table and writes results.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+
+SMOKE=0
+[ "${1:-}" = "--smoke" ] && SMOKE=1
+if [ $SMOKE = 1 ]; then
+  PROFILE=debug; DUR=1; LAT_N=200; STREAMS=(1 10); HOLDS=(50); RELOADS=2
+else
+  PROFILE=release; DUR=10; LAT_N=5000; STREAMS=(1 100 1000); HOLDS=(1000 5000); RELOADS=10
+fi
+CONNS=64
+OUT=${BENCH_OUT:-$repo/target/bench}
+mkdir -p "$OUT"
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+for tool in wrk nginx taskset python3; do
+  command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || {
+    echo "bench.sh: $tool is missing (apt-get install wrk nginx util-linux python3)" >&2; exit 1; }
+done
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+if [ $PROFILE = release ]; then cargo build --release --locked --bins; else cargo build --locked --bins; fi
+BIN=$repo/target/$PROFILE
+
+if [ "$(nproc)" -ge 2 ]; then LOAD="taskset -c 0"; SUT="taskset -c 1"; else LOAD=; SUT=; fi
+
+free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+log() { printf '%s\n' "$*" >&2; }
+
+# Starts a stand-in; sets FAKE_ADDR and FAKE_PID (no command substitution: the background
+# process must stay a child of this shell so cleanup can stop it).
+start_fake() { # extra args...
+  local f="$work/fake.$RANDOM"
+  $LOAD "$BIN/fake-ollama" --listen 127.0.0.1:0 --fast --workers 1 "$@" > "$f" 2>/dev/null &
+  FAKE_PID=$!
+  pids+=($FAKE_PID)
+  for _ in $(seq 200); do [ -s "$f" ] && break; sleep 0.05; done
+  FAKE_ADDR=$(awk '{print $3}' "$f")
+}
+
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+cpu_ticks() { # pids... -> utime+stime summed
+  local t=0 p
+  for p in "$@"; do
+    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+  done
+  echo $t
+}
+TICK=$(getconf CLK_TCK)
+
+start_fake --chunks 50 --chunk-delay-ms 20
+FAKE=$FAKE_ADDR; FAKE_MAIN_PID=$FAKE_PID
+log "stand-in Ollama: $FAKE"
+
+# (b) plain Nginx hop. Sets NGX_DIR.
+start_nginx() { # name listen_port upstream
+  local d="$work/nginx-$1"
+  NGX_DIR=$d
+  mkdir -p "$d"
+  cat > "$d/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $d/nginx.pid;
+error_log $d/error.log error;
+events { worker_connections 16384; }
+http {
+  access_log off;
+  client_body_temp_path $d/body; proxy_temp_path $d/proxy; fastcgi_temp_path $d/f; uwsgi_temp_path $d/u; scgi_temp_path $d/s;
+  upstream up { server $3; keepalive 64; }
+  server {
+    listen 127.0.0.1:$2;
+    location / {
+      proxy_pass http://up;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$remote_addr;
+      proxy_set_header X-Real-IP \$remote_addr;
+      proxy_buffering off;
+    }
+  }
+}
+EOF
+  $SUT "$NGINX" -p "$d" -c "$d/nginx.conf" > /dev/null 2>&1 &
+  pids+=($!)
+}
+wait_port() { for _ in $(seq 200); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+nginx_pids() { local master; master=$(cat "$1/nginx.pid"); echo "$master $(pgrep -P "$master" | tr '\n' ' ')"; }
+
+HOP_PORT=$(free_port)
+start_nginx hop "$HOP_PORT" "$FAKE"; HOP_DIR=$NGX_DIR
+wait_port "$HOP_PORT"
+
+KEY=bench-key-0123456789
+# Every guard on: key, allowlist, a limit too high to trip (100k per second), audit log.
+gateway_policy() { # file upstream audit(on|off) [max_requests] [idle]
+  cat > "$1" <<EOF
+listen: "127.0.0.1:0"
+ollama_api: "http://$2"
+log_level: info
+auth: {enabled: true, keys: [{id: bench, key: "$KEY"}]}
+whitelist: {enabled: true, ips: ["127.0.0.1"]}
+rate_limit: {enabled: true, max_requests: ${4:-100000}, window_seconds: 1}
+upstream: {stream_idle_timeout_seconds: ${5:-60}}
+EOF
+  [ "$3" = on ] && echo "audit: {dir: \"$(dirname "$1")/audit\"}" >> "$1"
+  return 0
+}
+# Starts a gateway; sets GW_PID and GW_ADDR.
+start_gateway() { # policy-file
+  local err="$1.stderr"
+  $SUT "$BIN/qwen-gateway" --workers 1 --config "$1" 2> "$err" &
+  GW_PID=$!
+  pids+=($GW_PID)
+  GW_ADDR=
+  for _ in $(seq 200); do
+    GW_ADDR=$(grep -o 'addr=[0-9.:]*' "$err" 2>/dev/null | head -1 | cut -d= -f2 || true)
+    [ -n "$GW_ADDR" ] && break
+    sleep 0.05
+  done
+  [ -n "$GW_ADDR" ] || { cat "$err" >&2; exit 1; }
+}
+
+mkdir -p "$work/gw"
+gateway_policy "$work/gw/policy.yaml" "$FAKE" on
+start_gateway "$work/gw/policy.yaml"
+GW_MAIN_PID=$GW_PID; GW_MAIN=$GW_ADDR
+IDLE_RSS_KB=$(rss_kb "$GW_MAIN_PID")
+log "gateway: $GW_MAIN (idle RSS ${IDLE_RSS_KB} kB)"
+
+FRONT_PORT=$(free_port)
+start_nginx front "$FRONT_PORT" "$GW_MAIN"; FRONT_DIR=$NGX_DIR
+wait_port "$FRONT_PORT"
+
+# Bodies: Ollama-native for (a)/(b), OpenAI for (c)/(d); same prompt.
+printf '%s' '{"model":"qwen3:32b","messages":[{"role":"user","content":"Capital of France?"}],"stream":false}' > "$work/native.json"
+printf '%s' '{"model":"qwen3:32b","messages":[{"role":"user","content":"Capital of France?"}],"stream":true}' > "$work/native-stream.json"
+printf '%s' '{"model":"qwen3:32b","messages":[{"role":"user","content":"Capital of France?"}]}' > "$work/openai.json"
+printf '%s' '{"model":"qwen3:32b","messages":[{"role":"user","content":"Capital of France?"}],"stream":true}' > "$work/openai-stream.json"
+
+# name addr path body auth pids-function
+declare -A ADDR PATHS BODY AUTH
+ADDR[direct]=$FAKE;                     PATHS[direct]=/api/chat;            BODY[direct]=native;  AUTH[direct]=
+ADDR[nginx_hop]=127.0.0.1:$HOP_PORT;    PATHS[nginx_hop]=/api/chat;         BODY[nginx_hop]=native; AUTH[nginx_hop]=
+ADDR[gateway]=$GW_MAIN;                 PATHS[gateway]=/v1/chat/completions; BODY[gateway]=openai; AUTH[gateway]="X-Api-Key: $KEY"
+ADDR[nginx_gateway]=127.0.0.1:$FRONT_PORT; PATHS[nginx_gateway]=/v1/chat/completions; BODY[nginx_gateway]=openai; AUTH[nginx_gateway]="X-Api-Key: $KEY"
+sut_pids() {
+  case $1 in
+    direct) echo "$FAKE_MAIN_PID" ;;
+    nginx_hop) nginx_pids "$HOP_DIR" ;;
+    gateway) echo "$GW_MAIN_PID" ;;
+    nginx_gateway) echo "$(nginx_pids "$FRONT_DIR") $GW_MAIN_PID" ;;
+    gateway_noaudit|gateway_audit) echo "$GW_PID" ;;
+  esac
+}
+
+bench_args() { # system -> qwen-bench target args
+  local s=$1
+  printf -- '--addr %s --path %s --body %s' "${ADDR[$s]}" "${PATHS[$s]}" "$work/${BODY[$s]}.json"
+}
+
+wrk_lua() { # system -> lua file
+  local f="$work/$1.lua"
+  python3 - "$work/${BODY[$1]}.json" "${AUTH[$1]}" > "$f" <<'PY'
+import json, sys
+body = open(sys.argv[1]).read()
+print('wrk.method = "POST"')
+print('wrk.body = ' + json.dumps(body))
+print('wrk.headers["Content-Type"] = "application/json"')
+if sys.argv[2]:
+    k, v = sys.argv[2].split(": ", 1)
+    print(f'wrk.headers[{json.dumps(k)}] = {json.dumps(v)}')
+PY
+  echo "$f"
+}
+
+RES="$work/results.txt"
+: > "$RES"
+put() { echo "$1=$2" >> "$RES"; }
+
+run_wrk() { # system duration -> sets RPS, REQS, NON2XX, CPU_US
+  local s=$1 d=$2 lua pids before after
+  lua=$(wrk_lua "$s")
+  read -r -a pids_arr <<< "$(sut_pids "$s")"
+  before=$(cpu_ticks "${pids_arr[@]}")
+  local out
+  out=$($LOAD wrk -t1 -c"$CONNS" -d"${d}s" -s "$lua" "http://${ADDR[$s]}${PATHS[$s]}" 2>&1)
+  after=$(cpu_ticks "${pids_arr[@]}")
+  RPS=$(awk '/Requests\/sec/ {print $2}' <<< "$out")
+  REQS=$(awk '/requests in/ {print $1}' <<< "$out")
+  NON2XX=$(awk '/Non-2xx/ {print $5}' <<< "$out"); NON2XX=${NON2XX:-0}
+  local errs; errs=$(awk '/Socket errors/ {gsub(",",""); print $4+$6+$8+$10}' <<< "$out"); NON2XX=$((NON2XX + ${errs:-0}))
+  CPU_US=$(python3 -c "print(round(($after-$before)/$TICK*1e6/max(1,${REQS:-0}),2))")
+}
+
+log "== non-stream: latency at 1 connection, saturation at $CONNS connections"
+for s in direct nginx_hop gateway nginx_gateway; do
+  hdr=()
+  [ -n "${AUTH[$s]}" ] && hdr=(--header "${AUTH[$s]}")
+  # shellcheck disable=SC2046
+  lat=$($LOAD "$BIN/qwen-bench" latency $(bench_args "$s") "${hdr[@]}" --requests "$LAT_N" --warmup $((LAT_N / 10)))
+  put "$s.latency" "$lat"
+  run_wrk "$s" "$DUR"
+  put "$s.rps" "$RPS"; put "$s.requests" "$REQS"; put "$s.errors" "$NON2XX"; put "$s.cpu_us_per_req" "$CPU_US"
+  log "$s: latency $lat; ${RPS} req/s, ${CPU_US} us CPU/req, errors $NON2XX"
+done
+put gateway.idle_rss_kb "$IDLE_RSS_KB"
+put gateway.loaded_rss_kb "$(rss_kb "$GW_MAIN_PID")"
+
+log "== streaming: 50 chunks x 20 ms"
+for n in "${STREAMS[@]}"; do
+  d=$($LOAD "$BIN/qwen-bench" stream --addr "$FAKE" --path /api/chat --body "$work/native-stream.json" --streams "$n" --expect 50)
+  g=$($LOAD "$BIN/qwen-bench" stream --addr "$GW_MAIN" --path /v1/chat/completions --body "$work/openai-stream.json" --header "X-Api-Key: $KEY" --streams "$n" --expect 50)
+  put "stream$n.direct" "$d"; put "stream$n.gateway" "$g"
+  log "$n streams: direct $d"; log "$n streams: gateway $g"
+done
+
+log "== idle streams: memory per held stream"
+start_fake --chunks 50 --chunk-delay-ms 600000
+SLOW=$FAKE_ADDR
+mkdir -p "$work/hold"
+gateway_policy "$work/hold/policy.yaml" "$SLOW" off 100000 600
+start_gateway "$work/hold/policy.yaml"
+HOLD_PID=$GW_PID; HOLD_ADDR=$GW_ADDR
+# Warm up allocator and pools with a few streams first.
+$LOAD "$BIN/qwen-bench" hold --addr "$HOLD_ADDR" --body "$work/openai-stream.json" --header "X-Api-Key: $KEY" --streams 20 --seconds 0.2 > /dev/null
+base=$(rss_kb "$HOLD_PID")
+put hold.base_rss_kb "$base"
+for n in "${HOLDS[@]}"; do
+  fifo="$work/hold.$n"
+  $LOAD "$BIN/qwen-bench" hold --addr "$HOLD_ADDR" --body "$work/openai-stream.json" --header "X-Api-Key: $KEY" --streams "$n" --seconds 3 > "$fifo" &
+  hp=$!
+  for _ in $(seq 600); do grep -q held "$fifo" 2>/dev/null && break; sleep 0.05; done
+  held=$(python3 -c "import json;print(json.loads(open('$fifo').readline())['held'])")
+  rss=$(rss_kb "$HOLD_PID")
+  per=$(python3 -c "print(round(($rss-$base)*1024/max(1,$held)))")
+  put "hold$n.held" "$held"; put "hold$n.rss_kb" "$rss"; put "hold$n.bytes_per_stream" "$per"
+  log "$n idle streams: held $held, RSS ${rss} kB, ${per} bytes per stream"
+  wait $hp || true
+  # Let the gateway notice the closed streams before the next round.
+  for _ in $(seq 100); do
+    curl -s "http://$HOLD_ADDR/metrics" | grep -q '^qwen_gateway_in_flight_streams 0' && break; sleep 0.1
+  done
+done
+
+log "== reload under load"
+reload_ms=()
+: > "$work/reload.wrk"
+lua=$(wrk_lua gateway)
+$LOAD wrk -t1 -c8 -d$((RELOADS * 2 + 2))s -s "$lua" "http://$GW_MAIN/v1/chat/completions" > "$work/reload.wrk" 2>&1 &
+wp=$!
+sleep 0.5
+for i in $(seq "$RELOADS"); do
+  gateway_policy "$work/new.yaml" "$FAKE" on $((100000 - i))
+  r=$($LOAD "$BIN/qwen-bench" reload --addr "$GW_MAIN" --path /v1/models --header "X-Api-Key: $KEY" \
+      --policy "$work/gw/policy.yaml" --new "$work/new.yaml" --expect "x-ratelimit-limit-requests: $((100000 - i))")
+  reload_ms+=("$(python3 -c "import json;print(json.loads('''$r''').get('ms','nan'))")")
+  sleep 0.3
+done
+wait $wp || true
+rerr=$(awk '/Non-2xx/ {print $5}' "$work/reload.wrk"); rerr=${rerr:-0}
+rsock=$(awk '/Socket errors/ {gsub(",",""); print $4+$6+$8+$10}' "$work/reload.wrk"); rerr=$((rerr + ${rsock:-0}))
+put reload.ms "$(IFS=,; echo "${reload_ms[*]}")"
+put reload.errors "$rerr"
+put reload.requests "$(awk '/requests in/ {print $1}' "$work/reload.wrk")"
+log "reload: ms ${reload_ms[*]}; errors during reloads: $rerr"
+
+log "== audit log on vs off"
+mkdir -p "$work/noaudit"
+gateway_policy "$work/noaudit/policy.yaml" "$FAKE" off
+start_gateway "$work/noaudit/policy.yaml"
+ADDR[gateway_noaudit]=$GW_ADDR; PATHS[gateway_noaudit]=/v1/chat/completions; BODY[gateway_noaudit]=openai; AUTH[gateway_noaudit]="X-Api-Key: $KEY"
+run_wrk gateway_noaudit "$DUR" 2>/dev/null || true
+put gateway_noaudit.rps "$RPS"
+# Fresh audit-on instance to count lines exactly.
+mkdir -p "$work/auditcount"
+gateway_policy "$work/auditcount/policy.yaml" "$FAKE" on
+start_gateway "$work/auditcount/policy.yaml"
+ADDR[gateway_audit]=$GW_ADDR; PATHS[gateway_audit]=/v1/chat/completions; BODY[gateway_audit]=openai; AUTH[gateway_audit]="X-Api-Key: $KEY"
+run_wrk gateway_audit "$DUR" 2>/dev/null || true
+put gateway_audit.rps "$RPS"
+counted=$(curl -s "http://$GW_ADDR/metrics" | awk '/^qwen_gateway_requests_total/ {s += $NF} END {print s+0}')
+kill -TERM "$GW_PID"; wait "$GW_PID" 2>/dev/null || true
+lines=$(cat "$work/auditcount/audit/"*.jsonl | wc -l)
+put audit.counted_requests "$((counted + 1))"   # + the /metrics scrape itself
+put audit.lines "$lines"
+log "audit: on ${RPS} req/s vs off $(grep '^gateway_noaudit.rps' "$RES" | cut -d= -f2); lines $lines for $((counted + 1)) requests"
+
+python3 - "$RES" "$OUT/results.json" "$SMOKE" <<'PY'
+import json, sys, math
+raw = {}
+for line in open(sys.argv[1]):
+    k, _, v = line.rstrip("\n").partition("=")
+    try:
+        raw[k] = json.loads(v)
+    except ValueError:
+        raw[k] = v
+def num(x):
+    try: return float(x)
+    except (TypeError, ValueError): return float("nan")
+R = {"smoke": sys.argv[3] == "1", "raw": raw}
+lat = {s: raw[f"{s}.latency"] for s in ("direct", "nginx_hop", "gateway", "nginx_gateway")}
+rps = {s: num(raw[f"{s}.rps"]) for s in lat}
+cpu = {s: num(raw[f"{s}.cpu_us_per_req"]) for s in lat}
+R["ratios"] = {
+    "gateway_vs_nginx_hop_rps": rps["gateway"] / rps["nginx_hop"],
+    "gateway_vs_direct_rps": rps["gateway"] / rps["direct"],
+    "gateway_vs_nginx_hop_cpu": cpu["gateway"] / cpu["nginx_hop"],
+}
+R["added_latency_us"] = {q: lat["gateway"][q] - lat["direct"][q] for q in ("p50_us", "p99_us", "p999_us")}
+R["nginx_hop_added_latency_us"] = {q: lat["nginx_hop"][q] - lat["direct"][q] for q in ("p50_us", "p99_us", "p999_us")}
+print("## qwen-gateway benchmark" + (" (smoke run: numbers mean nothing)" if R["smoke"] else ""))
+print()
+print("| system | p50 µs | p99 µs | p99.9 µs | req/s @64 | CPU µs/req | errors |")
+print("|---|---|---|---|---|---|---|")
+for s in lat:
+    l = lat[s]
+    print(f"| {s} | {l['p50_us']:.0f} | {l['p99_us']:.0f} | {l['p999_us']:.0f} | {rps[s]:.0f} | {cpu[s]:.1f} | {raw[s + '.errors']} |")
+print()
+r = R["ratios"]; a = R["added_latency_us"]
+print(f"- gateway / nginx hop throughput: {r['gateway_vs_nginx_hop_rps']:.0%} (target >= 70%); CPU per request {r['gateway_vs_nginx_hop_cpu']:.2f}x (target <= 1.5x)")
+print(f"- gateway / direct throughput: {r['gateway_vs_direct_rps']:.0%}")
+print(f"- added latency at 1 connection: p50 {a['p50_us']:.0f} µs (target <= 150), p99 {a['p99_us']:.0f} µs (target <= 400), p99.9 {a['p999_us']:.0f} µs")
+print(f"- gateway RSS: idle {raw['gateway.idle_rss_kb']/1024:.1f} MB (target <= 15), after load {raw['gateway.loaded_rss_kb']/1024:.1f} MB")
+print()
+print("| streams | complete | added TTFB p50 µs | added TTFB p99 µs | added gap p50 µs | added gap p99 µs |")
+print("|---|---|---|---|---|---|")
+streams = {}
+for k in raw:
+    if k.startswith("stream") and k.endswith(".gateway"):
+        n = int(k[len("stream"):-len(".gateway")])
+        d, g = raw[f"stream{n}.direct"], raw[k]
+        streams[n] = {q: g[q] - d[q] for q in ("ttfb_p50_us", "ttfb_p99_us", "gap_p50_us", "gap_p99_us")}
+        streams[n]["complete"] = f"{g['complete']}/{g['streams']} ({g['events']}/{g['expected_events']} chunks)"
+        s_ = streams[n]
+        print(f"| {n} | {s_['complete']} | {s_['ttfb_p50_us']:.0f} | {s_['ttfb_p99_us']:.0f} | {s_['gap_p50_us']:.0f} | {s_['gap_p99_us']:.0f} |")
+R["streams_added"] = streams
+print()
+for k in sorted(raw):
+    if k.startswith("hold") and k.endswith(".bytes_per_stream"):
+        n = k[4:-len(".bytes_per_stream")]
+        print(f"- {raw['hold' + n + '.held']} idle streams held: {raw[k]/1024:.1f} KB per stream (target <= 32)")
+ms = [num(x) for x in str(raw["reload.ms"]).split(",") if x]
+R["reload_ms"] = ms
+print(f"- reload, rename to first request that sees it: max {max(ms):.1f} ms, mean {sum(ms)/len(ms):.1f} ms over {len(ms)} (target <= 50); errors under load during reloads: {raw['reload.errors']} of {raw['reload.requests']}")
+on, off = num(raw["gateway_audit.rps"]), num(raw["gateway_noaudit.rps"])
+R["audit_cost"] = 1 - on / off if off else float("nan")
+print(f"- audit log: {on:.0f} req/s on vs {off:.0f} off ({R['audit_cost']:+.1%} cost, target <= 5%); {raw['audit.lines']} lines for {raw['audit.counted_requests']} requests")
+json.dump(R, open(sys.argv[2], "w"), indent=2, default=str)
+print()
+print(f"JSON: {sys.argv[2]}")
+PY
