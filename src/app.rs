@@ -117,7 +117,7 @@ fn request_id(req: &ServiceRequest) -> String {
                     .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
         })
         .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
+        .unwrap_or_else(crate::ids::hex128)
 }
 
 /// The response body, carrying the audit cell until the last byte is out (or the client left).

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod client_ip;
 pub mod errors;
 pub mod health;
+pub mod ids;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

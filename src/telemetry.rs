@@ -15,6 +15,7 @@ use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_appender::rolling::{Builder as RollingBuilder, Rotation};
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, reload};
@@ -107,12 +108,22 @@ pub fn init(level: &str, audit_dir: Option<&Path>) -> anyhow::Result<Telemetry> 
                 .filename_suffix("jsonl")
                 .build(dir)
                 .map_err(|e| anyhow::anyhow!("cannot open audit log in {}: {e}", dir.display()))?;
+            // The writer thread writes every line it drains from the channel, then flushes:
+            // buffering here turns one write(2) per line into one per drained batch.
+            let buffered = std::io::BufWriter::with_capacity(64 * 1024, appender);
             let (writer, guard) = NonBlockingBuilder::default()
                 .lossy(false)
                 .buffered_lines_limit(64 * 1024)
                 .thread_name("audit-writer")
-                .finish(appender);
-            (Some(AuditLayer { writer }), Some(guard))
+                .finish(buffered);
+            // A static per-layer filter: tracing then knows at registration that no layer wants
+            // actix's per-request `trace!` callsites and disables them for good, instead of
+            // asking on every call.
+            let only_audit = Targets::new().with_target(AUDIT_TARGET, LevelFilter::TRACE);
+            (
+                Some(AuditLayer { writer }.with_filter(only_audit)),
+                Some(guard),
+            )
         }
         None => (None, None),
     };
@@ -122,6 +133,9 @@ pub fn init(level: &str, audit_dir: Option<&Path>) -> anyhow::Result<Telemetry> 
         .with(audit_layer)
         .try_init()
         .map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))?;
+    // Dependencies log through the `log` crate, bridged into tracing. Left at TRACE, every
+    // `log::trace!` on actix's hot paths would be dispatched and filtered per request.
+    log::set_max_level(log::LevelFilter::Warn);
     let set = move |level: &str| {
         if let Err(e) = handle.reload(stderr_filter(level)) {
             tracing::warn!(error = %e, "Could not change the log level.");

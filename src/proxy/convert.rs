@@ -218,12 +218,11 @@ pub fn to_ollama<'a>(
 
 /// `chatcmpl-` + 128 random bits.
 pub fn completion_id() -> String {
-    format!("chatcmpl-{}", uuid::Uuid::new_v4().simple())
+    format!("chatcmpl-{}", crate::ids::hex128())
 }
 
 fn call_id() -> String {
-    let u = uuid::Uuid::new_v4().simple().to_string();
-    format!("call_{}", &u[..24])
+    format!("call_{}", &crate::ids::hex128()[..24])
 }
 
 fn finish_reason(done_reason: Option<&str>, tool_calls: bool) -> &'static str {

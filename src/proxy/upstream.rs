@@ -51,6 +51,9 @@ impl Upstream {
             client: awc::Client::builder()
                 .connector(connector)
                 .disable_timeout()
+                // Ollama never redirects; following one would be an SSRF hole, and the
+                // redirect layer costs a boxed future per request.
+                .disable_redirects()
                 .add_default_header((USER_AGENT, UA))
                 .finish(),
         }
