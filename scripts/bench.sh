@@ -230,9 +230,10 @@ put gateway.loaded_rss_kb "$(rss_kb "$GW_MAIN_PID")"
 log "== streaming: 50 chunks x 20 ms"
 for n in "${STREAMS[@]}"; do
   d=$($LOAD "$BIN/qwen-bench" stream --addr "$FAKE" --path /api/chat --body "$work/native-stream.json" --streams "$n" --expect 50)
+  h=$($LOAD "$BIN/qwen-bench" stream --addr "127.0.0.1:$HOP_PORT" --path /api/chat --body "$work/native-stream.json" --streams "$n" --expect 50)
   g=$($LOAD "$BIN/qwen-bench" stream --addr "$GW_MAIN" --path /v1/chat/completions --body "$work/openai-stream.json" --header "X-Api-Key: $KEY" --streams "$n" --expect 50)
-  put "stream$n.direct" "$d"; put "stream$n.gateway" "$g"
-  log "$n streams: direct $d"; log "$n streams: gateway $g"
+  put "stream$n.direct" "$d"; put "stream$n.nginx_hop" "$h"; put "stream$n.gateway" "$g"
+  log "$n streams: direct $d"; log "$n streams: nginx hop $h"; log "$n streams: gateway $g"
 done
 
 log "== idle streams: memory per held stream"
@@ -343,17 +344,23 @@ print(f"- gateway / direct throughput: {r['gateway_vs_direct_rps']:.0%}")
 print(f"- added latency at 1 connection: p50 {a['p50_us']:.0f} µs (target <= 150), p99 {a['p99_us']:.0f} µs (target <= 400), p99.9 {a['p999_us']:.0f} µs")
 print(f"- gateway RSS: idle {raw['gateway.idle_rss_kb']/1024:.1f} MB (target <= 15), after load {raw['gateway.loaded_rss_kb']/1024:.1f} MB")
 print()
-print("| streams | complete | added TTFB p50 µs | added TTFB p99 µs | added gap p50 µs | added gap p99 µs |")
-print("|---|---|---|---|---|---|")
+print("Streaming, 50 chunks x 20 ms, all streams started at once; added = system - direct:")
+print()
+print("| streams | system | complete | added TTFB p50 µs | added TTFB p99 µs | added gap p50 µs | added gap p99 µs |")
+print("|---|---|---|---|---|---|---|")
 streams = {}
 for k in raw:
     if k.startswith("stream") and k.endswith(".gateway"):
         n = int(k[len("stream"):-len(".gateway")])
-        d, g = raw[f"stream{n}.direct"], raw[k]
-        streams[n] = {q: g[q] - d[q] for q in ("ttfb_p50_us", "ttfb_p99_us", "gap_p50_us", "gap_p99_us")}
-        streams[n]["complete"] = f"{g['complete']}/{g['streams']} ({g['events']}/{g['expected_events']} chunks)"
-        s_ = streams[n]
-        print(f"| {n} | {s_['complete']} | {s_['ttfb_p50_us']:.0f} | {s_['ttfb_p99_us']:.0f} | {s_['gap_p50_us']:.0f} | {s_['gap_p99_us']:.0f} |")
+        d = raw[f"stream{n}.direct"]
+        for system in ("nginx_hop", "gateway"):
+            g = raw.get(f"stream{n}.{system}")
+            if not g:
+                continue
+            row = {q: g[q] - d[q] for q in ("ttfb_p50_us", "ttfb_p99_us", "gap_p50_us", "gap_p99_us")}
+            row["complete"] = f"{g['complete']}/{g['streams']} ({g['events']}/{g['expected_events']} chunks)"
+            streams[f"{n}.{system}"] = row
+            print(f"| {n} | {system} | {row['complete']} | {row['ttfb_p50_us']:.0f} | {row['ttfb_p99_us']:.0f} | {row['gap_p50_us']:.0f} | {row['gap_p99_us']:.0f} |")
 R["streams_added"] = streams
 print()
 for k in sorted(raw):

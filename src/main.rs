@@ -11,11 +11,6 @@ use qwen_gateway::cli::{Cli, Command};
 use qwen_gateway::policy::{Policy, hash_key};
 use qwen_gateway::{reload, telemetry};
 
-// glibc malloc showed up as ~16% of the gateway's CPU under load (many small, short-lived
-// allocations across worker threads); mimalloc is faster for that pattern and returns memory
-// to the OS sooner.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -214,14 +214,25 @@ async fn latency(t: Target, requests: usize, warmup: usize) -> serde_json::Value
             conn.send(&req).await?;
             let h = conn.head().await?;
             conn.body(&h).await?;
-            Ok::<u16, std::io::Error>(h.status)
+            let close = h
+                .headers
+                .iter()
+                .any(|(k, v)| k == "connection" && v.eq_ignore_ascii_case("close"));
+            Ok::<(u16, bool), std::io::Error>((h.status, close))
         }
         .await;
         let us = t0.elapsed().as_secs_f64() * 1e6;
         match ok {
-            Ok(200) => {
+            Ok((200, close)) => {
                 if i >= warmup {
                     samples.push(us);
+                }
+                // Nginx closes a keep-alive connection after keepalive_requests: not an error.
+                if close {
+                    match Conn::open(&t.addr).await {
+                        Ok(c) => conn = c,
+                        Err(_) => break,
+                    }
                 }
             }
             Ok(_) => errors += 1,
