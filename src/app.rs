@@ -1,9 +1,9 @@
 //! Process-wide state, the per-request context, the route table and the HTTP server.
 //!
 //! [`AppState`] is built once, before `HttpServer::new`, and shared by every worker: the policy
-//! (`ArcSwap`), the rate limiters, the breaker and the metrics. State created inside the
+//! (`ArcSwap`), the rate limiters, the backends' breakers and the metrics. State created inside the
 //! per-worker factory would be multiplied by the worker count (and so would every limit); only
-//! the awc client is per worker, by design.
+//! the awc client and the Redis connection are per worker, by design.
 //!
 //! Middleware, in order, for every request: take one policy snapshot, settle the request id
 //! and client IP, open the audit cell; after the handler, record status and error code, echo
@@ -26,13 +26,14 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 
 use crate::audit::{AuditCell, AuditRecord};
-use crate::breaker::Breaker;
+use crate::backends::Backends;
 use crate::errors::GatewayError;
 use crate::health;
-use crate::metrics::Metrics;
+use crate::metrics::{BackendLabels, Metrics};
 use crate::policy::Policy;
 use crate::proxy::{self, upstream::Upstream};
 use crate::ratelimit::RateLimiter;
+use crate::ratelimit::redis::RedisLimiter;
 use crate::telemetry::LogLevel;
 
 /// The outcome of the latest reload attempt, for `/readyz`.
@@ -50,7 +51,8 @@ pub struct AppState {
     pub policy_path: PathBuf,
     pub limiter: RateLimiter,
     pub auth_failures: RateLimiter,
-    pub breaker: Breaker,
+    /// Per-backend state (breaker, load, models), surviving reloads.
+    pub backends: Backends,
     pub metrics: Arc<Metrics>,
     pub reload: Mutex<ReloadStatus>,
     pub log_level: LogLevel,
@@ -66,7 +68,7 @@ impl AppState {
             auth_failures: RateLimiter::new(policy.max_tracked_clients),
             policy: ArcSwap::from_pointee(policy),
             policy_path,
-            breaker: Breaker::default(),
+            backends: Backends::default(),
             metrics,
             reload: Mutex::new(ReloadStatus {
                 ok: true,
@@ -78,10 +80,27 @@ impl AppState {
         }
     }
 
-    pub fn breaker_gauge(&self) {
-        self.metrics
-            .breaker_state
-            .set(self.breaker.state().as_gauge());
+    /// Brings the per-backend gauges up to date (called when metrics are read).
+    pub fn backend_gauges(&self) {
+        let policy = self.policy.load();
+        let mut worst = 0;
+        for (b, _) in self.backends.all(&policy) {
+            let labels = BackendLabels {
+                backend: b.url.clone(),
+            };
+            let st = b.breaker.state().as_gauge();
+            worst = worst.max(st);
+            self.metrics.backend_breaker.get_or_create(&labels).set(st);
+            self.metrics
+                .backend_in_flight
+                .get_or_create(&labels)
+                .set(i64::try_from(b.in_flight()).unwrap_or(i64::MAX));
+            self.metrics
+                .backend_up
+                .get_or_create(&labels)
+                .set(i64::from(b.up.load(std::sync::atomic::Ordering::Relaxed)));
+        }
+        self.metrics.breaker_state.set(worst);
     }
 }
 
@@ -254,6 +273,7 @@ pub async fn run(state: Arc<AppState>, workers: Option<usize>) -> anyhow::Result
             .app_data(data.clone())
             // Per worker by design: awc clients are !Send and pool connections per thread.
             .app_data(web::Data::new(Upstream::new(connect_timeout)))
+            .app_data(web::Data::new(RedisLimiter::default()))
             .app_data(json_config())
             .configure(configure)
             .default_service(web::to(not_found))
@@ -267,7 +287,7 @@ pub async fn run(state: Arc<AppState>, workers: Option<usize>) -> anyhow::Result
     .bind(policy.listen)
     .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", policy.listen))?;
     for addr in server.addrs() {
-        tracing::info!(%addr, upstream = %policy.ollama_api, policy_sha256 = %policy.sha256, "Listening on {addr}.");
+        tracing::info!(%addr, backends = policy.backends.len(), policy_sha256 = %policy.sha256, "Listening on {addr}.");
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     let server = server.run();

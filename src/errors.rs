@@ -48,6 +48,8 @@ pub enum GatewayError {
     UpstreamTimeout,
     #[error("upstream error")]
     UpstreamFailed,
+    #[error("rate limiter unavailable")]
+    RateLimiterUnavailable,
     #[error("shutting down")]
     ShuttingDown,
     #[error("internal error")]
@@ -89,6 +91,7 @@ impl GatewayError {
             GatewayError::UpstreamBusy { .. } => "upstream_busy",
             GatewayError::UpstreamTimeout => "upstream_timeout",
             GatewayError::UpstreamFailed => "upstream_error",
+            GatewayError::RateLimiterUnavailable => "rate_limiter_unavailable",
             GatewayError::ShuttingDown => "shutting_down",
             GatewayError::Internal => "internal_error",
         }
@@ -109,6 +112,7 @@ impl GatewayError {
             | GatewayError::UpstreamBusy { .. }
             | GatewayError::UpstreamTimeout
             | GatewayError::UpstreamFailed
+            | GatewayError::RateLimiterUnavailable
             | GatewayError::ShuttingDown
             | GatewayError::Internal => "api_error",
         }
@@ -146,6 +150,10 @@ impl GatewayError {
             GatewayError::UpstreamFailed => {
                 "the model server failed to answer, please try again".to_owned()
             }
+            GatewayError::RateLimiterUnavailable => {
+                "the gateway cannot check rate limits right now, please try again shortly"
+                    .to_owned()
+            }
             GatewayError::ShuttingDown => {
                 "the gateway is restarting, please try again shortly".to_owned()
             }
@@ -159,7 +167,9 @@ impl GatewayError {
             | GatewayError::UpstreamUnavailable { retry_after }
             | GatewayError::UpstreamBusy { retry_after } => Some(*retry_after),
             GatewayError::RateLimited(d) => Some(d.retry_after()),
-            GatewayError::ShuttingDown => Some(Duration::from_secs(1)),
+            GatewayError::ShuttingDown | GatewayError::RateLimiterUnavailable => {
+                Some(Duration::from_secs(1))
+            }
             _ => None,
         }
     }
@@ -208,6 +218,7 @@ impl ResponseError for GatewayError {
             GatewayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::UpstreamUnavailable { .. }
             | GatewayError::UpstreamBusy { .. }
+            | GatewayError::RateLimiterUnavailable
             | GatewayError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::UpstreamFailed => StatusCode::BAD_GATEWAY,

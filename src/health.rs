@@ -10,7 +10,10 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Serialize;
 
 use crate::app::{AppState, RequestCtx};
+use std::sync::atomic::Ordering;
+
 use crate::audit::rfc3339;
+use crate::breaker::BreakerState;
 use crate::errors::GatewayError;
 use crate::proxy::request_ctx;
 use crate::proxy::upstream::Upstream;
@@ -38,8 +41,20 @@ pub async fn healthz() -> HttpResponse {
 struct Ready<'a> {
     status: &'static str,
     policy: PolicyState<'a>,
+    /// The worst breaker state over all backends.
     breaker: &'static str,
     ollama: OllamaState,
+    backends: Vec<BackendReady>,
+}
+
+#[derive(Serialize)]
+struct BackendReady {
+    url: String,
+    reachable: bool,
+    breaker: &'static str,
+    in_flight: usize,
+    /// Models seen at the last refresh; -1 before the first.
+    models: i64,
 }
 
 #[derive(Serialize)]
@@ -65,13 +80,30 @@ pub async fn readyz(
     let ctx = request_ctx(&req)?;
     observer(&ctx)?;
     let p = &ctx.policy;
-    let reachable = upstream.probe(&p.ollama_api, p.upstream.timeout).await;
+    let mut backends = Vec::new();
+    let mut worst = BreakerState::Closed;
+    for (b, _) in state.backends.all(p) {
+        let reachable = upstream.probe(&b.url, p.upstream.timeout).await;
+        let breaker = b.breaker.state();
+        if breaker.as_gauge() > worst.as_gauge() {
+            worst = breaker;
+        }
+        backends.push(BackendReady {
+            url: b.url.clone(),
+            reachable,
+            breaker: breaker.as_str(),
+            in_flight: b.in_flight(),
+            models: b.model_count.load(Ordering::Relaxed),
+        });
+    }
+    // Ready while at least one Ollama answers.
+    let reachable = backends.iter().any(|b| b.reachable);
     let reload = state
         .reload
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
-    state.breaker_gauge();
+    state.backend_gauges();
     let body = Ready {
         status: if reachable { "ready" } else { "not_ready" },
         policy: PolicyState {
@@ -81,8 +113,9 @@ pub async fn readyz(
             last_reload_at: rfc3339(reload.at),
             last_reload_error: reload.error,
         },
-        breaker: state.breaker.state().as_str(),
+        breaker: worst.as_str(),
         ollama: OllamaState { reachable },
+        backends,
     };
     let mut resp = if reachable {
         HttpResponse::Ok()
@@ -98,7 +131,7 @@ pub async fn metrics(
 ) -> Result<HttpResponse, GatewayError> {
     let ctx = request_ctx(&req)?;
     observer(&ctx)?;
-    state.breaker_gauge();
+    state.backend_gauges();
     state
         .metrics
         .ratelimit_tracked

@@ -9,6 +9,7 @@
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod backends;
 pub mod breaker;
 pub mod cli;
 pub mod client_ip;

@@ -11,7 +11,6 @@ use qwen_gateway::cli::{Cli, Command};
 use qwen_gateway::policy::{Policy, hash_key};
 use qwen_gateway::{reload, telemetry};
 
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -89,6 +88,7 @@ fn run(path: &Path, workers: Option<usize>, watch: bool) -> anyhow::Result<()> {
                 let _ = trigger.send(reload::Trigger::Signal);
             }
         });
+        actix_web::rt::spawn(qwen_gateway::proxy::upstream::refresh_models(state.clone()));
         let result = app::run(state, workers).await;
         drop(reloader);
         result

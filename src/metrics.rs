@@ -48,6 +48,11 @@ pub struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    pub backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PolicyLabels {
     pub sha256: String,
 }
@@ -69,6 +74,10 @@ pub struct Metrics {
     pub rejections: Family<ReasonLabels, Counter>,
     pub upstream_errors: Family<KindLabels, Counter>,
     pub breaker_state: Gauge<i64, AtomicI64>,
+    pub backend_breaker: Family<BackendLabels, Gauge<i64, AtomicI64>>,
+    pub backend_in_flight: Family<BackendLabels, Gauge<i64, AtomicI64>>,
+    pub backend_up: Family<BackendLabels, Gauge<i64, AtomicI64>>,
+    pub ratelimit_backend_errors: Family<ResultLabels, Counter>,
     pub reloads: Family<ResultLabels, Counter>,
     pub policy_info: Family<PolicyLabels, Gauge<i64, AtomicI64>>,
     pub in_flight: Gauge<i64, AtomicI64>,
@@ -95,6 +104,10 @@ impl Metrics {
             rejections: Family::default(),
             upstream_errors: Family::default(),
             breaker_state: Gauge::default(),
+            backend_breaker: Family::default(),
+            backend_in_flight: Family::default(),
+            backend_up: Family::default(),
+            ratelimit_backend_errors: Family::default(),
             reloads: Family::default(),
             policy_info: Family::default(),
             in_flight: Gauge::default(),
@@ -140,8 +153,28 @@ impl Metrics {
         );
         r.register(
             "breaker_state",
-            "Circuit breaker state: 0 closed, 1 open, 2 half-open",
+            "Worst circuit breaker state over all backends: 0 closed, 1 open, 2 half-open",
             m.breaker_state.clone(),
+        );
+        r.register(
+            "backend_breaker_state",
+            "Circuit breaker state per backend: 0 closed, 1 open, 2 half-open",
+            m.backend_breaker.clone(),
+        );
+        r.register(
+            "backend_in_flight_requests",
+            "Requests being served per backend",
+            m.backend_in_flight.clone(),
+        );
+        r.register(
+            "backend_up",
+            "Whether the backend answered its last model refresh (1) or not (0)",
+            m.backend_up.clone(),
+        );
+        r.register(
+            "ratelimit_backend_errors",
+            "Rate-limit checks Redis could not answer, by what the gateway did (fail_open, fail_closed)",
+            m.ratelimit_backend_errors.clone(),
         );
         r.register(
             "policy_reloads",

@@ -14,6 +14,7 @@ use serde::Deserialize;
 pub struct PolicyFile {
     pub listen: Option<String>,
     pub ollama_api: Option<String>,
+    pub backends: Option<Vec<BackendFile>>,
     pub log_level: Option<String>,
     pub rate_limit: Option<RateLimitFile>,
     pub auth: Option<AuthFile>,
@@ -33,6 +34,18 @@ pub struct RateLimitFile {
     pub max_requests: Option<u32>,
     pub window_seconds: Option<u64>,
     pub max_tracked_clients: Option<u64>,
+    pub backend: Option<String>,
+    pub redis_url: Option<String>,
+    pub redis_timeout_ms: Option<u64>,
+    pub redis_failure: Option<String>,
+    pub redis_key_prefix: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendFile {
+    pub url: String,
+    pub weight: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -83,6 +96,7 @@ pub struct UpstreamFile {
     pub timeout_seconds: Option<f64>,
     pub first_token_timeout_seconds: Option<f64>,
     pub stream_idle_timeout_seconds: Option<f64>,
+    pub model_refresh_seconds: Option<f64>,
     pub breaker: Option<BreakerFile>,
 }
 

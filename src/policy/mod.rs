@@ -61,6 +61,33 @@ pub struct BreakerPolicy {
     pub cooldown: Duration,
 }
 
+/// One Ollama host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    /// Base URL without a trailing slash, e.g. `http://127.0.0.1:11434`.
+    pub url: String,
+    /// Relative share of load among backends that serve a model.
+    pub weight: u32,
+}
+
+/// Where rate-limit counters live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitBackend {
+    /// In this process (one gateway).
+    Memory,
+    /// In Redis, shared by every gateway using the same URL and prefix.
+    Redis(RedisLimits),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisLimits {
+    pub url: String,
+    pub timeout: Duration,
+    /// Admit requests when Redis cannot be asked (true), or refuse them with 503 (false).
+    pub fail_open: bool,
+    pub key_prefix: String,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UpstreamPolicy {
     /// Connect and liveness-probe budget; also how long to wait for headers before probing.
@@ -69,6 +96,8 @@ pub struct UpstreamPolicy {
     pub first_token_timeout: Duration,
     /// Longest silence between two streamed chunks.
     pub stream_idle_timeout: Duration,
+    /// How often each backend's model list (`/api/tags`) is refreshed.
+    pub model_refresh: Duration,
     pub breaker: BreakerPolicy,
 }
 
@@ -130,10 +159,11 @@ fn same_model(configured: &str, reported: &str) -> bool {
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub listen: SocketAddr,
-    /// Base URL of Ollama without a trailing slash, e.g. `http://127.0.0.1:11434`.
-    pub ollama_api: String,
+    /// The Ollama hosts (`ollama_api` is the one-backend form).
+    pub backends: Vec<Backend>,
     pub log_level: String,
     pub rate_limit: Option<Quota>,
+    pub limit_backend: LimitBackend,
     pub max_tracked_clients: u64,
     pub auth: Option<AuthPolicy>,
     pub whitelist: Option<IpSet>,
@@ -186,6 +216,9 @@ impl Policy {
         }
         if self.shutdown_grace != new.shutdown_grace {
             v.push("shutdown_grace_seconds");
+        }
+        if self.max_tracked_clients != new.max_tracked_clients {
+            v.push("rate_limit.max_tracked_clients");
         }
         v
     }
@@ -246,8 +279,17 @@ impl Policy {
                 new.limits.max_prompt_chars, new.limits.max_body_bytes
             ));
         }
-        if self.upstream != new.upstream || self.ollama_api != new.ollama_api {
+        if self.upstream != new.upstream {
             parts.push("upstream settings changed".to_owned());
+        }
+        if self.backends != new.backends {
+            parts.push(format!("backends: {}", describe_backends(&new.backends)));
+        }
+        if self.limit_backend != new.limit_backend {
+            parts.push(format!(
+                "rate_limit.backend: {}",
+                describe_limit_backend(&new.limit_backend)
+            ));
         }
         if self.models != new.models {
             parts.push(format!("models: {} aliases", new.models.entries().len()));
@@ -266,7 +308,7 @@ impl Policy {
     pub fn summary(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "listen:          {}", self.listen);
-        let _ = writeln!(s, "ollama_api:      {}", self.ollama_api);
+        let _ = writeln!(s, "backends:        {}", describe_backends(&self.backends));
         let _ = writeln!(s, "log_level:       {}", self.log_level);
         match &self.auth {
             Some(a) => {
@@ -293,7 +335,12 @@ impl Policy {
             "trusted_proxies: {}",
             describe_set(Some(&self.trusted_proxies))
         );
-        let _ = writeln!(s, "rate_limit:      {}", describe_quota(self.rate_limit));
+        let _ = writeln!(
+            s,
+            "rate_limit:      {} ({})",
+            describe_quota(self.rate_limit),
+            describe_limit_backend(&self.limit_backend)
+        );
         let _ = writeln!(
             s,
             "limits:          prompt {} chars, body {} bytes, {} messages",
@@ -341,6 +388,24 @@ fn describe_set(set: Option<&IpSet>) -> String {
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(", "),
+    }
+}
+
+fn describe_backends(b: &[Backend]) -> String {
+    b.iter()
+        .map(|b| format!("{} (weight {})", b.url, b.weight))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn describe_limit_backend(b: &LimitBackend) -> String {
+    match b {
+        LimitBackend::Memory => "in memory".to_owned(),
+        LimitBackend::Redis(r) => format!(
+            "redis, fail {}, timeout {:?}",
+            if r.fail_open { "open" } else { "closed" },
+            r.timeout
+        ),
     }
 }
 

@@ -12,8 +12,8 @@ use actix_web::http::header::HeaderName;
 
 use super::file::{AuthFile, KeyLimitFile, PolicyFile};
 use super::{
-    ApiKey, AuditPolicy, AuthPolicy, BreakerPolicy, Limits, ModelMap, Policy, PolicyError, Quota,
-    UpstreamPolicy, digest,
+    ApiKey, AuditPolicy, AuthPolicy, Backend, BreakerPolicy, LimitBackend, Limits, ModelMap,
+    Policy, PolicyError, Quota, RedisLimits, UpstreamPolicy, digest,
 };
 use crate::client_ip::{IpSet, parse_net};
 
@@ -36,7 +36,46 @@ pub fn validate(f: PolicyFile, sha256: String) -> Result<Policy, PolicyError> {
             listen.port()
         ));
     }
-    let ollama_api = parse_ollama(f.ollama_api.as_deref().unwrap_or(DEFAULT_OLLAMA))?;
+    let backends = match (f.ollama_api, f.backends) {
+        (Some(_), Some(_)) => {
+            return Err(PolicyError::invalid(
+                "backends",
+                "set either ollama_api (one Ollama) or backends (several), not both",
+            ));
+        }
+        (Some(one), None) => vec![Backend {
+            url: parse_ollama("ollama_api", &one)?,
+            weight: 1,
+        }],
+        (None, None) => vec![Backend {
+            url: parse_ollama("ollama_api", DEFAULT_OLLAMA)?,
+            weight: 1,
+        }],
+        (None, Some(list)) => {
+            if list.is_empty() {
+                return Err(PolicyError::invalid("backends", "needs at least one entry"));
+            }
+            let mut out: Vec<Backend> = Vec::new();
+            for (i, b) in list.into_iter().enumerate() {
+                let url = parse_ollama(&format!("backends[{i}].url"), &b.url)?;
+                if out.iter().any(|o| o.url == url) {
+                    return Err(PolicyError::invalid(
+                        format!("backends[{i}].url"),
+                        format!("{url} is listed twice"),
+                    ));
+                }
+                let weight = b.weight.unwrap_or(1);
+                if !(1..=1000).contains(&weight) {
+                    return Err(PolicyError::invalid(
+                        format!("backends[{i}].weight"),
+                        "must be between 1 and 1000",
+                    ));
+                }
+                out.push(Backend { url, weight });
+            }
+            out
+        }
+    };
 
     let log_level = f.log_level.unwrap_or_else(|| "info".to_owned());
     if !["trace", "debug", "info", "warn", "error"].contains(&log_level.as_str()) {
@@ -55,6 +94,64 @@ pub fn validate(f: PolicyFile, sha256: String) -> Result<Policy, PolicyError> {
         )?)
     } else {
         None
+    };
+    let limit_backend = match rl.backend.as_deref().unwrap_or("memory") {
+        "memory" => {
+            if rl.redis_url.is_some() {
+                return Err(PolicyError::invalid(
+                    "rate_limit.redis_url",
+                    "is set but rate_limit.backend is memory",
+                ));
+            }
+            LimitBackend::Memory
+        }
+        "redis" => {
+            let url = rl.redis_url.clone().ok_or_else(|| {
+                PolicyError::invalid("rate_limit.redis_url", "is required with backend: redis")
+            })?;
+            if !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("unix://"))
+            {
+                return Err(PolicyError::invalid(
+                    "rate_limit.redis_url",
+                    "must start with redis://, rediss:// or unix://",
+                ));
+            }
+            let timeout_ms = rl.redis_timeout_ms.unwrap_or(50);
+            if !(1..=10_000).contains(&timeout_ms) {
+                return Err(PolicyError::invalid(
+                    "rate_limit.redis_timeout_ms",
+                    "must be between 1 and 10000",
+                ));
+            }
+            let fail_open = match rl.redis_failure.as_deref().unwrap_or("open") {
+                "open" => true,
+                "closed" => false,
+                other => {
+                    return Err(PolicyError::invalid(
+                        "rate_limit.redis_failure",
+                        format!("'{other}' is not open or closed"),
+                    ));
+                }
+            };
+            let key_prefix = rl
+                .redis_key_prefix
+                .clone()
+                .unwrap_or_else(|| "qwen-gateway:rl:".to_owned());
+            LimitBackend::Redis(RedisLimits {
+                url,
+                timeout: Duration::from_millis(timeout_ms),
+                fail_open,
+                key_prefix,
+            })
+        }
+        other => {
+            return Err(PolicyError::invalid(
+                "rate_limit.backend",
+                format!("'{other}' is not memory or redis"),
+            ));
+        }
     };
     let max_tracked_clients = rl.max_tracked_clients.unwrap_or(100_000);
     if !(100..=10_000_000).contains(&max_tracked_clients) {
@@ -138,6 +235,11 @@ pub fn validate(f: PolicyFile, sha256: String) -> Result<Policy, PolicyError> {
             uf.stream_idle_timeout_seconds,
             60.0,
         )?,
+        model_refresh: seconds(
+            "upstream.model_refresh_seconds",
+            uf.model_refresh_seconds,
+            15.0,
+        )?,
         breaker: BreakerPolicy {
             failure_threshold: bf.failure_threshold.unwrap_or(5),
             cooldown: seconds(
@@ -176,9 +278,10 @@ pub fn validate(f: PolicyFile, sha256: String) -> Result<Policy, PolicyError> {
 
     Ok(Policy {
         listen,
-        ollama_api,
+        backends,
         log_level,
         rate_limit,
+        limit_backend,
         max_tracked_clients,
         auth,
         whitelist,
@@ -212,8 +315,8 @@ fn parse_listen(s: &str) -> Result<SocketAddr, PolicyError> {
     s.parse().map_err(|_| bad())
 }
 
-fn parse_ollama(s: &str) -> Result<String, PolicyError> {
-    let bad = |why: &str| PolicyError::invalid("ollama_api", format!("'{s}' {why}"));
+fn parse_ollama(key: &str, s: &str) -> Result<String, PolicyError> {
+    let bad = |why: &str| PolicyError::invalid(key, format!("'{s}' {why}"));
     let rest = s
         .strip_prefix("http://")
         .ok_or_else(|| bad("must start with http:// (Ollama speaks plain HTTP)"))?;
@@ -528,6 +631,24 @@ whitelist:
                 "upstream.timeout_seconds",
             ),
             ("log_level: loud", "log_level"),
+            (
+                "ollama_api: 'http://a:1'\nbackends: [{url: 'http://b:1'}]",
+                "backends",
+            ),
+            (
+                "backends: [{url: 'http://b:1'}, {url: 'http://b:1'}]",
+                "backends[1].url",
+            ),
+            (
+                "backends: [{url: 'http://b:1', weight: 0}]",
+                "backends[0].weight",
+            ),
+            ("rate_limit: {backend: redis}", "rate_limit.redis_url"),
+            (
+                "rate_limit: {backend: redis, redis_url: 'redis://x', redis_failure: maybe}",
+                "rate_limit.redis_failure",
+            ),
+            ("rate_limit: {backend: etcd}", "rate_limit.backend"),
             (
                 "models: {a: b}\nauth: {enabled: true, keys: [{id: x, key: aaaaaaaaaa, models: [c]}]}",
                 "auth.keys[0].models[0]",

@@ -21,7 +21,10 @@ use futures_util::StreamExt;
 use crate::app::{AppState, RequestCtx};
 use crate::auth::{Principal, authenticate};
 use crate::errors::GatewayError;
+use crate::metrics::ResultLabels;
+use crate::policy::LimitBackend;
 use crate::ratelimit::Decision;
+use crate::ratelimit::redis::{RedisLimiter, RedisTrouble};
 use openai::{ChatRequest, ModelEntry, ModelList};
 use upstream::Upstream;
 
@@ -45,10 +48,11 @@ pub fn request_ctx(req: &HttpRequest) -> Result<Rc<RequestCtx>, GatewayError> {
 }
 
 /// The guards every `/v1/` route passes: IP, key, rate limit.
-fn guard(
+async fn guard(
     req: &HttpRequest,
     ctx: &RequestCtx,
     state: &AppState,
+    redis: &RedisLimiter,
 ) -> Result<(Option<Principal>, Option<Decision>), GatewayError> {
     let policy = &ctx.policy;
     if let Some(allow) = &policy.whitelist
@@ -98,11 +102,38 @@ fn guard(
                 Some(p) => format!("key:{}", p.key_id),
                 None => ip_bucket(ctx.client_ip),
             };
-            let d = state.limiter.check(&identity, q);
-            if !d.allowed {
+            let decided = match &policy.limit_backend {
+                LimitBackend::Memory => Some(state.limiter.check(&identity, q)),
+                LimitBackend::Redis(cfg) => match redis.check(cfg, &identity, q).await {
+                    Ok(d) => Some(d),
+                    Err(trouble) => {
+                        let result = if cfg.fail_open {
+                            "fail_open"
+                        } else {
+                            "fail_closed"
+                        };
+                        state
+                            .metrics
+                            .ratelimit_backend_errors
+                            .get_or_create(&ResultLabels { result })
+                            .inc();
+                        if !matches!(trouble, RedisTrouble::Backoff) {
+                            tracing::warn!(request_id = %ctx.request_id, ?trouble, result,
+                                "Redis could not check the rate limit.");
+                        }
+                        if !cfg.fail_open {
+                            return Err(GatewayError::RateLimiterUnavailable);
+                        }
+                        None
+                    }
+                },
+            };
+            if let Some(d) = decided
+                && !d.allowed
+            {
                 return Err(GatewayError::RateLimited(d));
             }
-            Some(d)
+            decided
         }
     };
     Ok((principal, decision))
@@ -182,10 +213,11 @@ pub async fn chat_completions(
     payload: web::Payload,
     state: web::Data<AppState>,
     upstream: web::Data<Upstream>,
+    redis: web::Data<RedisLimiter>,
 ) -> Result<HttpResponse, GatewayError> {
     let ctx = request_ctx(&req)?;
     let policy = &ctx.policy;
-    let (principal, decision) = guard(&req, &ctx, &state)?;
+    let (principal, decision) = guard(&req, &ctx, &state, &redis).await?;
 
     let body = read_body(&req, payload, policy.limits.max_body_bytes).await?;
     let chat: ChatRequest = parse_json(&body)?;
@@ -218,12 +250,12 @@ pub async fn chat_completions(
     let native_body = serde_json::to_vec(&native).map_err(|_| GatewayError::Internal)?;
 
     let sent = Instant::now();
-    let mut resp = upstream
+    let (mut resp, lease) = upstream
         .send(
             &state,
             policy,
             "/api/chat",
-            Some(native_body),
+            Some(native_body.into()),
             &ctx.request_id,
             Some(&chat.model),
         )
@@ -245,6 +277,7 @@ pub async fn chat_completions(
             policy.upstream.stream_idle_timeout,
             ctx.audit.clone(),
             state.metrics.clone(),
+            lease,
         );
         let mut out = HttpResponse::Ok();
         out.insert_header((CONTENT_TYPE, "text/event-stream"))
@@ -288,33 +321,64 @@ pub async fn chat_completions(
     Ok(out.body(json))
 }
 
-/// `GET /v1/models`: Ollama's `/api/tags` under public names, filtered by the key's models.
+/// `GET /v1/models`: every backend's `/api/tags` under public names, filtered by the key's
+/// `models`. Backends that do not answer are left out; none answering is a 503.
 pub async fn models(
     req: HttpRequest,
     state: web::Data<AppState>,
     upstream: web::Data<Upstream>,
+    redis: web::Data<RedisLimiter>,
 ) -> Result<HttpResponse, GatewayError> {
     let ctx = request_ctx(&req)?;
     let policy = &ctx.policy;
-    let (principal, decision) = guard(&req, &ctx, &state)?;
-    let mut resp = upstream
-        .send(&state, policy, "/api/tags", None, &ctx.request_id, None)
-        .await?;
-    let bytes =
-        match tokio::time::timeout(policy.upstream.timeout, resp.body().limit(8 << 20)).await {
-            Ok(Ok(b)) => b,
-            _ => {
-                state.metrics.upstream_error("body");
-                return Err(GatewayError::UpstreamFailed);
+    let (principal, decision) = guard(&req, &ctx, &state, &redis).await?;
+    let mut tags: Vec<ollama::TagModel> = Vec::new();
+    let mut last_err = None;
+    for (backend, _) in state.backends.all(policy) {
+        let fetched = async {
+            let mut resp = upstream
+                .send_to(
+                    &state,
+                    policy,
+                    &backend,
+                    "/api/tags",
+                    None,
+                    &ctx.request_id,
+                    None,
+                )
+                .await?;
+            let bytes =
+                match tokio::time::timeout(policy.upstream.timeout, resp.body().limit(8 << 20))
+                    .await
+                {
+                    Ok(Ok(b)) => b,
+                    _ => {
+                        state.metrics.upstream_error("body");
+                        return Err(GatewayError::UpstreamFailed);
+                    }
+                };
+            serde_json::from_slice::<ollama::Tags>(&bytes).map_err(|_| {
+                state.metrics.upstream_error("invalid_body");
+                GatewayError::UpstreamFailed
+            })
+        }
+        .await;
+        match fetched {
+            Ok(t) => {
+                backend.set_models(t.models.iter().map(|m| m.name.clone()));
+                tags.extend(t.models);
             }
-        };
-    let tags: ollama::Tags = serde_json::from_slice(&bytes).map_err(|_| {
-        state.metrics.upstream_error("invalid_body");
-        GatewayError::UpstreamFailed
-    })?;
+            Err(e) => last_err = Some(e),
+        }
+    }
+    if tags.is_empty()
+        && let Some(e) = last_err
+    {
+        return Err(e);
+    }
     let allowed = principal.as_ref().and_then(|p| p.models.as_ref());
     let mut data = Vec::new();
-    for m in &tags.models {
+    for m in &tags {
         for public in policy.models.public_names(&m.name) {
             if allowed.is_some_and(|a| !a.contains(public)) {
                 continue;

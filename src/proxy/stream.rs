@@ -17,6 +17,7 @@ use futures_util::{Stream, StreamExt};
 
 use super::convert::{LineOutcome, SseTranslator, error_event};
 use crate::audit::AuditCell;
+use crate::backends::Lease;
 use crate::errors::GatewayError;
 use crate::metrics::Metrics;
 
@@ -45,6 +46,8 @@ struct State<S> {
     finished: bool,
     first_sent: bool,
     gauge: StreamGauge,
+    /// Keeps the stream counted against its backend until it ends.
+    _lease: Lease,
 }
 
 impl<S> State<S> {
@@ -90,6 +93,7 @@ pub fn sse<S, E>(
     idle: Duration,
     audit: Rc<AuditCell>,
     metrics: Arc<Metrics>,
+    lease: Lease,
 ) -> impl Stream<Item = Result<Bytes, actix_web::Error>>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin + 'static,
@@ -103,6 +107,7 @@ where
         finished: false,
         first_sent: false,
         gauge: StreamGauge::new(metrics),
+        _lease: lease,
     };
     futures_util::stream::unfold(state, |mut st| async move {
         if st.finished {

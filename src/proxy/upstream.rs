@@ -7,6 +7,8 @@
 //! (same budget) while still waiting: a dead Ollama gets the client a 503 at once, a live one
 //! is waited for up to `upstream.first_token_timeout_seconds` (then 504). Connection refused is
 //! a 503 straight away. Causes are logged under the request id; bodies carry none of them.
+//! With several backends (`backends`), a request that fails before its answer began moves on
+//! to the next candidate.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -14,8 +16,10 @@ use std::time::{Duration, Instant};
 use actix_web::http::StatusCode;
 use actix_web::http::header::{CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 use awc::error::SendRequestError;
+use bytes::Bytes;
 
 use crate::app::AppState;
+use crate::backends::{BackendState, Lease};
 use crate::breaker::Admit;
 use crate::errors::GatewayError;
 use crate::policy::Policy;
@@ -76,6 +80,7 @@ impl Upstream {
         &self,
         fut: F,
         policy: &Policy,
+        base: &str,
         started: Instant,
     ) -> Result<UpstreamResponse, HeadError>
     where
@@ -88,7 +93,7 @@ impl Upstream {
             _ = tokio::time::sleep(budget) => {}
         }
         // No headers within the budget: is Ollama alive at all, or just busy loading?
-        let probe = self.probe(&policy.ollama_api, budget);
+        let probe = self.probe(base, budget);
         tokio::pin!(probe);
         tokio::select! {
             r = &mut fut => return r.map_err(classify),
@@ -104,25 +109,75 @@ impl Upstream {
         }
     }
 
-    /// Sends a request to Ollama under the breaker and the time budgets. Only a 200 comes back
-    /// as `Ok`; everything else is already the client-facing error.
+    /// Sends a request to the best backend for `model`, and on a failure before the answer
+    /// began (refused, dead, 5xx, busy, breaker open, model missing there) to the next one.
+    /// Never retries after a 200 arrived: a half-sent answer is not replayed. The lease keeps
+    /// the request counted against its backend; hold it as long as the answer streams.
     pub async fn send(
         &self,
         state: &AppState,
         policy: &Policy,
         path: &str,
-        body: Option<Vec<u8>>,
+        body: Option<Bytes>,
+        request_id: &str,
+        model: Option<&str>,
+    ) -> Result<(UpstreamResponse, Lease), GatewayError> {
+        let candidates = state
+            .backends
+            .candidates(policy, model.and_then(|m| policy.models.to_upstream(m)));
+        let mut last: Option<GatewayError> = None;
+        for backend in candidates {
+            let lease = backend.lease();
+            match self
+                .send_to(
+                    state,
+                    policy,
+                    &backend,
+                    path,
+                    body.clone(),
+                    request_id,
+                    model,
+                )
+                .await
+            {
+                Ok(resp) => return Ok((resp, lease)),
+                Err(e) if retryable(&e) => {
+                    tracing::debug!(request_id, backend = %backend.url, code = e.code(), "Trying the next backend.");
+                    // A "model not found" only wins when no backend had anything better to say.
+                    if !matches!(e, GatewayError::ModelNotFound { .. }) || last.is_none() {
+                        last = Some(e);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| GatewayError::ModelNotFound {
+            model: model.unwrap_or_default().to_owned(),
+        }))
+    }
+
+    /// One attempt on one backend, under its breaker and the time budgets. Only a 200 comes
+    /// back as `Ok`; everything else is already the client-facing error.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn send_to(
+        &self,
+        state: &AppState,
+        policy: &Policy,
+        backend: &BackendState,
+        path: &str,
+        body: Option<Bytes>,
         request_id: &str,
         model: Option<&str>,
     ) -> Result<UpstreamResponse, GatewayError> {
-        let breaker = &state.breaker;
+        let breaker = &backend.breaker;
+        let base = backend.url.as_str();
         let bp = policy.upstream.breaker;
         if let Admit::No { retry_after } = breaker.admit(policy.upstream.first_token_timeout) {
             state.metrics.upstream_error("breaker_open");
             return Err(GatewayError::UpstreamUnavailable { retry_after });
         }
         let started = Instant::now();
-        let url = format!("{}{path}", policy.ollama_api);
+        let url = format!("{base}{path}");
         let head = match body {
             Some(body) => {
                 let req = self
@@ -130,7 +185,7 @@ impl Upstream {
                     .post(url)
                     .insert_header((CONTENT_TYPE, "application/json"))
                     .insert_header(("x-request-id", request_id));
-                self.wait_for_head(req.send_body(body), policy, started)
+                self.wait_for_head(req.send_body(body), policy, base, started)
                     .await
             }
             None => {
@@ -138,7 +193,7 @@ impl Upstream {
                     .client
                     .get(url)
                     .insert_header(("x-request-id", request_id));
-                self.wait_for_head(req.send(), policy, started).await
+                self.wait_for_head(req.send(), policy, base, started).await
             }
         };
         let fail = |kind: &'static str| {
@@ -146,17 +201,17 @@ impl Upstream {
             if breaker.on_failure(bp.failure_threshold, bp.cooldown) {
                 tracing::error!(
                     request_id,
+                    backend = base,
                     cooldown_s = bp.cooldown.as_secs_f64(),
-                    "Circuit breaker opened: Ollama failed {} times in a row.",
+                    "Circuit breaker opened: this Ollama failed {} times in a row.",
                     bp.failure_threshold
                 );
             }
-            state.breaker_gauge();
         };
         let mut resp = match head {
             Ok(resp) => resp,
             Err(e) => {
-                tracing::warn!(request_id, error = ?e, upstream = %policy.ollama_api, "Ollama request failed before its headers.");
+                tracing::warn!(request_id, error = ?e, backend = base, "Ollama request failed before its headers.");
                 return Err(match e {
                     HeadError::Connect => {
                         fail("connect");
@@ -185,7 +240,6 @@ impl Upstream {
         let status = resp.status();
         if status == StatusCode::OK {
             breaker.on_success();
-            state.breaker_gauge();
             return Ok(resp);
         }
         // Read a little of the error body for the log, never for the client.
@@ -195,7 +249,7 @@ impl Upstream {
             .await
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default();
-        tracing::warn!(request_id, %status, detail = %detail.trim(), "Ollama answered with an error.");
+        tracing::warn!(request_id, backend = base, %status, detail = %detail.trim(), "Ollama answered with an error.");
         match status {
             StatusCode::NOT_FOUND => {
                 breaker.on_success();
@@ -239,9 +293,67 @@ impl Upstream {
     }
 }
 
+/// Failures after which another backend may still answer: nothing reached the client yet.
+/// A first-token timeout is not retried (the budget is spent, and the model was alive).
+fn retryable(e: &GatewayError) -> bool {
+    matches!(
+        e,
+        GatewayError::UpstreamUnavailable { .. }
+            | GatewayError::UpstreamBusy { .. }
+            | GatewayError::UpstreamFailed
+            | GatewayError::ModelNotFound { .. }
+    )
+}
+
 fn classify(e: SendRequestError) -> HeadError {
     match e {
         SendRequestError::Connect(_) => HeadError::Connect,
         _ => HeadError::Broken,
+    }
+}
+
+/// Keeps every backend's model list fresh (`/api/tags` every `upstream.model_refresh_seconds`),
+/// so requests go only to backends that have their model. Runs for the life of the process on
+/// the main thread, with its own client.
+pub async fn refresh_models(state: std::sync::Arc<AppState>) {
+    let client = Upstream::new(Duration::from_secs(3));
+    loop {
+        let policy = state.policy.load_full();
+        for (backend, _) in state.backends.all(&policy) {
+            let budget = policy.upstream.timeout;
+            let req = client
+                .client
+                .get(format!("{}/api/tags", backend.url))
+                .timeout(budget)
+                .send();
+            let tags = match tokio::time::timeout(budget, req).await {
+                Ok(Ok(mut resp)) if resp.status().is_success() => {
+                    match tokio::time::timeout(budget, resp.body().limit(8 << 20)).await {
+                        Ok(Ok(b)) => serde_json::from_slice::<super::ollama::Tags>(&b).ok(),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            };
+            let was_up = backend.up.load(std::sync::atomic::Ordering::Relaxed);
+            match tags {
+                Some(t) => {
+                    backend.set_models(t.models.into_iter().map(|m| m.name));
+                    backend.up.store(true, std::sync::atomic::Ordering::Relaxed);
+                    if !was_up {
+                        tracing::info!(backend = %backend.url, "Backend answers again.");
+                    }
+                }
+                None => {
+                    backend
+                        .up
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                    if was_up {
+                        tracing::warn!(backend = %backend.url, "Backend did not answer its model refresh.");
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(policy.upstream.model_refresh).await;
     }
 }

@@ -10,6 +10,9 @@
 //! flood of distinct client IPs cannot grow it past `max_tracked_clients`. The cache is built
 //! once, outside the per-worker app factory, and is not part of the policy: a reload keeps every
 //! counter, and a changed quota applies to the existing logs on the next request.
+//! `redis.rs` keeps the same window in Redis when several gateways share limits.
+
+pub mod redis;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,0 +1,196 @@
+//! Several Ollama hosts: per-backend state, which backends may take a request, in what order.
+//!
+//! The state of each backend (its circuit breaker, requests in flight, the models it serves)
+//! lives here, keyed by URL, outside the policy: a reload that keeps a backend keeps its state.
+//! A request is offered only to backends that serve its model (per their last `/api/tags`;
+//! unknown counts as "maybe"), least busy first relative to their weight, with ties rotated so
+//! light load spreads too. `proxy::upstream` walks that list, retrying on the next backend when
+//! one fails before sending a byte of its answer, never after.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+
+use crate::breaker::Breaker;
+use crate::policy::{Backend, Policy};
+
+pub struct BackendState {
+    pub url: String,
+    pub breaker: Breaker,
+    in_flight: AtomicUsize,
+    /// Model names from the last successful `/api/tags` (with `:latest` also stored bare);
+    /// `None` until the first answer.
+    models: ArcSwapOption<HashSet<String>>,
+    /// Whether the last model refresh got an answer.
+    pub up: AtomicBool,
+    /// Number of models last seen, for /readyz.
+    pub model_count: AtomicI64,
+}
+
+impl BackendState {
+    fn new(url: &str) -> Self {
+        BackendState {
+            url: url.to_owned(),
+            breaker: Breaker::default(),
+            in_flight: AtomicUsize::new(0),
+            models: ArcSwapOption::empty(),
+            up: AtomicBool::new(true),
+            model_count: AtomicI64::new(-1),
+        }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// `Some(false)` only when this backend is known not to have `model`.
+    pub fn serves(&self, model: &str) -> Option<bool> {
+        self.models.load().as_ref().map(|m| m.contains(model))
+    }
+
+    pub fn set_models(&self, names: impl IntoIterator<Item = String>) {
+        let mut set = HashSet::new();
+        for n in names {
+            if let Some(bare) = n.strip_suffix(":latest") {
+                set.insert(bare.to_owned());
+            }
+            set.insert(n);
+        }
+        self.model_count.store(
+            i64::try_from(set.len()).unwrap_or(i64::MAX),
+            Ordering::Relaxed,
+        );
+        self.models.store(Some(Arc::new(set)));
+    }
+
+    /// Counts a request against this backend until the lease is dropped (for streams, when
+    /// the stream ends).
+    pub fn lease(self: &Arc<Self>) -> Lease {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Lease(self.clone())
+    }
+}
+
+pub struct Lease(Arc<BackendState>);
+
+impl Lease {
+    pub fn backend(&self) -> &Arc<BackendState> {
+        &self.0
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Default)]
+pub struct Backends {
+    states: RwLock<HashMap<String, Arc<BackendState>>>,
+    turn: AtomicUsize,
+}
+
+impl Backends {
+    pub fn get(&self, b: &Backend) -> Arc<BackendState> {
+        if let Some(s) = self
+            .states
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&b.url)
+        {
+            return s.clone();
+        }
+        self.states
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(b.url.clone())
+            .or_insert_with(|| Arc::new(BackendState::new(&b.url)))
+            .clone()
+    }
+
+    /// The policy's backends with their state, in policy order.
+    pub fn all(&self, policy: &Policy) -> Vec<(Arc<BackendState>, u32)> {
+        policy
+            .backends
+            .iter()
+            .map(|b| (self.get(b), b.weight))
+            .collect()
+    }
+
+    /// Backends that may serve `model`, preferred first: fewest requests in flight per unit of
+    /// weight, ties rotated. Backends whose last model list lacks the model are left out, unless
+    /// every backend lacks it: lists can be stale (a model pulled since the last refresh), and
+    /// asking costs one quick 404 each.
+    pub fn candidates(&self, policy: &Policy, model: Option<&str>) -> Vec<Arc<BackendState>> {
+        let all = self.all(policy);
+        let mut list: Vec<(Arc<BackendState>, u32)> = all
+            .iter()
+            .filter(|(s, _)| model.is_none_or(|m| s.serves(m) != Some(false)))
+            .cloned()
+            .collect();
+        if list.is_empty() {
+            list = all;
+        }
+        if list.len() > 1 {
+            let n = list.len();
+            let start = self.turn.fetch_add(1, Ordering::Relaxed) % n;
+            list.rotate_left(start);
+            // Stable sort: equal loads keep the rotated order.
+            list.sort_by(|(a, wa), (b, wb)| {
+                let la = (a.in_flight() as u64 + 1) * u64::from(*wb);
+                let lb = (b.in_flight() as u64 + 1) * u64::from(*wa);
+                la.cmp(&lb)
+            });
+        }
+        list.into_iter().map(|(s, _)| s).collect()
+    }
+}
+
+/// How often the refresher asks each backend for its models.
+pub fn refresh_interval(policy: &Policy) -> Duration {
+    policy.upstream.model_refresh
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn policy(yaml: &str) -> Policy {
+        Policy::from_bytes(yaml.as_bytes(), Path::new("p.yaml")).unwrap()
+    }
+
+    #[test]
+    fn least_busy_first_and_model_filter() {
+        let p = policy("backends: [{url: 'http://a:1'}, {url: 'http://b:1', weight: 3}]");
+        let reg = Backends::default();
+        let all = reg.all(&p);
+        let (a, b) = (all[0].0.clone(), all[1].0.clone());
+        let _l1 = a.lease();
+        let _l2 = b.lease();
+        // a: (1+1)*3 = 6 vs b: (1+1)*1 = 2 -> b first.
+        assert_eq!(reg.candidates(&p, None)[0].url, "http://b:1");
+        a.set_models(["qwen3:latest".to_owned()]);
+        b.set_models(["llama3.2:latest".to_owned()]);
+        let c = reg.candidates(&p, Some("qwen3"));
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].url, "http://a:1");
+        // Nobody lists it: ask everyone (the lists may be stale).
+        assert_eq!(reg.candidates(&p, Some("mistral")).len(), 2);
+    }
+
+    #[test]
+    fn ties_rotate() {
+        let p = policy("backends: [{url: 'http://a:1'}, {url: 'http://b:1'}]");
+        let reg = Backends::default();
+        let firsts: HashSet<String> = (0..4)
+            .map(|_| reg.candidates(&p, None)[0].url.clone())
+            .collect();
+        assert_eq!(firsts.len(), 2);
+    }
+}
