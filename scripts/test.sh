@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs every check and test, exactly as CI does: format, clippy (warnings are errors), unit and
 # integration tests (real binaries, real sockets, real Nginx). Installs what the tests need
-# when it is missing: Debian's nginx, openssl, nftables, curl, wrk and systemd's analyzer, plus
-# a Python venv with the official OpenAI SDK for the end-to-end client checks. Ends with a
-# seconds-long smoke run of the benchmark.
+# when it is missing: Debian's nginx, redis-server, openssl, nftables, curl, wrk and systemd's
+# analyzer, plus a Python venv with the official OpenAI SDK for the end-to-end client checks.
+# Ends with a seconds-long smoke run of the benchmark.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +16,7 @@ command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || missing+=(nftables)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing system packages: ${missing[*]}"
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi

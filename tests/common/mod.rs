@@ -50,8 +50,13 @@ pub struct Fake {
 
 impl Fake {
     pub fn start(extra: &[&str]) -> Fake {
+        Self::start_at("127.0.0.1:0", extra)
+    }
+
+    /// On a chosen address (to bring a killed backend back on its old port).
+    pub fn start_at(listen: &str, extra: &[&str]) -> Fake {
         let mut child = Command::new(FAKE)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -1,0 +1,272 @@
+//! Scale-out: several gateways sharing limits through a real Redis, and several Ollama
+//! backends behind one gateway (routing by model, spreading load, surviving a dead backend).
+//! `scripts/test.sh` installs Debian's redis-server; without it these tests fail, not skip.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+struct Redis {
+    child: Option<Child>,
+    port: u16,
+}
+
+fn redis_bin() -> PathBuf {
+    for p in ["/usr/bin/redis-server", "/usr/local/bin/redis-server", "/usr/sbin/redis-server"] {
+        if std::path::Path::new(p).exists() {
+            return p.into();
+        }
+    }
+    panic!("redis-server is not installed; scripts/test.sh installs it");
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut r = Redis { child: None, port };
+        r.up();
+        r
+    }
+
+    fn up(&mut self) {
+        let child = Command::new(redis_bin())
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let port = self.port;
+        wait_for(Duration::from_secs(10), "redis to listen", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+        });
+    }
+
+    fn down(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+fn redis_policy(redis: &Redis, max: u32, failure: &str) -> String {
+    format!(
+        r#"
+ollama_api: "{{OLLAMA}}"
+auth: {{enabled: true, keys: [{{id: shared, key: "shared-key-000"}}]}}
+rate_limit:
+  enabled: true
+  max_requests: {max}
+  window_seconds: 60
+  backend: redis
+  redis_url: "{}"
+  redis_timeout_ms: 200
+  redis_failure: {failure}
+"#,
+        redis.url()
+    )
+}
+
+fn ask(gw: &Gateway) -> Response {
+    gw.chat("shared-key-000", &hello("qwen3:32b"))
+}
+
+#[test]
+fn two_gateways_sharing_redis_admit_exactly_thirty_of_a_hundred() {
+    let redis = Redis::start();
+    let fake = Fake::start(&["--workers", "2"]);
+    let policy = redis_policy(&redis, 30, "open");
+    let gws = [Gateway::start(&policy, &fake.url()), Gateway::start(&policy, &fake.url())];
+    let addrs = [gws[0].addr, gws[1].addr];
+    let body = hello("qwen3:32b").to_string();
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(100));
+    let handles: Vec<_> = (0..100)
+        .map(|i| {
+            let body = body.clone();
+            let barrier = barrier.clone();
+            let addr = addrs[i % 2];
+            std::thread::spawn(move || {
+                barrier.wait();
+                request(addr, "POST", "/v1/chat/completions", &[("X-Api-Key", "shared-key-000")], Some(body.as_bytes()))
+            })
+        })
+        .collect();
+    let rs: Vec<Response> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let ok = rs.iter().filter(|r| r.status == 200).count();
+    assert_eq!(ok, 30, "{:?}", rs.iter().map(|r| r.status).collect::<Vec<_>>());
+    assert_eq!(rs.iter().filter(|r| r.status == 429).count(), 70);
+    for r in rs.iter().filter(|r| r.status == 429) {
+        let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+        assert!((1..=60).contains(&retry));
+        assert_eq!(r.header("x-ratelimit-remaining-requests"), Some("0"));
+    }
+    assert!(rs.iter().filter(|r| r.status == 200).all(|r| r.header("x-ratelimit-limit-requests") == Some("30")));
+    assert_eq!(fake.chat_requests(), 30);
+}
+
+#[test]
+fn redis_outage_fails_open_and_recovers_without_restart() {
+    let mut redis = Redis::start();
+    let fake = Fake::start(&[]);
+    let gw = Gateway::start(&redis_policy(&redis, 5, "open"), &fake.url());
+    for _ in 0..5 {
+        assert_eq!(ask(&gw).status, 200);
+    }
+    assert_eq!(ask(&gw).status, 429);
+
+    redis.down();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let r = ask(&gw);
+        assert_eq!(r.status, 200, "fail open admits: {}", r.text());
+        assert!(r.header("x-ratelimit-limit-requests").is_none(), "no limit was checked");
+        assert!(t.elapsed() < Duration::from_millis(800), "bounded by the Redis timeout");
+    }
+    let m = request(gw.addr, "GET", "/metrics", &[], None).text();
+    assert!(m.contains("qwen_gateway_ratelimit_backend_errors_total{result=\"fail_open\"}"), "{m}");
+
+    // Redis is back (empty): limits are exact again, without a restart.
+    redis.up();
+    wait_for(Duration::from_secs(10), "the limiter to use Redis again", || {
+        let r = ask(&gw);
+        (r.header("x-ratelimit-limit-requests") == Some("5")).then_some(())
+    });
+    let mut admitted = 1;
+    loop {
+        let r = ask(&gw);
+        if r.status == 429 {
+            break;
+        }
+        assert_eq!(r.status, 200);
+        admitted += 1;
+        assert!(admitted <= 5, "over the limit after recovery");
+    }
+    assert_eq!(admitted, 5);
+}
+
+#[test]
+fn redis_outage_fails_closed_when_the_policy_says_so() {
+    let mut redis = Redis::start();
+    let fake = Fake::start(&[]);
+    let gw = Gateway::start(&redis_policy(&redis, 5, "closed"), &fake.url());
+    assert_eq!(ask(&gw).status, 200);
+    redis.down();
+    let before = fake.chat_requests();
+    let r = ask(&gw);
+    assert_eq!(r.status, 503);
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(r.json()["error"]["code"], "rate_limiter_unavailable");
+    assert_no_internals(&r.text(), &redis.url());
+    assert_eq!(fake.chat_requests(), before);
+}
+
+#[test]
+fn switching_the_limit_backend_applies_on_reload() {
+    let redis = Redis::start();
+    let fake = Fake::start(&[]);
+    let memory = "ollama_api: \"{OLLAMA}\"\nauth: {enabled: true, keys: [{id: shared, key: \"shared-key-000\"}]}\nrate_limit: {enabled: true, max_requests: 2, window_seconds: 60}\n";
+    let gw = Gateway::start(memory, &fake.url());
+    assert_eq!(ask(&gw).status, 200);
+    assert_eq!(ask(&gw).status, 200);
+    assert_eq!(ask(&gw).status, 429);
+    std::fs::write(&gw.policy_path, Gateway::render(&redis_policy(&redis, 2, "closed"), &fake.url(), gw.dir.path())).unwrap();
+    // Redis holds no count for this key yet: the switch shows as admissions again.
+    wait_for(Duration::from_secs(5), "the Redis backend", || (ask(&gw).status == 200).then_some(()));
+    assert_eq!(ask(&gw).status, 200);
+    assert_eq!(ask(&gw).status, 429);
+}
+
+// ---- several Ollama backends ----
+
+fn backends_policy(fakes: &[&Fake]) -> String {
+    let list: Vec<String> = fakes.iter().map(|f| format!("{{url: \"{}\"}}", f.url())).collect();
+    format!(
+        "backends: [{}]\nauth: {{enabled: true, keys: [{{id: shared, key: \"shared-key-000\"}}]}}\n\
+         upstream: {{timeout_seconds: 0.5, model_refresh_seconds: 0.3, breaker: {{failure_threshold: 2, cooldown_seconds: 1}}}}\n",
+        list.join(", ")
+    )
+}
+
+fn readyz(gw: &Gateway) -> serde_json::Value {
+    request(gw.addr, "GET", "/readyz", &[], None).json()
+}
+
+#[test]
+fn load_spreads_and_models_route_to_the_backend_that_has_them() {
+    let a = Fake::start(&["--models", "qwen3:32b"]);
+    let b = Fake::start(&["--models", "qwen3:32b,llama3.2:latest"]);
+    let gw = Gateway::start(&backends_policy(&[&a, &b]), "unused");
+    wait_for(Duration::from_secs(5), "model lists", || {
+        let r = readyz(&gw);
+        r["backends"].as_array().unwrap().iter().all(|b| b["models"].as_i64() > Some(0)).then_some(())
+    });
+    for _ in 0..20 {
+        assert_eq!(ask(&gw).status, 200);
+    }
+    let (na, nb) = (a.chat_requests(), b.chat_requests());
+    assert_eq!(na + nb, 20);
+    assert!(na >= 5 && nb >= 5, "load not spread: {na} / {nb}");
+
+    for _ in 0..10 {
+        let r = gw.chat("shared-key-000", &hello("llama3.2:latest"));
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["model"], "llama3.2:latest");
+    }
+    assert_eq!(a.chat_requests(), na, "a backend without the model got a request for it");
+    assert_eq!(b.chat_requests(), nb + 10);
+    // /v1/models is the union.
+    let r = request(gw.addr, "GET", "/v1/models", &[("X-Api-Key", "shared-key-000")], None);
+    let ids: Vec<String> = r.json()["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(ids, vec!["llama3.2:latest", "qwen3:32b"]);
+}
+
+#[test]
+fn a_killed_backend_costs_no_client_an_error_and_comes_back() {
+    let mut a = Fake::start(&[]);
+    let b = Fake::start(&[]);
+    let a_addr = a.addr.to_string();
+    let gw = Gateway::start(&backends_policy(&[&a, &b]), "unused");
+    for i in 0..40 {
+        if i == 10 {
+            a.kill();
+        }
+        for stream in [false, true] {
+            let r = gw.chat("shared-key-000", &json!({"model":"qwen3:32b","stream":stream,"messages":[{"role":"user","content":"hi"}]}));
+            assert_eq!(r.status, 200, "request {i}: {}", r.text());
+            if stream {
+                assert_eq!(r.events().last().map(String::as_str), Some("[DONE]"));
+            }
+        }
+    }
+    let r = readyz(&gw);
+    let dead = r["backends"].as_array().unwrap().iter().find(|x| x["url"] == format!("http://{a_addr}")).unwrap().clone();
+    assert_eq!(dead["reachable"], false, "{r}");
+    assert_eq!(r["status"], "ready", "one backend is enough to be ready");
+    let m = request(gw.addr, "GET", "/metrics", &[], None).text();
+    assert!(m.contains(&format!("qwen_gateway_backend_breaker_state{{backend=\"http://{a_addr}\"}} 1")), "{m}");
+
+    // The backend comes back on its old address and gets traffic again after the cool-down.
+    let back = Fake::start_at(&a_addr, &[]);
+    wait_for(Duration::from_secs(10), "traffic to return to the revived backend", || {
+        assert_eq!(ask(&gw).status, 200);
+        (back.chat_requests() > 0).then_some(())
+    });
+}
