@@ -126,7 +126,10 @@ impl Nginx {
         let template =
             std::fs::read_to_string(Path::new(REPO).join("nginx/qwen-gateway.conf.template"))
                 .unwrap();
-        assert_eq!(site.lines().count(), template.lines().count() + gateways - 1);
+        assert_eq!(
+            site.lines().count(),
+            template.lines().count() + gateways - 1
+        );
         std::fs::write(d.join("site.conf"), site).unwrap();
         // The main nginx.conf of a Debian install, reduced to what a private instance needs.
         let p = d.display();
@@ -477,11 +480,24 @@ fn nginx_in_front_of_two_gateways_sharing_limits() {
     let redis_bin = tool("redis-server");
     let rport = free_port();
     let mut redis = Command::new(redis_bin)
-        .args(["--port", &rport.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args([
+            "--port",
+            &rport.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    wait_for(Duration::from_secs(10), "redis", || std::net::TcpStream::connect(("127.0.0.1", rport)).ok().map(|_| ()));
+    wait_for(Duration::from_secs(10), "redis", || {
+        std::net::TcpStream::connect(("127.0.0.1", rport))
+            .ok()
+            .map(|_| ())
+    });
     let fake = Fake::start(&[]);
     let policy = format!(
         "ollama_api: \"{{OLLAMA}}\"\nauth: {{enabled: true, keys: [{{id: sdk, key: \"sdk-key-e2e-000\"}}]}}\n\
@@ -493,14 +509,34 @@ fn nginx_in_front_of_two_gateways_sharing_limits() {
     let ca = ngx.cert();
     let url = format!("https://localhost:{}/v1/chat/completions", ngx.https);
     let body = hello("qwen3:32b").to_string();
-    let post = || curl(&["--cacert", ca.to_str().unwrap(), "-H", "X-Api-Key: sdk-key-e2e-000",
-        "-H", "Content-Type: application/json", "--data", &body, &url]).0;
+    let post = || {
+        curl(&[
+            "--cacert",
+            ca.to_str().unwrap(),
+            "-H",
+            "X-Api-Key: sdk-key-e2e-000",
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            &body,
+            &url,
+        ])
+        .0
+    };
     let statuses: Vec<u16> = (0..6).map(|_| post()).collect();
-    assert_eq!(statuses, vec![200, 200, 200, 200, 429, 429], "one limit across both gateways");
+    assert_eq!(
+        statuses,
+        vec![200, 200, 200, 200, 429, 429],
+        "one limit across both gateways"
+    );
     // One gateway goes away: Nginx moves on to the other, no client sees a 502.
     g2.terminate();
     for _ in 0..4 {
-        assert_eq!(post(), 429, "the shared count still holds through the surviving gateway");
+        assert_eq!(
+            post(),
+            429,
+            "the shared count still holds through the surviving gateway"
+        );
     }
     let _ = redis.kill();
     let _ = redis.wait();

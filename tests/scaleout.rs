@@ -19,7 +19,11 @@ struct Redis {
 }
 
 fn redis_bin() -> PathBuf {
-    for p in ["/usr/bin/redis-server", "/usr/local/bin/redis-server", "/usr/sbin/redis-server"] {
+    for p in [
+        "/usr/bin/redis-server",
+        "/usr/local/bin/redis-server",
+        "/usr/sbin/redis-server",
+    ] {
         if std::path::Path::new(p).exists() {
             return p.into();
         }
@@ -29,7 +33,11 @@ fn redis_bin() -> PathBuf {
 
 impl Redis {
     fn start() -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let mut r = Redis { child: None, port };
         r.up();
         r
@@ -37,7 +45,16 @@ impl Redis {
 
     fn up(&mut self) {
         let child = Command::new(redis_bin())
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -45,7 +62,9 @@ impl Redis {
         self.child = Some(child);
         let port = self.port;
         wait_for(Duration::from_secs(10), "redis to listen", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .ok()
+                .map(|_| ())
         });
     }
 
@@ -94,7 +113,10 @@ fn two_gateways_sharing_redis_admit_exactly_thirty_of_a_hundred() {
     let redis = Redis::start();
     let fake = Fake::start(&["--workers", "2"]);
     let policy = redis_policy(&redis, 30, "open");
-    let gws = [Gateway::start(&policy, &fake.url()), Gateway::start(&policy, &fake.url())];
+    let gws = [
+        Gateway::start(&policy, &fake.url()),
+        Gateway::start(&policy, &fake.url()),
+    ];
     let addrs = [gws[0].addr, gws[1].addr];
     let body = hello("qwen3:32b").to_string();
     let barrier = std::sync::Arc::new(std::sync::Barrier::new(100));
@@ -105,20 +127,35 @@ fn two_gateways_sharing_redis_admit_exactly_thirty_of_a_hundred() {
             let addr = addrs[i % 2];
             std::thread::spawn(move || {
                 barrier.wait();
-                request(addr, "POST", "/v1/chat/completions", &[("X-Api-Key", "shared-key-000")], Some(body.as_bytes()))
+                request(
+                    addr,
+                    "POST",
+                    "/v1/chat/completions",
+                    &[("X-Api-Key", "shared-key-000")],
+                    Some(body.as_bytes()),
+                )
             })
         })
         .collect();
     let rs: Vec<Response> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     let ok = rs.iter().filter(|r| r.status == 200).count();
-    assert_eq!(ok, 30, "{:?}", rs.iter().map(|r| r.status).collect::<Vec<_>>());
+    assert_eq!(
+        ok,
+        30,
+        "{:?}",
+        rs.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
     assert_eq!(rs.iter().filter(|r| r.status == 429).count(), 70);
     for r in rs.iter().filter(|r| r.status == 429) {
         let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
         assert!((1..=60).contains(&retry));
         assert_eq!(r.header("x-ratelimit-remaining-requests"), Some("0"));
     }
-    assert!(rs.iter().filter(|r| r.status == 200).all(|r| r.header("x-ratelimit-limit-requests") == Some("30")));
+    assert!(
+        rs.iter()
+            .filter(|r| r.status == 200)
+            .all(|r| r.header("x-ratelimit-limit-requests") == Some("30"))
+    );
     assert_eq!(fake.chat_requests(), 30);
 }
 
@@ -137,18 +174,31 @@ fn redis_outage_fails_open_and_recovers_without_restart() {
         let t = Instant::now();
         let r = ask(&gw);
         assert_eq!(r.status, 200, "fail open admits: {}", r.text());
-        assert!(r.header("x-ratelimit-limit-requests").is_none(), "no limit was checked");
-        assert!(t.elapsed() < Duration::from_millis(800), "bounded by the Redis timeout");
+        assert!(
+            r.header("x-ratelimit-limit-requests").is_none(),
+            "no limit was checked"
+        );
+        assert!(
+            t.elapsed() < Duration::from_millis(800),
+            "bounded by the Redis timeout"
+        );
     }
     let m = request(gw.addr, "GET", "/metrics", &[], None).text();
-    assert!(m.contains("qwen_gateway_ratelimit_backend_errors_total{result=\"fail_open\"}"), "{m}");
+    assert!(
+        m.contains("qwen_gateway_ratelimit_backend_errors_total{result=\"fail_open\"}"),
+        "{m}"
+    );
 
     // Redis is back (empty): limits are exact again, without a restart.
     redis.up();
-    wait_for(Duration::from_secs(10), "the limiter to use Redis again", || {
-        let r = ask(&gw);
-        (r.header("x-ratelimit-limit-requests") == Some("5")).then_some(())
-    });
+    wait_for(
+        Duration::from_secs(10),
+        "the limiter to use Redis again",
+        || {
+            let r = ask(&gw);
+            (r.header("x-ratelimit-limit-requests") == Some("5")).then_some(())
+        },
+    );
     let mut admitted = 1;
     loop {
         let r = ask(&gw);
@@ -187,9 +237,19 @@ fn switching_the_limit_backend_applies_on_reload() {
     assert_eq!(ask(&gw).status, 200);
     assert_eq!(ask(&gw).status, 200);
     assert_eq!(ask(&gw).status, 429);
-    std::fs::write(&gw.policy_path, Gateway::render(&redis_policy(&redis, 2, "closed"), &fake.url(), gw.dir.path())).unwrap();
+    std::fs::write(
+        &gw.policy_path,
+        Gateway::render(
+            &redis_policy(&redis, 2, "closed"),
+            &fake.url(),
+            gw.dir.path(),
+        ),
+    )
+    .unwrap();
     // Redis holds no count for this key yet: the switch shows as admissions again.
-    wait_for(Duration::from_secs(5), "the Redis backend", || (ask(&gw).status == 200).then_some(()));
+    wait_for(Duration::from_secs(5), "the Redis backend", || {
+        (ask(&gw).status == 200).then_some(())
+    });
     assert_eq!(ask(&gw).status, 200);
     assert_eq!(ask(&gw).status, 429);
 }
@@ -197,7 +257,10 @@ fn switching_the_limit_backend_applies_on_reload() {
 // ---- several Ollama backends ----
 
 fn backends_policy(fakes: &[&Fake]) -> String {
-    let list: Vec<String> = fakes.iter().map(|f| format!("{{url: \"{}\"}}", f.url())).collect();
+    let list: Vec<String> = fakes
+        .iter()
+        .map(|f| format!("{{url: \"{}\"}}", f.url()))
+        .collect();
     format!(
         "backends: [{}]\nauth: {{enabled: true, keys: [{{id: shared, key: \"shared-key-000\"}}]}}\n\
          upstream: {{timeout_seconds: 0.5, model_refresh_seconds: 0.3, breaker: {{failure_threshold: 2, cooldown_seconds: 1}}}}\n",
@@ -216,7 +279,12 @@ fn load_spreads_and_models_route_to_the_backend_that_has_them() {
     let gw = Gateway::start(&backends_policy(&[&a, &b]), "unused");
     wait_for(Duration::from_secs(5), "model lists", || {
         let r = readyz(&gw);
-        r["backends"].as_array().unwrap().iter().all(|b| b["models"].as_i64() > Some(0)).then_some(())
+        r["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["models"].as_i64() > Some(0))
+            .then_some(())
     });
     for _ in 0..20 {
         assert_eq!(ask(&gw).status, 200);
@@ -230,11 +298,26 @@ fn load_spreads_and_models_route_to_the_backend_that_has_them() {
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(r.json()["model"], "llama3.2:latest");
     }
-    assert_eq!(a.chat_requests(), na, "a backend without the model got a request for it");
+    assert_eq!(
+        a.chat_requests(),
+        na,
+        "a backend without the model got a request for it"
+    );
     assert_eq!(b.chat_requests(), nb + 10);
     // /v1/models is the union.
-    let r = request(gw.addr, "GET", "/v1/models", &[("X-Api-Key", "shared-key-000")], None);
-    let ids: Vec<String> = r.json()["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_owned()).collect();
+    let r = request(
+        gw.addr,
+        "GET",
+        "/v1/models",
+        &[("X-Api-Key", "shared-key-000")],
+        None,
+    );
+    let ids: Vec<String> = r.json()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(ids, vec!["llama3.2:latest", "qwen3:32b"]);
 }
 
@@ -257,16 +340,31 @@ fn a_killed_backend_costs_no_client_an_error_and_comes_back() {
         }
     }
     let r = readyz(&gw);
-    let dead = r["backends"].as_array().unwrap().iter().find(|x| x["url"] == format!("http://{a_addr}")).unwrap().clone();
+    let dead = r["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["url"] == format!("http://{a_addr}"))
+        .unwrap()
+        .clone();
     assert_eq!(dead["reachable"], false, "{r}");
     assert_eq!(r["status"], "ready", "one backend is enough to be ready");
     let m = request(gw.addr, "GET", "/metrics", &[], None).text();
-    assert!(m.contains(&format!("qwen_gateway_backend_breaker_state{{backend=\"http://{a_addr}\"}} 1")), "{m}");
+    assert!(
+        m.contains(&format!(
+            "qwen_gateway_backend_breaker_state{{backend=\"http://{a_addr}\"}} 1"
+        )),
+        "{m}"
+    );
 
     // The backend comes back on its old address and gets traffic again after the cool-down.
     let back = Fake::start_at(&a_addr, &[]);
-    wait_for(Duration::from_secs(10), "traffic to return to the revived backend", || {
-        assert_eq!(ask(&gw).status, 200);
-        (back.chat_requests() > 0).then_some(())
-    });
+    wait_for(
+        Duration::from_secs(10),
+        "traffic to return to the revived backend",
+        || {
+            assert_eq!(ask(&gw).status, 200);
+            (back.chat_requests() > 0).then_some(())
+        },
+    );
 }

@@ -59,6 +59,10 @@ enum Cmd {
         expect: usize,
         #[arg(long, default_value = "\"content\":\"w")]
         pattern: String,
+        /// Repeat the whole round this many times, one after the other (more samples for
+        /// small stream counts).
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
     },
     Hold {
         #[command(flatten)]
@@ -314,26 +318,37 @@ async fn one_stream(addr: String, req: Vec<u8>, pattern: String) -> StreamResult
     }
 }
 
-async fn streams(t: Target, n: usize, expect: usize, pattern: String) -> serde_json::Value {
+async fn streams(
+    t: Target,
+    n: usize,
+    expect: usize,
+    pattern: String,
+    rounds: usize,
+) -> serde_json::Value {
     let req = request_bytes(&t);
-    let tasks: Vec<_> = (0..n)
-        .map(|_| tokio::task::spawn_local(one_stream(t.addr.clone(), req.clone(), pattern.clone())))
-        .collect();
     let mut ttfb = Vec::new();
     let mut gaps = Vec::new();
     let (mut complete, mut events) = (0usize, 0usize);
-    for task in tasks {
-        if let Ok(r) = task.await {
-            if r.ok && r.events >= expect {
-                complete += 1;
+    for _ in 0..rounds.max(1) {
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                tokio::task::spawn_local(one_stream(t.addr.clone(), req.clone(), pattern.clone()))
+            })
+            .collect();
+        for task in tasks {
+            if let Ok(r) = task.await {
+                if r.ok && r.events >= expect {
+                    complete += 1;
+                }
+                events += r.events;
+                if r.ttfb_us.is_finite() {
+                    ttfb.push(r.ttfb_us);
+                }
+                gaps.extend(r.gaps_us);
             }
-            events += r.events;
-            if r.ttfb_us.is_finite() {
-                ttfb.push(r.ttfb_us);
-            }
-            gaps.extend(r.gaps_us);
         }
     }
+    let n = n * rounds.max(1);
     json!({
         "streams": n, "complete": complete, "events": events, "expected_events": n * expect,
         "ttfb_p50_us": pct(&mut ttfb, 0.5), "ttfb_p99_us": pct(&mut ttfb, 0.99),
@@ -436,7 +451,8 @@ fn main() {
                 streams: n,
                 expect,
                 pattern,
-            } => streams(t, n, expect, pattern).await,
+                rounds,
+            } => streams(t, n, expect, pattern, rounds).await,
             Cmd::Hold {
                 t,
                 streams: n,
