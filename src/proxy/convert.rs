@@ -322,8 +322,6 @@ pub struct SseTranslator {
     include_usage: bool,
     sent_role: bool,
     tool_calls_sent: u32,
-    /// Completion tokens seen so far are unknown until the end; count content chunks.
-    pub chunks: u64,
 }
 
 impl SseTranslator {
@@ -335,7 +333,6 @@ impl SseTranslator {
             include_usage,
             sent_role: false,
             tool_calls_sent: 0,
-            chunks: 0,
         }
     }
 
@@ -352,6 +349,12 @@ impl SseTranslator {
             }],
             usage: None,
         }
+    }
+
+    /// One content-bearing event; the first event of the stream also carries the role.
+    fn emit(&mut self, out: &mut BytesMut, delta: Delta<'_>) {
+        let role = self.role();
+        push_event(out, &self.chunk(Delta { role, ..delta }, None));
     }
 
     fn role(&mut self) -> Option<&'static str> {
@@ -375,51 +378,33 @@ impl SseTranslator {
         if let Some(msg) = &chunk.message {
             // Reasoning first, as its own chunk, then content and tool calls.
             if let Some(thinking) = msg.thinking.as_deref().filter(|t| !t.is_empty()) {
-                let role = self.role();
-                push_event(
+                self.emit(
                     out,
-                    &self.chunk(
-                        Delta {
-                            role,
-                            reasoning_content: Some(thinking),
-                            ..Delta::default()
-                        },
-                        None,
-                    ),
+                    Delta {
+                        reasoning_content: Some(thinking),
+                        ..Delta::default()
+                    },
                 );
-                self.chunks += 1;
             }
             if !msg.tool_calls.is_empty() {
-                let role = self.role();
                 let calls = out_tool_calls(&msg.tool_calls, self.tool_calls_sent);
                 self.tool_calls_sent += u32::try_from(calls.len()).unwrap_or(0);
-                push_event(
+                self.emit(
                     out,
-                    &self.chunk(
-                        Delta {
-                            role,
-                            content: (!msg.content.is_empty()).then_some(msg.content.as_str()),
-                            tool_calls: Some(calls),
-                            ..Delta::default()
-                        },
-                        None,
-                    ),
+                    Delta {
+                        content: (!msg.content.is_empty()).then_some(msg.content.as_str()),
+                        tool_calls: Some(calls),
+                        ..Delta::default()
+                    },
                 );
-                self.chunks += 1;
             } else if !msg.content.is_empty() || (!self.sent_role && !chunk.done) {
-                let role = self.role();
-                push_event(
+                self.emit(
                     out,
-                    &self.chunk(
-                        Delta {
-                            role,
-                            content: Some(&msg.content),
-                            ..Delta::default()
-                        },
-                        None,
-                    ),
+                    Delta {
+                        content: Some(&msg.content),
+                        ..Delta::default()
+                    },
                 );
-                self.chunks += 1;
             }
         }
         if !chunk.done {
