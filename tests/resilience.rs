@@ -396,3 +396,25 @@ fn metrics_cover_requests_rejections_reloads_and_tokens() {
         assert!(m.contains(needle), "missing {needle}\n{m}");
     }
 }
+
+#[test]
+fn log_level_changes_on_reload() {
+    let fake = Fake::start(&[]);
+    let gw = Gateway::start(&policy("log_level: info"), &fake.url());
+    // A rejected key is logged at debug: invisible at info.
+    assert_eq!(gw.chat("nope-nope-nope", &hello("qwen3:32b")).status, 401);
+    let mark = gw.log_len();
+    let debug = Gateway::render(&policy("log_level: debug"), &fake.url(), gw.dir.path());
+    std::fs::write(&gw.policy_path, debug).unwrap();
+    gw.wait_log("Policy reloaded.", mark);
+    assert!(
+        !gw.stderr_text().contains("Rejected an API key."),
+        "debug line shown at info"
+    );
+    assert_eq!(gw.chat("nope-nope-nope", &hello("qwen3:32b")).status, 401);
+    gw.wait_log("Rejected an API key.", mark);
+    assert!(
+        !gw.stderr_text().contains("nope-nope-nope"),
+        "the key itself is never logged"
+    );
+}

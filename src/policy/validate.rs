@@ -663,6 +663,15 @@ whitelist:
     }
 
     #[test]
+    fn warnings_for_open_trust_and_plaintext() {
+        let p = load("trusted_proxies: ['0.0.0.0/0']\nlisten: ':1'\n").ok();
+        let w = p.map(|p| p.warnings.join("\n")).unwrap_or_default();
+        assert!(w.contains("trusted_proxies covers every address"), "{w}");
+        assert!(w.contains("every interface"), "{w}");
+        assert!(w.contains("auth is disabled"), "{w}");
+    }
+
+    #[test]
     fn listen_forms() {
         for (s, want) in [
             (":18789", "0.0.0.0:18789"),
