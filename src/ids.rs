@@ -6,7 +6,7 @@
 
 /// 32 lowercase hex digits.
 pub fn hex128() -> String {
-    format!("{:032x}", fastrand::u128(..))
+    hex::encode(fastrand::u128(..).to_be_bytes())
 }
 
 #[cfg(test)]

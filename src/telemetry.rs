@@ -61,7 +61,9 @@ struct LineVisitor(Option<String>);
 impl Visit for LineVisitor {
     fn record_str(&mut self, field: &Field, value: &str) {
         if field.name() == "line" {
-            self.0 = Some(value.to_owned());
+            let mut line = String::with_capacity(value.len() + 1);
+            line.push_str(value);
+            self.0 = Some(line);
         }
     }
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
