@@ -477,31 +477,12 @@ fn nginx_keeps_the_v1_path_and_overwrites_forwarded_headers() {
 
 #[test]
 fn nginx_in_front_of_two_gateways_sharing_limits() {
-    let redis_bin = tool("redis-server");
-    let rport = free_port();
-    let mut redis = Command::new(redis_bin)
-        .args([
-            "--port",
-            &rport.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for(Duration::from_secs(10), "redis", || {
-        std::net::TcpStream::connect(("127.0.0.1", rport))
-            .ok()
-            .map(|_| ())
-    });
+    let redis = Redis::start();
     let fake = Fake::start(&[]);
     let policy = format!(
         "ollama_api: \"{{OLLAMA}}\"\nauth: {{enabled: true, keys: [{{id: sdk, key: \"sdk-key-e2e-000\"}}]}}\n\
-         rate_limit: {{enabled: true, max_requests: 4, window_seconds: 60, backend: redis, redis_url: \"redis://127.0.0.1:{rport}\"}}\n"
+         rate_limit: {{enabled: true, max_requests: 4, window_seconds: 60, backend: redis, redis_url: \"{}\"}}\n",
+        redis.url()
     );
     let g1 = Gateway::start(&policy, &fake.url());
     let mut g2 = Gateway::start(&policy, &fake.url());
@@ -538,8 +519,6 @@ fn nginx_in_front_of_two_gateways_sharing_limits() {
             "the shared count still holds through the surviving gateway"
         );
     }
-    let _ = redis.kill();
-    let _ = redis.wait();
 }
 
 #[test]

@@ -5,86 +5,10 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::json;
-
-struct Redis {
-    child: Option<Child>,
-    port: u16,
-}
-
-fn redis_bin() -> PathBuf {
-    for p in [
-        "/usr/bin/redis-server",
-        "/usr/local/bin/redis-server",
-        "/usr/sbin/redis-server",
-    ] {
-        if std::path::Path::new(p).exists() {
-            return p.into();
-        }
-    }
-    panic!("redis-server is not installed; scripts/test.sh installs it");
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut r = Redis { child: None, port };
-        r.up();
-        r
-    }
-
-    fn up(&mut self) {
-        let child = Command::new(redis_bin())
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        self.child = Some(child);
-        let port = self.port;
-        wait_for(Duration::from_secs(10), "redis to listen", || {
-            std::net::TcpStream::connect(("127.0.0.1", port))
-                .ok()
-                .map(|_| ())
-        });
-    }
-
-    fn down(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.down();
-    }
-}
 
 fn redis_policy(redis: &Redis, max: u32, failure: &str) -> String {
     format!(
