@@ -80,10 +80,15 @@ pub async fn readyz(
     let ctx = request_ctx(&req)?;
     observer(&ctx)?;
     let p = &ctx.policy;
+    // Probe every backend at once: a dead one must not make /readyz take N x the timeout.
+    let all = state.backends.all(p);
+    let probes = all
+        .iter()
+        .map(|(b, _)| upstream.probe(&b.url, p.upstream.timeout));
+    let reachable_each = futures_util::future::join_all(probes).await;
     let mut backends = Vec::new();
     let mut worst = BreakerState::Closed;
-    for (b, _) in state.backends.all(p) {
-        let reachable = upstream.probe(&b.url, p.upstream.timeout).await;
+    for ((b, _), reachable) in all.iter().zip(reachable_each) {
         let breaker = b.breaker.state();
         if breaker.as_gauge() > worst.as_gauge() {
             worst = breaker;
