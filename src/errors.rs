@@ -34,6 +34,8 @@ pub enum GatewayError {
     BodyTooLarge { max: usize },
     #[error("invalid request")]
     BadRequest { message: String },
+    #[error("request body too slow")]
+    RequestTimeout { seconds: f64 },
     #[error("unknown route")]
     RouteNotFound,
     #[error("method not allowed")]
@@ -84,6 +86,7 @@ impl GatewayError {
             GatewayError::PromptTooLong { .. } => "prompt_too_long",
             GatewayError::BodyTooLarge { .. } => "request_too_large",
             GatewayError::BadRequest { .. } => "invalid_request",
+            GatewayError::RequestTimeout { .. } => "request_timeout",
             GatewayError::RouteNotFound => "not_found",
             GatewayError::MethodNotAllowed => "method_not_allowed",
             GatewayError::ModelNotFound { .. } => "model_not_found",
@@ -106,6 +109,7 @@ impl GatewayError {
             GatewayError::PromptTooLong { .. }
             | GatewayError::BodyTooLarge { .. }
             | GatewayError::BadRequest { .. }
+            | GatewayError::RequestTimeout { .. }
             | GatewayError::MethodNotAllowed => "invalid_request_error",
             GatewayError::RouteNotFound | GatewayError::ModelNotFound { .. } => "not_found_error",
             GatewayError::UpstreamUnavailable { .. }
@@ -135,6 +139,9 @@ impl GatewayError {
                 format!("request body too large, max {max} bytes")
             }
             GatewayError::BadRequest { message } => message.clone(),
+            GatewayError::RequestTimeout { seconds } => {
+                format!("the request body did not arrive in time, max {seconds} seconds")
+            }
             GatewayError::RouteNotFound => "unknown route".to_owned(),
             GatewayError::MethodNotAllowed => "method not allowed for this route".to_owned(),
             GatewayError::ModelNotFound { model } => format!("model '{model}' not found"),
@@ -212,6 +219,7 @@ impl ResponseError for GatewayError {
                 StatusCode::BAD_REQUEST
             }
             GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             GatewayError::RouteNotFound | GatewayError::ModelNotFound { .. } => {
                 StatusCode::NOT_FOUND
             }

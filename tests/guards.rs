@@ -475,3 +475,24 @@ fn guard_order_is_ip_key_rate_then_body() {
     );
     assert_eq!(fake.chat_requests(), 0);
 }
+
+#[test]
+fn slow_drip_body_gets_408() {
+    let fake = Fake::start(&[]);
+    let policy = format!(
+        "{}limits: {{body_timeout_seconds: 0.5}}\n",
+        article_policy()
+    );
+    let gw = Gateway::start(&policy, &fake.url());
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+    write!(s, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Api-Key: {KEY}\r\nContent-Length: 500\r\nConnection: close\r\n\r\n{{\"model\":").unwrap();
+    // ...and never the rest.
+    let started = std::time::Instant::now();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+    assert!(out.contains("did not arrive in time"), "{out}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(fake.chat_requests(), 0);
+}

@@ -88,6 +88,7 @@ pub struct LimitsFile {
     pub max_prompt_chars: Option<usize>,
     pub max_body_bytes: Option<usize>,
     pub max_messages: Option<usize>,
+    pub body_timeout_seconds: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -53,6 +53,8 @@ pub struct Limits {
     pub max_prompt_chars: usize,
     pub max_body_bytes: usize,
     pub max_messages: usize,
+    /// The whole request body must arrive within this (slow-drip clients get 408).
+    pub body_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -109,13 +109,12 @@ pub fn validate(f: PolicyFile, sha256: String) -> Result<Policy, PolicyError> {
             let url = rl.redis_url.clone().ok_or_else(|| {
                 PolicyError::invalid("rate_limit.redis_url", "is required with backend: redis")
             })?;
-            if !(url.starts_with("redis://")
-                || url.starts_with("rediss://")
-                || url.starts_with("unix://"))
-            {
+            // rediss:// (TLS) is refused rather than accepted and failed at run time: the
+            // Redis client is built without TLS (Redis sits next to the gateways).
+            if !(url.starts_with("redis://") || url.starts_with("unix://")) {
                 return Err(PolicyError::invalid(
                     "rate_limit.redis_url",
-                    "must start with redis://, rediss:// or unix://",
+                    "must start with redis:// or unix:// (TLS to Redis is not supported)",
                 ));
             }
             let timeout_ms = rl.redis_timeout_ms.unwrap_or(50);
@@ -204,6 +203,7 @@ pub fn validate(f: PolicyFile, sha256: String) -> Result<Policy, PolicyError> {
         max_prompt_chars: lf.max_prompt_chars.unwrap_or(DEFAULT_MAX_PROMPT_CHARS),
         max_body_bytes: lf.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
         max_messages: lf.max_messages.unwrap_or(1_000),
+        body_timeout: seconds("limits.body_timeout_seconds", lf.body_timeout_seconds, 30.0)?,
     };
     if limits.max_prompt_chars == 0 {
         return Err(PolicyError::invalid(
@@ -649,6 +649,10 @@ whitelist:
                 "rate_limit.redis_failure",
             ),
             ("rate_limit: {backend: etcd}", "rate_limit.backend"),
+            (
+                "rate_limit: {backend: redis, redis_url: 'rediss://x'}",
+                "rate_limit.redis_url",
+            ),
             (
                 "models: {a: b}\nauth: {enabled: true, keys: [{id: x, key: aaaaaaaaaa, models: [c]}]}",
                 "auth.keys[0].models[0]",

@@ -22,7 +22,7 @@ use crate::app::{AppState, RequestCtx};
 use crate::auth::{Principal, authenticate};
 use crate::errors::GatewayError;
 use crate::metrics::ResultLabels;
-use crate::policy::LimitBackend;
+use crate::policy::{LimitBackend, Limits};
 use crate::ratelimit::Decision;
 use crate::ratelimit::redis::{RedisLimiter, RedisTrouble};
 use openai::{ChatRequest, ModelEntry, ModelList};
@@ -139,8 +139,23 @@ async fn guard(
     Ok((principal, decision))
 }
 
-/// Reads the body, refusing more than `max` bytes before buffering them.
+/// Reads the body within `limits.body_timeout_seconds` (a slow-drip client otherwise holds a
+/// connection and its buffer for as long as it likes; Nginx in front buffers bodies, so only
+/// direct clients meet this), refusing more than `limits.max_body_bytes` before buffering.
 async fn read_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limits: &Limits,
+) -> Result<web::BytesMut, GatewayError> {
+    let read = read_body_unbounded(req, payload, limits.max_body_bytes);
+    tokio::time::timeout(limits.body_timeout, read)
+        .await
+        .map_err(|_| GatewayError::RequestTimeout {
+            seconds: limits.body_timeout.as_secs_f64(),
+        })?
+}
+
+async fn read_body_unbounded(
     req: &HttpRequest,
     mut payload: web::Payload,
     max: usize,
@@ -219,7 +234,7 @@ pub async fn chat_completions(
     let policy = &ctx.policy;
     let (principal, decision) = guard(&req, &ctx, &state, &redis).await?;
 
-    let body = read_body(&req, payload, policy.limits.max_body_bytes).await?;
+    let body = read_body(&req, payload, &policy.limits).await?;
     let chat: ChatRequest = parse_json(&body)?;
     let stream = chat.stream.unwrap_or(false);
     ctx.audit.update(|r| {
