@@ -280,6 +280,9 @@ pub async fn run(state: Arc<AppState>, workers: Option<usize>) -> anyhow::Result
             .wrap(from_fn(gate))
     })
     .backlog(1024)
+    // Streamed answers are many small writes; Nagle's algorithm would hold each one back
+    // until the client acknowledged the previous.
+    .tcp_nodelay(true)
     .client_request_timeout(Duration::from_secs(10))
     .keep_alive(Duration::from_secs(75))
     .shutdown_timeout(policy.shutdown_grace.as_secs())

@@ -194,6 +194,26 @@ fn streaming_is_real_streaming() {
 }
 
 #[test]
+fn upstream_connections_are_reused_after_streams() {
+    let fake = Fake::start(&[]);
+    let gw = Gateway::start(POLICY, &fake.url());
+    for stream in [true, false, true, true, false, true, true, true] {
+        let r = chat(
+            &gw,
+            json!({"model":"qwen3:32b","stream":stream,"messages":[{"role":"user","content":"a b"}]}),
+        );
+        assert_eq!(r.status, 200);
+    }
+    // One pooled connection per gateway worker (2 in tests), the model refresher's, and this
+    // stats call's own; a connection per stream would make it at least 5 + 2.
+    let conns = fake.stats()["connections"].as_u64().unwrap();
+    assert!(
+        conns <= 4,
+        "{conns} upstream connections for 8 requests (5 streamed)"
+    );
+}
+
+#[test]
 fn models_list_shows_public_names() {
     let fake = Fake::start(&[]);
     let gw = Gateway::start(POLICY, &fake.url());

@@ -14,7 +14,8 @@
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::net::TcpListener;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
@@ -98,6 +99,8 @@ struct Shared {
     args: Args,
     stats: Mutex<Stats>,
     canned: Canned,
+    /// TCP connections accepted, to show whether callers reuse keep-alive connections.
+    connections: Arc<AtomicU64>,
 }
 
 fn announce(addr: &str) {
@@ -121,10 +124,13 @@ fn main() -> std::io::Result<()> {
     }
     let workers = args.workers;
     let canned = Canned::new(args.chunks.unwrap_or(50));
+    let connections = Arc::new(AtomicU64::new(0));
+    let counter = connections.clone();
     let shared = web::Data::new(Shared {
         args,
         stats: Mutex::new(Stats::default()),
         canned,
+        connections,
     });
     announce(&addr.to_string());
     actix_web::rt::System::new().block_on(async move {
@@ -142,6 +148,12 @@ fn main() -> std::io::Result<()> {
                 .default_service(web::to(other))
         })
         .workers(workers)
+        .on_connect(move |_, _| {
+            counter.fetch_add(1, Ordering::Relaxed);
+        })
+        // Like Ollama (Go sets TCP_NODELAY on every connection): without it, a streamed line
+        // on a reused keep-alive connection can wait for the ACK of the previous one.
+        .tcp_nodelay(true)
         .listen(listener)?
         .run()
         .await
@@ -160,6 +172,7 @@ async fn stats(shared: web::Data<Shared>) -> HttpResponse {
         "last_chat": s.last_chat,
         "last_headers": s.last_headers,
         "last_other": s.last_other,
+        "connections": shared.connections.load(Ordering::Relaxed),
     }))
 }
 
