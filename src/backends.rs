@@ -10,7 +10,6 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 
@@ -75,12 +74,6 @@ impl BackendState {
 }
 
 pub struct Lease(Arc<BackendState>);
-
-impl Lease {
-    pub fn backend(&self) -> &Arc<BackendState> {
-        &self.0
-    }
-}
 
 impl Drop for Lease {
     fn drop(&mut self) {
@@ -148,11 +141,6 @@ impl Backends {
         }
         list.into_iter().map(|(s, _)| s).collect()
     }
-}
-
-/// How often the refresher asks each backend for its models.
-pub fn refresh_interval(policy: &Policy) -> Duration {
-    policy.upstream.model_refresh
 }
 
 #[cfg(test)]

@@ -52,8 +52,6 @@ pub enum GatewayError {
     UpstreamFailed,
     #[error("rate limiter unavailable")]
     RateLimiterUnavailable,
-    #[error("shutting down")]
-    ShuttingDown,
     #[error("internal error")]
     Internal,
 }
@@ -95,7 +93,6 @@ impl GatewayError {
             GatewayError::UpstreamTimeout => "upstream_timeout",
             GatewayError::UpstreamFailed => "upstream_error",
             GatewayError::RateLimiterUnavailable => "rate_limiter_unavailable",
-            GatewayError::ShuttingDown => "shutting_down",
             GatewayError::Internal => "internal_error",
         }
     }
@@ -117,7 +114,6 @@ impl GatewayError {
             | GatewayError::UpstreamTimeout
             | GatewayError::UpstreamFailed
             | GatewayError::RateLimiterUnavailable
-            | GatewayError::ShuttingDown
             | GatewayError::Internal => "api_error",
         }
     }
@@ -161,9 +157,6 @@ impl GatewayError {
                 "the gateway cannot check rate limits right now, please try again shortly"
                     .to_owned()
             }
-            GatewayError::ShuttingDown => {
-                "the gateway is restarting, please try again shortly".to_owned()
-            }
             GatewayError::Internal => "internal error".to_owned(),
         }
     }
@@ -174,9 +167,7 @@ impl GatewayError {
             | GatewayError::UpstreamUnavailable { retry_after }
             | GatewayError::UpstreamBusy { retry_after } => Some(*retry_after),
             GatewayError::RateLimited(d) => Some(d.retry_after()),
-            GatewayError::ShuttingDown | GatewayError::RateLimiterUnavailable => {
-                Some(Duration::from_secs(1))
-            }
+            GatewayError::RateLimiterUnavailable => Some(Duration::from_secs(1)),
             _ => None,
         }
     }
@@ -226,8 +217,7 @@ impl ResponseError for GatewayError {
             GatewayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::UpstreamUnavailable { .. }
             | GatewayError::UpstreamBusy { .. }
-            | GatewayError::RateLimiterUnavailable
-            | GatewayError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            | GatewayError::RateLimiterUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::UpstreamFailed => StatusCode::BAD_GATEWAY,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
