@@ -37,13 +37,6 @@ impl LogLevel {
     pub fn set(&self, level: &str) {
         (self.set)(level);
     }
-
-    /// For tests and tools that run without a subscriber.
-    pub fn noop() -> Self {
-        LogLevel {
-            set: Arc::new(|_| {}),
-        }
-    }
 }
 
 /// Holds the audit writer open; dropping it flushes pending lines.
