@@ -108,7 +108,6 @@ pub async fn readyz(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
-    state.backend_gauges();
     let body = Ready {
         status: if reachable { "ready" } else { "not_ready" },
         policy: PolicyState {

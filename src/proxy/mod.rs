@@ -303,23 +303,14 @@ pub async fn chat_completions(
     }
 
     // Non-stream: Ollama sends one JSON object when the whole answer is ready.
-    let read = resp.body().limit(64 * 1024 * 1024);
-    let bytes = match tokio::time::timeout(policy.upstream.first_token_timeout, read).await {
-        Ok(Ok(b)) => b,
-        Ok(Err(_)) => {
-            state.metrics.upstream_error("body");
-            return Err(GatewayError::UpstreamFailed);
-        }
-        Err(_) => {
-            state.metrics.upstream_error("body_timeout");
-            return Err(GatewayError::UpstreamTimeout);
-        }
-    };
+    let answer: ollama::ChatChunk = upstream::read_json(
+        &mut resp,
+        policy.upstream.first_token_timeout,
+        64 * 1024 * 1024,
+    )
+    .await
+    .map_err(|e| e.into_gateway_error(&state))?;
     ctx.audit.update(|r| r.upstream = Some(sent.elapsed()));
-    let answer: ollama::ChatChunk = serde_json::from_slice(&bytes).map_err(|_| {
-        state.metrics.upstream_error("invalid_body");
-        GatewayError::UpstreamFailed
-    })?;
     if answer.error.is_some() {
         state.metrics.upstream_error("error_body");
         return Err(GatewayError::UpstreamFailed);
@@ -362,20 +353,13 @@ pub async fn models(
                     None,
                 )
                 .await?;
-            let bytes =
-                match tokio::time::timeout(policy.upstream.timeout, resp.body().limit(8 << 20))
-                    .await
-                {
-                    Ok(Ok(b)) => b,
-                    _ => {
-                        state.metrics.upstream_error("body");
-                        return Err(GatewayError::UpstreamFailed);
-                    }
-                };
-            serde_json::from_slice::<ollama::Tags>(&bytes).map_err(|_| {
-                state.metrics.upstream_error("invalid_body");
-                GatewayError::UpstreamFailed
-            })
+            upstream::read_json::<ollama::Tags>(
+                &mut resp,
+                policy.upstream.timeout,
+                upstream::TAGS_LIMIT,
+            )
+            .await
+            .map_err(|e| e.into_gateway_error(&state))
         }
         .await;
         match fetched {

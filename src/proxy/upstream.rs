@@ -293,6 +293,51 @@ impl Upstream {
     }
 }
 
+/// Why a JSON answer from Ollama could not be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyError {
+    Timeout,
+    Read,
+    Invalid,
+}
+
+impl BodyError {
+    /// The `upstream_errors_total{kind}` label.
+    pub fn kind(self) -> &'static str {
+        match self {
+            BodyError::Timeout => "body_timeout",
+            BodyError::Read => "body",
+            BodyError::Invalid => "invalid_body",
+        }
+    }
+
+    /// What the client is told: a slow body is a timeout, anything else a bad gateway.
+    pub fn into_gateway_error(self, state: &AppState) -> GatewayError {
+        state.metrics.upstream_error(self.kind());
+        match self {
+            BodyError::Timeout => GatewayError::UpstreamTimeout,
+            BodyError::Read | BodyError::Invalid => GatewayError::UpstreamFailed,
+        }
+    }
+}
+
+/// Reads a whole JSON answer (at most `limit` bytes, within `budget`) and parses it.
+pub async fn read_json<T: serde::de::DeserializeOwned>(
+    resp: &mut UpstreamResponse,
+    budget: Duration,
+    limit: usize,
+) -> Result<T, BodyError> {
+    let bytes = match tokio::time::timeout(budget, resp.body().limit(limit)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => return Err(BodyError::Read),
+        Err(_) => return Err(BodyError::Timeout),
+    };
+    serde_json::from_slice(&bytes).map_err(|_| BodyError::Invalid)
+}
+
+/// Model lists are small; anything near this is not a model list.
+pub const TAGS_LIMIT: usize = 8 << 20;
+
 /// Failures after which another backend may still answer: nothing reached the client yet.
 /// A first-token timeout is not retried (the budget is spent, and the model was alive).
 fn retryable(e: &GatewayError) -> bool {
@@ -328,10 +373,9 @@ pub async fn refresh_models(state: std::sync::Arc<AppState>) {
                 .send();
             let tags = match tokio::time::timeout(budget, req).await {
                 Ok(Ok(mut resp)) if resp.status().is_success() => {
-                    match tokio::time::timeout(budget, resp.body().limit(8 << 20)).await {
-                        Ok(Ok(b)) => serde_json::from_slice::<super::ollama::Tags>(&b).ok(),
-                        _ => None,
-                    }
+                    read_json::<super::ollama::Tags>(&mut resp, budget, TAGS_LIMIT)
+                        .await
+                        .ok()
                 }
                 _ => None,
             };
