@@ -290,22 +290,21 @@ put reload.requests "$(awk '/requests in/ {print $1}' "$work/reload.wrk")"
 log "reload: ms ${reload_ms[*]}; errors during reloads: $rerr"
 
 log "== audit log on vs off"
-mkdir -p "$work/noaudit"
-gateway_policy "$work/noaudit/policy.yaml" "$FAKE" off
-start_gateway "$work/noaudit/policy.yaml"
-ADDR[gateway_noaudit]=$GW_ADDR; PATHS[gateway_noaudit]=/v1/chat/completions; BODY[gateway_noaudit]=openai; AUTH[gateway_noaudit]="X-Api-Key: $KEY"
-run_wrk gateway_noaudit "$DUR" 2>/dev/null || true
-put gateway_noaudit.rps "$RPS"
-# Fresh audit-on instance to count lines exactly.
-mkdir -p "$work/auditcount"
-gateway_policy "$work/auditcount/policy.yaml" "$FAKE" on
-start_gateway "$work/auditcount/policy.yaml"
-ADDR[gateway_audit]=$GW_ADDR; PATHS[gateway_audit]=/v1/chat/completions; BODY[gateway_audit]=openai; AUTH[gateway_audit]="X-Api-Key: $KEY"
-run_wrk gateway_audit "$DUR" 2>/dev/null || true
-put gateway_audit.rps "$RPS"
+# A fresh gateway (audit on|off) saturated as system NAME; sets RPS, GW_ADDR, GW_PID.
+saturate_fresh_gateway() { # name audit
+  mkdir -p "$work/$1"
+  gateway_policy "$work/$1/policy.yaml" "$FAKE" "$2"
+  start_gateway "$work/$1/policy.yaml"
+  ADDR[$1]=$GW_ADDR; PATHS[$1]=/v1/chat/completions; BODY[$1]=openai; AUTH[$1]="X-Api-Key: $KEY"
+  run_wrk "$1" "$DUR" 2>/dev/null || true
+  put "$1.rps" "$RPS"
+}
+saturate_fresh_gateway gateway_noaudit off
+# The audit-on instance is fresh too, so its lines can be counted exactly.
+saturate_fresh_gateway gateway_audit on
 counted=$(curl -s "http://$GW_ADDR/metrics" | awk '/^qwen_gateway_requests_total/ {s += $NF} END {print s+0}')
 kill -TERM "$GW_PID"; wait "$GW_PID" 2>/dev/null || true
-lines=$(cat "$work/auditcount/audit/"*.jsonl | wc -l)
+lines=$(cat "$work/gateway_audit/audit/"*.jsonl | wc -l)
 put audit.counted_requests "$((counted + 1))"   # + the /metrics scrape itself
 put audit.lines "$lines"
 log "audit: on ${RPS} req/s vs off $(grep '^gateway_noaudit.rps' "$RES" | cut -d= -f2); lines $lines for $((counted + 1)) requests"

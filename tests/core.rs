@@ -227,14 +227,8 @@ fn models_list_shows_public_names() {
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
     assert_eq!(v["object"], "list");
-    let ids: Vec<&str> = v["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        ids,
+        r.model_ids(),
         vec!["qwen3:32b"],
         "only aliased models, under public names"
     );

@@ -135,12 +135,7 @@ audit: {{dir: "{{DIR}}/audit"}}
     assert_eq!(r.status, 403);
     assert!(r.error_message().contains("qwen3:32b"));
     let r = request(gw.addr, "GET", "/v1/models", &bearer, None);
-    let ids: Vec<String> = r.json()["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap().to_owned())
-        .collect();
+    let ids = r.model_ids();
     assert_eq!(ids, vec!["llama"]);
 
     // Identity in the audit log is the id; the key is nowhere.

@@ -236,12 +236,7 @@ fn load_spreads_and_models_route_to_the_backend_that_has_them() {
         &[("X-Api-Key", "shared-key-000")],
         None,
     );
-    let ids: Vec<String> = r.json()["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap().to_owned())
-        .collect();
+    let ids = r.model_ids();
     assert_eq!(ids, vec!["llama3.2:latest", "qwen3:32b"]);
 }
 

@@ -351,6 +351,16 @@ impl Response {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
+    /// The ids of a `/v1/models` answer, in order.
+    pub fn model_ids(&self) -> Vec<String> {
+        self.json()["data"]
+            .as_array()
+            .expect("data array")
+            .iter()
+            .map(|m| m["id"].as_str().expect("id").to_owned())
+            .collect()
+    }
+
     /// SSE `data:` payloads, in order.
     pub fn events(&self) -> Vec<String> {
         self.text()
