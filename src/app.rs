@@ -25,7 +25,7 @@ use actix_web::{App, HttpMessage, HttpResponse, HttpServer, web};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 
-use crate::audit::{AuditCell, AuditRecord};
+use crate::audit::{self, AuditCell, AuditRecord, AuditSink};
 use crate::backends::Backends;
 use crate::errors::GatewayError;
 use crate::health;
@@ -34,7 +34,7 @@ use crate::policy::Policy;
 use crate::proxy::{self, upstream::Upstream};
 use crate::ratelimit::RateLimiter;
 use crate::ratelimit::redis::RedisLimiter;
-use crate::telemetry::LogLevel;
+use crate::telemetry::{AuditWriter, LogLevel};
 
 /// The outcome of the latest reload attempt, for `/readyz`.
 #[derive(Debug, Clone)]
@@ -54,12 +54,19 @@ pub struct AppState {
     /// Per-backend state (breaker, load, models), surviving reloads.
     pub backends: Backends,
     pub metrics: Arc<Metrics>,
+    /// Metrics and audit file, for every finished request.
+    pub audit: Arc<AuditSink>,
     pub reload: Mutex<ReloadStatus>,
     pub log_level: LogLevel,
 }
 
 impl AppState {
-    pub fn new(policy: Policy, policy_path: PathBuf, log_level: LogLevel) -> Self {
+    pub fn new(
+        policy: Policy,
+        policy_path: PathBuf,
+        log_level: LogLevel,
+        audit: Option<AuditWriter>,
+    ) -> Self {
         let metrics = Arc::new(Metrics::new());
         metrics.set_policy(&policy.sha256);
         let now = SystemTime::now();
@@ -69,6 +76,7 @@ impl AppState {
             policy: ArcSwap::from_pointee(policy),
             policy_path,
             backends: Backends::default(),
+            audit: Arc::new(AuditSink::new(metrics.clone(), audit)),
             metrics,
             reload: Mutex::new(ReloadStatus {
                 ok: true,
@@ -139,6 +147,15 @@ fn request_id(req: &ServiceRequest) -> String {
         .unwrap_or_else(crate::ids::hex128)
 }
 
+/// The path as audited: at most 256 characters (a client picks it).
+fn audit_path(path: &str) -> String {
+    if path.len() <= 256 {
+        path.to_owned()
+    } else {
+        path.chars().take(256).collect()
+    }
+}
+
 /// The response body, carrying the audit cell until the last byte is out (or the client left).
 struct AuditedBody {
     inner: BoxBody,
@@ -179,12 +196,12 @@ async fn gate(
         AuditRecord {
             request_id: request_id.clone(),
             client_ip: Some(client_ip),
-            method: req.method().to_string(),
-            path: req.path().chars().take(256).collect(),
+            method: req.method().clone(),
+            path: audit_path(req.path()),
             route: route_label(req.path()),
             ..AuditRecord::default()
         },
-        state.metrics.clone(),
+        state.audit.clone(),
     ));
     req.extensions_mut().insert(Rc::new(RequestCtx {
         policy,
@@ -269,6 +286,8 @@ pub async fn run(state: Arc<AppState>, workers: Option<usize>) -> anyhow::Result
     let data = web::Data::from(state.clone());
     let connect_timeout = policy.upstream.timeout;
     let server = HttpServer::new(move || {
+        // Runs on each worker thread, inside its runtime.
+        audit::start_flusher();
         App::new()
             .app_data(data.clone())
             // Per worker by design: awc clients are !Send and pool connections per thread.

@@ -4,18 +4,33 @@
 //! id, model, token counts); the response body and, for streams, the stream itself hold a
 //! reference. When the last holder lets go (the answer was fully sent, or the client went
 //! away) the cell's `Drop` writes the line and records the request metrics, so no request, not
-//! even one cut short, goes unaudited or is counted twice. The line goes to the `audit` tracing
-//! target, which `telemetry` routes to the daily audit file. Keys and prompt or answer text
-//! are never part of it.
+//! even one cut short, goes unaudited or is counted twice. Keys and prompt or answer text are
+//! never part of a line.
+//!
+//! Lines are JSON written by hand into a per-worker batch (serde's generic serializer cost
+//! more than the rest of the request's bookkeeping). A worker hands its batch to the audit
+//! file's writer thread (`telemetry`) once it holds [`FLUSH_BYTES`], or [`FLUSH_AFTER`] after
+//! its first line, and when the worker thread ends; `main` waits for [`wait_flushed`] before
+//! closing the file, so a clean shutdown loses no line.
 
 use std::cell::RefCell;
+use std::io::Write as _;
 use std::net::IpAddr;
+use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use actix_web::http::Method;
+use tokio::sync::Notify;
 
-use crate::metrics::{KeyLabels, Metrics, RequestLabels, RouteLabels, rejection_reason};
+use crate::metrics::{FinishedRequest, Metrics, rejection_reason};
+use crate::telemetry::AuditWriter;
+
+/// A batch is handed over once it holds this much...
+pub const FLUSH_BYTES: usize = 32 * 1024;
+/// ...or this long after its first line, whichever comes first.
+pub const FLUSH_AFTER: Duration = Duration::from_millis(50);
 
 /// What the line says. Filled in over the life of the request.
 #[derive(Debug, Default)]
@@ -24,7 +39,7 @@ pub struct AuditRecord {
     pub client_ip: Option<IpAddr>,
     pub key_id: Option<String>,
     pub user_id: Option<String>,
-    pub method: String,
+    pub method: Method,
     pub path: String,
     pub route: &'static str,
     pub model: Option<String>,
@@ -38,44 +53,32 @@ pub struct AuditRecord {
     pub upstream: Option<Duration>,
 }
 
-#[derive(Serialize)]
-struct Line<'a> {
-    ts: String,
-    request_id: &'a str,
-    client_ip: Option<String>,
-    key_id: Option<&'a str>,
-    user_id: Option<&'a str>,
-    method: &'a str,
-    path: &'a str,
-    model: Option<&'a str>,
-    status: u16,
-    error: Option<&'a str>,
-    prompt_chars: Option<usize>,
-    prompt_tokens: Option<u64>,
-    completion_tokens: Option<u64>,
-    stream: bool,
-    latency_ms: f64,
-    ttft_ms: Option<f64>,
-    upstream_ms: Option<f64>,
+/// Where finished requests go: the metrics, and the audit file when `audit.dir` is set.
+/// Built once per process.
+pub struct AuditSink {
+    pub metrics: Arc<Metrics>,
+    writer: Option<AuditWriter>,
 }
 
-fn ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0
+impl AuditSink {
+    pub fn new(metrics: Arc<Metrics>, writer: Option<AuditWriter>) -> Self {
+        AuditSink { metrics, writer }
+    }
 }
 
 pub struct AuditCell {
     pub rec: RefCell<AuditRecord>,
     pub started: Instant,
-    metrics: Arc<Metrics>,
+    sink: Arc<AuditSink>,
 }
 
 impl AuditCell {
-    pub fn new(rec: AuditRecord, metrics: Arc<Metrics>) -> Self {
-        metrics.in_flight.inc();
+    pub fn new(rec: AuditRecord, sink: Arc<AuditSink>) -> Self {
+        sink.metrics.in_flight.inc();
         AuditCell {
             rec: RefCell::new(rec),
             started: Instant::now(),
-            metrics,
+            sink,
         }
     }
 
@@ -88,60 +91,285 @@ impl Drop for AuditCell {
     fn drop(&mut self) {
         let latency = self.started.elapsed();
         let r = self.rec.borrow();
-        let m = &self.metrics;
+        let m = &self.sink.metrics;
         m.in_flight.dec();
-        let key = r.key_id.clone().unwrap_or_default();
-        m.requests
-            .get_or_create(&RequestLabels {
-                route: r.route,
-                status: r.status,
-                key_id: key.clone(),
-            })
-            .inc();
-        m.latency
-            .get_or_create(&RouteLabels { route: r.route })
-            .observe(latency.as_secs_f64());
+        m.record_request(&FinishedRequest {
+            route: r.route,
+            status: r.status,
+            key_id: r.key_id.as_deref().unwrap_or_default(),
+            latency,
+            ttft: r.ttft,
+            prompt_tokens: r.prompt_tokens,
+            completion_tokens: r.completion_tokens,
+        });
         if let Some(reason) = r.error.and_then(rejection_reason) {
             m.reject(reason);
         }
-        if let Some(t) = r.ttft {
-            m.ttft.observe(t.as_secs_f64());
+        if self.sink.writer.is_some() {
+            batch_line(&self.sink, |out| {
+                write_line(out, &r, latency, SystemTime::now());
+            });
         }
-        if let Some(n) = r.prompt_tokens {
-            m.prompt_tokens
-                .get_or_create(&KeyLabels {
-                    key_id: key.clone(),
-                })
-                .inc_by(n);
+    }
+}
+
+/// Lines written into a worker's batch and not yet handed to the writer thread.
+static PENDING: AtomicUsize = AtomicUsize::new(0);
+
+/// One per thread. Dropped when the thread ends, which hands over what is left.
+struct Batch {
+    buf: Vec<u8>,
+    lines: usize,
+    sink: Option<Arc<AuditSink>>,
+    /// Wakes this worker's flusher task; none on threads without one (lines go at once).
+    flusher: Option<Rc<Notify>>,
+}
+
+impl Batch {
+    fn flush(&mut self) {
+        if self.lines == 0 {
+            return;
         }
-        if let Some(n) = r.completion_tokens {
-            m.completion_tokens
-                .get_or_create(&KeyLabels { key_id: key })
-                .inc_by(n);
+        if let Some(w) = self.sink.as_ref().and_then(|s| s.writer.as_ref()) {
+            w.write(&self.buf);
         }
-        let line = Line {
-            ts: rfc3339_now(),
-            request_id: &r.request_id,
-            client_ip: r.client_ip.map(|ip| ip.to_string()),
-            key_id: r.key_id.as_deref(),
-            user_id: r.user_id.as_deref().or(r.key_id.as_deref()),
-            method: &r.method,
-            path: &r.path,
-            model: r.model.as_deref(),
-            status: r.status,
-            error: r.error,
-            prompt_chars: r.prompt_chars,
-            prompt_tokens: r.prompt_tokens,
-            completion_tokens: r.completion_tokens,
-            stream: r.stream,
-            latency_ms: ms(latency),
-            ttft_ms: r.ttft.map(ms),
-            upstream_ms: r.upstream.map(ms),
+        PENDING.fetch_sub(self.lines, Ordering::AcqRel);
+        self.buf.clear();
+        self.lines = 0;
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+thread_local! {
+    static BATCH: RefCell<Batch> = const {
+        RefCell::new(Batch { buf: Vec::new(), lines: 0, sink: None, flusher: None })
+    };
+}
+
+fn batch_line(sink: &Arc<AuditSink>, write: impl FnOnce(&mut Vec<u8>)) {
+    let mut write = Some(write);
+    let _ = BATCH.try_with(|b| {
+        let Ok(mut b) = b.try_borrow_mut() else {
+            return;
         };
-        if let Ok(json) = serde_json::to_string(&line) {
-            // As a &str the field reaches the audit layer through `record_str`, without a
-            // second formatting pass over the line.
-            tracing::info!(target: "audit", line = json.as_str());
+        if !b.sink.as_ref().is_some_and(|s| Arc::ptr_eq(s, sink)) {
+            b.flush();
+            b.sink = Some(sink.clone());
+        }
+        let first = b.lines == 0;
+        if let Some(write) = write.take() {
+            write(&mut b.buf);
+        }
+        b.buf.push(b'\n');
+        b.lines += 1;
+        PENDING.fetch_add(1, Ordering::AcqRel);
+        match &b.flusher {
+            Some(f) if b.buf.len() < FLUSH_BYTES => {
+                if first {
+                    f.notify_one();
+                }
+            }
+            _ => b.flush(),
+        }
+    });
+    // The thread is ending (its batch already gone): write the line on its own.
+    if let (Some(write), Some(w)) = (write, sink.writer.as_ref()) {
+        let mut line = Vec::with_capacity(384);
+        write(&mut line);
+        line.push(b'\n');
+        w.write(&line);
+    }
+}
+
+/// Starts this worker's flusher: it sleeps until the batch gets its first line, then hands
+/// the batch over [`FLUSH_AFTER`] later. Call once per worker, from the app factory.
+pub fn start_flusher() {
+    let notify = Rc::new(Notify::new());
+    let registered = BATCH
+        .try_with(|b| {
+            b.borrow_mut().flusher = Some(notify.clone());
+        })
+        .is_ok();
+    if !registered {
+        return;
+    }
+    actix_web::rt::spawn(async move {
+        loop {
+            notify.notified().await;
+            tokio::time::sleep(FLUSH_AFTER).await;
+            let _ = BATCH.try_with(|b| {
+                if let Ok(mut b) = b.try_borrow_mut() {
+                    b.flush();
+                }
+            });
+        }
+    });
+}
+
+/// Waits (up to `deadline`) until every worker has handed its batch over; `main` calls it
+/// after the server stopped and before closing the audit file.
+pub fn wait_flushed(deadline: Duration) -> bool {
+    let until = Instant::now() + deadline;
+    while PENDING.load(Ordering::Acquire) > 0 {
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    true
+}
+
+/// The line: the same keys, in the same order, as always (operators' scripts read them).
+fn write_line(out: &mut Vec<u8>, r: &AuditRecord, latency: Duration, now: SystemTime) {
+    out.extend_from_slice(b"{\"ts\":\"");
+    rfc3339_into(out, now);
+    out.extend_from_slice(b"\",\"request_id\":");
+    json_str(out, &r.request_id);
+    out.extend_from_slice(b",\"client_ip\":");
+    match r.client_ip {
+        Some(ip) => {
+            out.push(b'"');
+            ip_into(out, ip);
+            out.push(b'"');
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"key_id\":");
+    json_opt_str(out, r.key_id.as_deref());
+    out.extend_from_slice(b",\"user_id\":");
+    json_opt_str(out, r.user_id.as_deref().or(r.key_id.as_deref()));
+    out.extend_from_slice(b",\"method\":");
+    json_str(out, r.method.as_str());
+    out.extend_from_slice(b",\"path\":");
+    json_str(out, &r.path);
+    out.extend_from_slice(b",\"model\":");
+    json_opt_str(out, r.model.as_deref());
+    out.extend_from_slice(b",\"status\":");
+    int(out, r.status);
+    out.extend_from_slice(b",\"error\":");
+    json_opt_str(out, r.error);
+    out.extend_from_slice(b",\"prompt_chars\":");
+    opt_int(out, r.prompt_chars);
+    out.extend_from_slice(b",\"prompt_tokens\":");
+    opt_int(out, r.prompt_tokens);
+    out.extend_from_slice(b",\"completion_tokens\":");
+    opt_int(out, r.completion_tokens);
+    out.extend_from_slice(if r.stream {
+        b",\"stream\":true"
+    } else {
+        b",\"stream\":false"
+    });
+    out.extend_from_slice(b",\"latency_ms\":");
+    ms_into(out, latency);
+    out.extend_from_slice(b",\"ttft_ms\":");
+    match r.ttft {
+        Some(d) => ms_into(out, d),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"upstream_ms\":");
+    match r.upstream {
+        Some(d) => ms_into(out, d),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.push(b'}');
+}
+
+fn int(out: &mut Vec<u8>, v: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+}
+
+fn opt_int(out: &mut Vec<u8>, v: Option<impl itoa::Integer>) {
+    match v {
+        Some(v) => int(out, v),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// Milliseconds with microsecond precision: `12.345`.
+fn ms_into(out: &mut Vec<u8>, d: Duration) {
+    let us = d.as_micros();
+    int(out, us / 1000);
+    let frac = us % 1000;
+    out.extend_from_slice(&[
+        b'.',
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ]);
+}
+
+fn ip_into(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                int(out, o);
+            }
+        }
+        // Rare enough for the formatter (which also compresses zero runs).
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+fn json_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => json_str(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// A JSON string: quotes, backslashes and control characters escaped, the rest as is.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    // Whole 16-byte blocks are tested without an early exit (so the test vectorises) and
+    // copied at once when clean, which is nearly always: ids, paths, model names.
+    let mut blocks = s.as_bytes().chunks_exact(16);
+    for block in &mut blocks {
+        let dirty = block.iter().fold(false, |d, &b| d | needs_escape(b));
+        if dirty {
+            escape_into(out, block);
+        } else {
+            out.extend_from_slice(block);
+        }
+    }
+    escape_into(out, blocks.remainder());
+    out.push(b'"');
+}
+
+fn needs_escape(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\'
+}
+
+fn escape_into(out: &mut Vec<u8>, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for &b in bytes {
+        if !needs_escape(b) {
+            out.push(b);
+            continue;
+        }
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            _ => out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 0xf)],
+            ]),
         }
     }
 }
@@ -152,30 +380,31 @@ pub fn rfc3339_now() -> String {
 }
 
 pub fn rfc3339(t: SystemTime) -> String {
+    let mut out = Vec::with_capacity(24);
+    rfc3339_into(&mut out, t);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+fn rfc3339_into(out: &mut Vec<u8>, t: SystemTime) {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, mo, da) = civil_from_days(i64::try_from(days).unwrap_or(0));
     // Written digit by digit: this runs once per request, and `format!` with seven padded
     // fields cost several thousand instructions.
-    let mut out = String::with_capacity(24);
-    let mut digits = |v: u64, width: u32, sep: Option<char>| {
+    let mut digits = |v: u64, width: u32, sep: u8| {
         for i in (0..width).rev() {
-            let d = (v / 10u64.pow(i)) % 10;
-            out.push(char::from(b'0' + u8::try_from(d).unwrap_or(0)));
+            out.push(b'0' + ((v / 10u64.pow(i)) % 10) as u8);
         }
-        if let Some(c) = sep {
-            out.push(c);
-        }
+        out.push(sep);
     };
-    digits(u64::try_from(y).unwrap_or(0), 4, Some('-'));
-    digits(u64::from(mo), 2, Some('-'));
-    digits(u64::from(da), 2, Some('T'));
-    digits(rem / 3600, 2, Some(':'));
-    digits((rem % 3600) / 60, 2, Some(':'));
-    digits(rem % 60, 2, Some('.'));
-    digits(u64::from(d.subsec_millis()), 3, Some('Z'));
-    out
+    digits(u64::try_from(y).unwrap_or(0), 4, b'-');
+    digits(u64::from(mo), 2, b'-');
+    digits(u64::from(da), 2, b'T');
+    digits(rem / 3600, 2, b':');
+    digits((rem % 3600) / 60, 2, b':');
+    digits(rem % 60, 2, b'.');
+    digits(u64::from(d.subsec_millis()), 3, b'Z');
 }
 
 /// Howard Hinnant's days-to-civil algorithm.
@@ -200,6 +429,42 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_are_json_with_every_field() {
+        let rec = AuditRecord {
+            request_id: "r-1".into(),
+            client_ip: Some("2001:db8::1".parse().unwrap()),
+            key_id: Some("team \"a\"".into()),
+            method: Method::POST,
+            path: "/v1/x\u{1}\\y\n/ü/0123456789abcdef0123456789".into(),
+            route: "other",
+            status: 404,
+            error: Some("not_found"),
+            prompt_tokens: Some(7),
+            ttft: Some(Duration::from_micros(1_234_567)),
+            ..AuditRecord::default()
+        };
+        let mut out = Vec::new();
+        write_line(&mut out, &rec, Duration::from_micros(5), UNIX_EPOCH);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["ts"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(v["client_ip"], "2001:db8::1");
+        assert_eq!(v["key_id"], "team \"a\"");
+        assert_eq!(v["user_id"], "team \"a\"");
+        assert_eq!(v["path"], rec.path.as_str());
+        assert_eq!(v["status"], 404);
+        assert_eq!(v["model"], serde_json::Value::Null);
+        assert_eq!(v["prompt_tokens"], 7);
+        assert_eq!(v["stream"], false);
+        assert_eq!(v["latency_ms"], 0.005);
+        assert_eq!(v["ttft_ms"], 1234.567);
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys.len(), 17, "{keys:?}");
+        let mut v4 = Vec::new();
+        ip_into(&mut v4, "10.0.255.1".parse().unwrap());
+        assert_eq!(v4, b"10.0.255.1");
+    }
 
     #[test]
     fn formats_rfc3339() {

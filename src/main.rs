@@ -76,6 +76,7 @@ fn run(path: &Path, workers: Option<usize>, watch: bool) -> anyhow::Result<()> {
         policy,
         path.to_owned(),
         telemetry.log_level.clone(),
+        telemetry.audit.clone(),
     ));
 
     actix_web::rt::System::new().block_on(async move {
@@ -93,7 +94,11 @@ fn run(path: &Path, workers: Option<usize>, watch: bool) -> anyhow::Result<()> {
         drop(reloader);
         result
     })?;
-    // Dropping the telemetry guard flushes the audit file: every accepted request has its line.
+    // Workers hand over their last audit lines as their threads end; then dropping the
+    // telemetry guard flushes the file: every accepted request has its line.
+    if !qwen_gateway::audit::wait_flushed(std::time::Duration::from_secs(5)) {
+        eprintln!("qwen-gateway: some audit lines were not handed over before exit");
+    }
     drop(telemetry);
     Ok(())
 }

@@ -4,8 +4,10 @@
 //! fixed route table (unknown paths are "other"), key ids come from the policy, reasons and
 //! kinds are fixed codes. A key itself never appears, only its id.
 
+use std::cell::RefCell;
 use std::sync::Mutex;
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
@@ -65,6 +67,8 @@ fn latency_histogram() -> Histogram {
 }
 
 pub struct Metrics {
+    /// Tells this instance's handles apart in the per-thread cache (tests build several).
+    id: u64,
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub latency: HistFamily<RouteLabels>,
@@ -95,7 +99,9 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut r = Registry::with_prefix("qwen_gateway");
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let m = Metrics {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             requests: Family::default(),
             latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             ttft: latency_histogram(),
@@ -232,6 +238,89 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts one finished request: status counter, latency histogram and token counters.
+    ///
+    /// Runs once per request, so it goes through per-thread handles: `Family::get_or_create`
+    /// clones the label set, hashes it with SipHash and takes the family's lock every time,
+    /// which cost more than the rest of the bookkeeping together. Families never drop a
+    /// series, so a cached handle stays the one `/metrics` renders.
+    pub fn record_request(&self, done: &FinishedRequest<'_>) {
+        LOCAL.with(|local| {
+            let mut local = local.borrow_mut();
+            if local.owner != self.id {
+                *local = LocalHandles {
+                    owner: self.id,
+                    ..LocalHandles::default()
+                };
+            }
+            let LocalHandles {
+                by_key, latency, ..
+            } = &mut *local;
+            let key = match by_key.get_mut(done.key_id) {
+                Some(k) => k,
+                None => by_key
+                    .entry(done.key_id.into())
+                    .or_insert_with(|| KeyHandles {
+                        requests: Vec::new(),
+                        prompt: self
+                            .prompt_tokens
+                            .get_or_create(&KeyLabels {
+                                key_id: done.key_id.to_owned(),
+                            })
+                            .clone(),
+                        completion: self
+                            .completion_tokens
+                            .get_or_create(&KeyLabels {
+                                key_id: done.key_id.to_owned(),
+                            })
+                            .clone(),
+                    }),
+            };
+            match key
+                .requests
+                .iter()
+                .find(|(r, s, _)| *r == done.route && *s == done.status)
+            {
+                Some((_, _, c)) => {
+                    c.inc();
+                }
+                None => {
+                    let c = self
+                        .requests
+                        .get_or_create(&RequestLabels {
+                            route: done.route,
+                            status: done.status,
+                            key_id: done.key_id.to_owned(),
+                        })
+                        .clone();
+                    c.inc();
+                    key.requests.push((done.route, done.status, c));
+                }
+            }
+            if let Some(n) = done.prompt_tokens {
+                key.prompt.inc_by(n);
+            }
+            if let Some(n) = done.completion_tokens {
+                key.completion.inc_by(n);
+            }
+            let hist = match latency.iter().find(|(r, _)| *r == done.route) {
+                Some((_, h)) => h,
+                None => {
+                    let h = self
+                        .latency
+                        .get_or_create(&RouteLabels { route: done.route })
+                        .clone();
+                    latency.push((done.route, h));
+                    &latency[latency.len() - 1].1
+                }
+            };
+            hist.observe(done.latency.as_secs_f64());
+        });
+        if let Some(t) = done.ttft {
+            self.ttft.observe(t.as_secs_f64());
+        }
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         if encode(&mut out, &self.registry).is_err() {
@@ -239,6 +328,37 @@ impl Metrics {
         }
         out
     }
+}
+
+/// What [`Metrics::record_request`] needs to know of a finished request.
+pub struct FinishedRequest<'a> {
+    pub route: &'static str,
+    pub status: u16,
+    /// Empty when the request had no key.
+    pub key_id: &'a str,
+    pub latency: Duration,
+    pub ttft: Option<Duration>,
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+}
+
+struct KeyHandles {
+    /// (route, status) -> counter; a handful per key.
+    requests: Vec<(&'static str, u16, Counter)>,
+    prompt: Counter,
+    completion: Counter,
+}
+
+#[derive(Default)]
+struct LocalHandles {
+    owner: u64,
+    /// Key ids come from the policy, not from clients: a fast hash is enough here.
+    by_key: foldhash::HashMap<Box<str>, KeyHandles>,
+    latency: Vec<(&'static str, Histogram)>,
+}
+
+thread_local! {
+    static LOCAL: RefCell<LocalHandles> = RefCell::new(LocalHandles::default());
 }
 
 /// Reason label for a refused request, from its error code.

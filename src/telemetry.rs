@@ -1,30 +1,26 @@
 //! Where logs go: operational logs to stderr (journald), audit lines to daily files.
 //!
 //! Operational events (startup, reloads, upstream trouble) are filtered by the policy's
-//! `log_level`, which a reload can change through [`LogLevel`]. Audit events (target `audit`)
-//! bypass that filter and go, one JSON line each, to `audit.dir/audit.YYYY-MM-DD.jsonl`,
-//! rotated daily, through tracing-appender's non-blocking writer in lossless mode: when the
-//! writer falls behind, requests wait rather than lines being dropped. The returned guard
-//! flushes the file when dropped at the very end of `main`.
+//! `log_level`, which a reload can change through [`LogLevel`]. Audit lines (see `audit`) go
+//! to `audit.dir/audit.YYYY-MM-DD.jsonl`, rotated daily, through tracing-appender's
+//! non-blocking writer in lossless mode: when the writer falls behind, requests wait rather
+//! than lines being dropped. They do not pass through `tracing` at all: the lines are already
+//! JSON, and an event per request only added dispatch and a copy. The returned guard flushes
+//! the file when dropped at the very end of `main`.
 
 use std::io::Write as _;
 use std::path::Path;
 use std::sync::Arc;
 
-use tracing::field::{Field, Visit};
-use tracing::{Event, Subscriber};
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_appender::rolling::{Builder as RollingBuilder, Rotation};
-use tracing_subscriber::filter::{LevelFilter, Targets};
-use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, reload};
 
-pub const AUDIT_TARGET: &str = "audit";
-
 fn stderr_filter(level: &str) -> EnvFilter {
-    // Audit lines never go to stderr; noisy dependencies stay at warn.
-    EnvFilter::new(format!("warn,qwen_gateway={level},{AUDIT_TARGET}=off"))
+    // Noisy dependencies stay at warn.
+    EnvFilter::new(format!("warn,qwen_gateway={level}"))
 }
 
 /// Changes the stderr log level at run time.
@@ -42,45 +38,23 @@ impl LogLevel {
 /// Holds the audit writer open; dropping it flushes pending lines.
 pub struct Telemetry {
     pub log_level: LogLevel,
-    _audit: Option<WorkerGuard>,
+    /// Where audit lines go; `None` when `audit.dir` is unset.
+    pub audit: Option<AuditWriter>,
+    _audit_guard: Option<WorkerGuard>,
 }
 
-struct AuditLayer {
-    writer: NonBlocking,
+/// The audit file's writer: a channel to the writer thread. Each call hands over whole lines.
+#[derive(Clone)]
+pub struct AuditWriter {
+    inner: NonBlocking,
 }
 
-struct LineVisitor(Option<String>);
-
-impl Visit for LineVisitor {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "line" {
-            let mut line = String::with_capacity(value.len() + 1);
-            line.push_str(value);
-            self.0 = Some(line);
-        }
-    }
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "line" {
-            self.0 = Some(format!("{value:?}"));
-        }
-    }
-}
-
-impl<S: Subscriber> Layer<S> for AuditLayer {
-    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        if event.metadata().target() != AUDIT_TARGET {
-            return;
-        }
-        let mut v = LineVisitor(None);
-        event.record(&mut v);
-        if let Some(mut line) = v.0 {
-            line.push('\n');
-            let mut w = self.writer.clone();
-            // Lossless mode blocks instead of dropping; an I/O error here has nowhere better
-            // to go than stderr.
-            if let Err(e) = w.write_all(line.as_bytes()) {
-                eprintln!("audit log write failed: {e}");
-            }
+impl AuditWriter {
+    pub fn write(&self, lines: &[u8]) {
+        // Lossless mode blocks instead of dropping; an I/O error here has nowhere better to
+        // go than stderr.
+        if let Err(e) = self.inner.clone().write_all(lines) {
+            eprintln!("audit log write failed: {e}");
         }
     }
 }
@@ -93,7 +67,7 @@ pub fn init(level: &str, audit_dir: Option<&Path>) -> anyhow::Result<Telemetry> 
         .with_ansi(false)
         .with_filter(filter);
 
-    let (audit_layer, guard) = match audit_dir {
+    let (audit, guard) = match audit_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir)
                 .map_err(|e| anyhow::anyhow!("cannot create audit.dir {}: {e}", dir.display()))?;
@@ -106,26 +80,19 @@ pub fn init(level: &str, audit_dir: Option<&Path>) -> anyhow::Result<Telemetry> 
             // The writer thread writes every line it drains from the channel, then flushes:
             // buffering here turns one write(2) per line into one per drained batch.
             let buffered = std::io::BufWriter::with_capacity(64 * 1024, appender);
+            // Workers hand over batches of lines, so the channel counts batches.
             let (writer, guard) = NonBlockingBuilder::default()
                 .lossy(false)
-                .buffered_lines_limit(64 * 1024)
+                .buffered_lines_limit(1024)
                 .thread_name("audit-writer")
                 .finish(buffered);
-            // A static per-layer filter: tracing then knows at registration that no layer wants
-            // actix's per-request `trace!` callsites and disables them for good, instead of
-            // asking on every call.
-            let only_audit = Targets::new().with_target(AUDIT_TARGET, LevelFilter::TRACE);
-            (
-                Some(AuditLayer { writer }.with_filter(only_audit)),
-                Some(guard),
-            )
+            (Some(AuditWriter { inner: writer }), Some(guard))
         }
         None => (None, None),
     };
 
     tracing_subscriber::registry()
         .with(stderr)
-        .with(audit_layer)
         .try_init()
         .map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))?;
     // Dependencies log through the `log` crate, bridged into tracing. Left at TRACE, every
@@ -138,6 +105,7 @@ pub fn init(level: &str, audit_dir: Option<&Path>) -> anyhow::Result<Telemetry> 
     };
     Ok(Telemetry {
         log_level: LogLevel { set: Arc::new(set) },
-        _audit: guard,
+        audit,
+        _audit_guard: guard,
     })
 }
