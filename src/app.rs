@@ -36,6 +36,9 @@ use crate::ratelimit::RateLimiter;
 use crate::ratelimit::redis::RedisLimiter;
 use crate::telemetry::{AuditWriter, LogLevel};
 
+/// A constant: a header looked up by &str is parsed into a name on every call.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 /// The outcome of the latest reload attempt, for `/readyz`.
 #[derive(Debug, Clone)]
 pub struct ReloadStatus {
@@ -135,7 +138,7 @@ fn route_label(path: &str) -> &'static str {
 /// An inbound `X-Request-Id` is kept when it is short and plain; otherwise a new one is made.
 fn request_id(req: &ServiceRequest) -> String {
     req.headers()
-        .get("x-request-id")
+        .get(X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| {
             !v.is_empty()
@@ -235,8 +238,7 @@ async fn gate(
         tracing::warn!(request_id = %request_id, status, error = code.unwrap_or("unknown"), "Request failed.");
     }
     if let Ok(v) = HeaderValue::from_str(&request_id) {
-        res.headers_mut()
-            .insert(HeaderName::from_static("x-request-id"), v);
+        res.headers_mut().insert(X_REQUEST_ID, v);
     }
     Ok(res.map_body(|_, inner| AuditedBody {
         inner,

@@ -37,7 +37,7 @@ pub const FLUSH_AFTER: Duration = Duration::from_millis(50);
 pub struct AuditRecord {
     pub request_id: String,
     pub client_ip: Option<IpAddr>,
-    pub key_id: Option<String>,
+    pub key_id: Option<Arc<str>>,
     pub user_id: Option<String>,
     pub method: Method,
     pub path: String,

@@ -7,18 +7,32 @@
 //! matched. A key never reaches a log, metric or error body: callers only see the key id.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use actix_web::http::header::{AUTHORIZATION, HeaderMap};
 use subtle::{Choice, ConstantTimeEq};
 
-use crate::policy::{AuthPolicy, Quota, digest};
+use crate::policy::{ApiKey, AuthPolicy, Quota, digest};
 
-/// The identity behind a request.
+/// The identity behind a request: the matched key of the request's policy snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
-    pub key_id: String,
-    pub rate_limit: Option<Quota>,
-    pub models: Option<BTreeSet<String>>,
+    pub key: Arc<ApiKey>,
+}
+
+impl Principal {
+    pub fn key_id(&self) -> &Arc<str> {
+        &self.key.id
+    }
+
+    pub fn rate_limit(&self) -> Option<Quota> {
+        self.key.rate_limit
+    }
+
+    /// Public model names the key may use; `None` means any.
+    pub fn models(&self) -> Option<&BTreeSet<String>> {
+        self.key.models.as_ref()
+    }
 }
 
 /// Why a request carries no usable key. Both answer the same 401 `invalid api key`.
@@ -59,11 +73,7 @@ pub fn authenticate(headers: &HeaderMap, policy: &AuthPolicy) -> Result<Principa
     let k = found
         .and_then(|i| policy.keys.get(i))
         .ok_or(AuthFailure::Invalid)?;
-    Ok(Principal {
-        key_id: k.id.clone(),
-        rate_limit: k.rate_limit,
-        models: k.models.clone(),
-    })
+    Ok(Principal { key: k.clone() })
 }
 
 #[cfg(test)]
@@ -79,18 +89,8 @@ mod tests {
         AuthPolicy {
             header: HeaderName::from_static("x-api-key"),
             keys: vec![
-                ApiKey {
-                    id: "a".into(),
-                    digest: digest(b"key-aaaa"),
-                    rate_limit: None,
-                    models: None,
-                },
-                ApiKey {
-                    id: "b".into(),
-                    digest: digest(b"key-bbbb"),
-                    rate_limit: None,
-                    models: None,
-                },
+                Arc::new(ApiKey::new("a".into(), digest(b"key-aaaa"), None, None)),
+                Arc::new(ApiKey::new("b".into(), digest(b"key-bbbb"), None, None)),
             ],
             failures: Quota {
                 max_requests: 10,
@@ -112,15 +112,17 @@ mod tests {
     fn header_and_bearer() {
         let p = policy();
         assert_eq!(
-            authenticate(&h("x-api-key", "key-bbbb"), &p).map(|p| p.key_id),
+            authenticate(&h("x-api-key", "key-bbbb"), &p).map(|p| p.key_id().to_string()),
             Ok("b".into())
         );
         assert_eq!(
-            authenticate(&h("authorization", "Bearer key-aaaa"), &p).map(|p| p.key_id),
+            authenticate(&h("authorization", "Bearer key-aaaa"), &p)
+                .map(|p| p.key_id().to_string()),
             Ok("a".into())
         );
         assert_eq!(
-            authenticate(&h("authorization", "bearer  key-aaaa "), &p).map(|p| p.key_id),
+            authenticate(&h("authorization", "bearer  key-aaaa "), &p)
+                .map(|p| p.key_id().to_string()),
             Ok("a".into())
         );
         assert_eq!(

@@ -11,6 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
+use actix_web::http::Uri;
 use arc_swap::ArcSwapOption;
 
 use crate::breaker::Breaker;
@@ -18,6 +19,8 @@ use crate::policy::{Backend, Policy};
 
 pub struct BackendState {
     pub url: String,
+    /// `{url}/api/chat`, parsed once: every chat request goes there.
+    pub chat_uri: Option<Uri>,
     pub breaker: Breaker,
     in_flight: AtomicUsize,
     /// Model names from the last successful `/api/tags` (with `:latest` also stored bare);
@@ -33,6 +36,7 @@ impl BackendState {
     fn new(url: &str) -> Self {
         BackendState {
             url: url.to_owned(),
+            chat_uri: Uri::try_from(format!("{url}/api/chat")).ok(),
             breaker: Breaker::default(),
             in_flight: AtomicUsize::new(0),
             models: ArcSwapOption::empty(),

@@ -9,7 +9,7 @@
 
 use std::net::IpAddr;
 
-use actix_web::http::header::HeaderMap;
+use actix_web::http::header::{HeaderMap, HeaderName};
 use ipnetwork::IpNetwork;
 
 /// A set of address ranges with IPv4-mapped IPv6 addresses treated as IPv4.
@@ -86,6 +86,10 @@ fn parse_forwarded_addr(s: &str) -> Option<IpAddr> {
     host.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
 }
 
+// Constants: a header looked up by &str is parsed into a name on every call.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
 /// Resolves the client address for one request.
 pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &IpSet) -> IpAddr {
     let peer = normalize(peer);
@@ -94,7 +98,7 @@ pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &IpSet) -> IpAddr {
     }
     // All X-Forwarded-For lines, in order, form one list.
     let mut hops: Vec<&str> = Vec::new();
-    for value in headers.get_all("x-forwarded-for") {
+    for value in headers.get_all(X_FORWARDED_FOR) {
         match value.to_str() {
             Ok(v) => hops.extend(v.split(',')),
             // A header we cannot read is not evidence of anything: fall back to the peer.
@@ -116,7 +120,7 @@ pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &IpSet) -> IpAddr {
         return leftmost_trusted.unwrap_or(peer);
     }
     if let Some(ip) = headers
-        .get("x-real-ip")
+        .get(X_REAL_IP)
         .and_then(|v| v.to_str().ok())
         .and_then(parse_forwarded_addr)
     {

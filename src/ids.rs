@@ -6,7 +6,18 @@
 
 /// 32 lowercase hex digits.
 pub fn hex128() -> String {
-    hex::encode(fastrand::u128(..).to_be_bytes())
+    let mut s = String::with_capacity(32);
+    push_hex128(&mut s);
+    s
+}
+
+/// Appends 32 lowercase hex digits.
+pub fn push_hex128(out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let v = fastrand::u128(..);
+    for i in (0..32).rev() {
+        out.push(char::from(HEX[((v >> (i * 4)) & 0xf) as usize]));
+    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::header::HeaderName;
@@ -33,17 +34,37 @@ pub struct Quota {
 /// One accepted API key. Only the SHA-256 digest is kept in memory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiKey {
-    pub id: String,
+    /// Shared, not copied, by every request made with the key (audit line, metrics).
+    pub id: Arc<str>,
+    /// `key:<id>`: the identity its requests are rate-limited under.
+    pub limit_identity: String,
     pub digest: [u8; 32],
     pub rate_limit: Option<Quota>,
     /// Public model names this key may use; `None` means any.
     pub models: Option<BTreeSet<String>>,
 }
 
+impl ApiKey {
+    pub fn new(
+        id: String,
+        digest: [u8; 32],
+        rate_limit: Option<Quota>,
+        models: Option<BTreeSet<String>>,
+    ) -> Self {
+        ApiKey {
+            limit_identity: format!("key:{id}"),
+            id: id.into(),
+            digest,
+            rate_limit,
+            models,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthPolicy {
     pub header: HeaderName,
-    pub keys: Vec<ApiKey>,
+    pub keys: Vec<Arc<ApiKey>>,
     /// Failed key attempts tolerated per client IP before it is throttled.
     pub failures: Quota,
 }
@@ -231,7 +252,7 @@ impl Policy {
         let ids = |p: &Policy| -> BTreeSet<String> {
             p.auth
                 .as_ref()
-                .map(|a| a.keys.iter().map(|k| k.id.clone()).collect())
+                .map(|a| a.keys.iter().map(|k| k.id.to_string()).collect())
                 .unwrap_or_default()
         };
         let (old_ids, new_ids) = (ids(self), ids(new));
@@ -267,7 +288,7 @@ impl Policy {
                 .map(|a| {
                     a.keys
                         .iter()
-                        .map(|k| (k.id.clone(), k.rate_limit, k.models.clone()))
+                        .map(|k| (k.id.to_string(), k.rate_limit, k.models.clone()))
                         .collect()
                 })
                 .unwrap_or_default()
@@ -314,7 +335,7 @@ impl Policy {
         let _ = writeln!(s, "log_level:       {}", self.log_level);
         match &self.auth {
             Some(a) => {
-                let ids: Vec<&str> = a.keys.iter().map(|k| k.id.as_str()).collect();
+                let ids: Vec<&str> = a.keys.iter().map(|k| &*k.id).collect();
                 let _ = writeln!(
                     s,
                     "auth:            on, header {}, {} key(s): {}",

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::header::HeaderName;
@@ -456,13 +457,13 @@ fn validate_auth(
     let mut keys = Vec::new();
     for (i, k) in af.valid_keys.unwrap_or_default().iter().enumerate() {
         let d = key_digest(k, &format!("auth.valid_keys[{i}]"), warnings)?;
-        keys.push(ApiKey {
-            // A short, stable, non-reversible name for logs, limits and metrics.
-            id: format!("key-{}", &hex::encode(d)[..8]),
-            digest: d,
-            rate_limit: None,
-            models: None,
-        });
+        // A short, stable, non-reversible name for logs, limits and metrics.
+        keys.push(ApiKey::new(
+            format!("key-{}", &hex::encode(d)[..8]),
+            d,
+            None,
+            None,
+        ));
     }
     for (i, k) in af.keys.unwrap_or_default().into_iter().enumerate() {
         let path = format!("auth.keys[{i}]");
@@ -509,12 +510,7 @@ fn validate_auth(
                 Some(set)
             }
         };
-        keys.push(ApiKey {
-            id: k.id,
-            digest: d,
-            rate_limit,
-            models: allowed,
-        });
+        keys.push(ApiKey::new(k.id, d, rate_limit, allowed));
     }
 
     let mut ids = HashSet::new();
@@ -545,7 +541,7 @@ fn validate_auth(
     }
     Ok(Some(AuthPolicy {
         header,
-        keys,
+        keys: keys.into_iter().map(Arc::new).collect(),
         failures,
     }))
 }
@@ -701,7 +697,7 @@ whitelist:
             .as_ref()
             .and_then(|p| p.auth.as_ref())
             .map(|a| a.keys[0].clone());
-        assert_eq!(key.as_ref().map(|k| k.id.as_str()), Some("team-a"));
+        assert_eq!(key.as_ref().map(|k| &*k.id), Some("team-a"));
         assert_eq!(
             key.as_ref().map(|k| k.digest),
             Some(digest(b"s3cret-key-1"))

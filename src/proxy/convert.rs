@@ -218,7 +218,10 @@ pub fn to_ollama<'a>(
 
 /// `chatcmpl-` + 128 random bits.
 pub fn completion_id() -> String {
-    format!("chatcmpl-{}", crate::ids::hex128())
+    let mut id = String::with_capacity(9 + 32);
+    id.push_str("chatcmpl-");
+    crate::ids::push_hex128(&mut id);
+    id
 }
 
 fn call_id() -> String {

@@ -13,12 +13,12 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use actix_web::http::StatusCode;
 use actix_web::http::header::{CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use actix_web::http::{StatusCode, Uri};
 use awc::error::SendRequestError;
 use bytes::Bytes;
 
-use crate::app::AppState;
+use crate::app::{AppState, X_REQUEST_ID};
 use crate::backends::{BackendState, Lease};
 use crate::breaker::Admit;
 use crate::errors::GatewayError;
@@ -177,22 +177,25 @@ impl Upstream {
             return Err(GatewayError::UpstreamUnavailable { retry_after });
         }
         let started = Instant::now();
-        let url = format!("{base}{path}");
+        let uri = match &backend.chat_uri {
+            Some(uri) if path == "/api/chat" => uri.clone(),
+            _ => Uri::try_from(format!("{base}{path}")).map_err(|_| GatewayError::Internal)?,
+        };
         let head = match body {
             Some(body) => {
                 let req = self
                     .client
-                    .post(url)
+                    .post(uri)
                     .insert_header((CONTENT_TYPE, "application/json"))
-                    .insert_header(("x-request-id", request_id));
+                    .insert_header((X_REQUEST_ID, request_id));
                 self.wait_for_head(req.send_body(body), policy, base, started)
                     .await
             }
             None => {
                 let req = self
                     .client
-                    .get(url)
-                    .insert_header(("x-request-id", request_id));
+                    .get(uri)
+                    .insert_header((X_REQUEST_ID, request_id));
                 self.wait_for_head(req.send(), policy, base, started).await
             }
         };

@@ -63,16 +63,28 @@ impl Decision {
 }
 
 /// `250ms`, `12s`, `1m0s`: the format OpenAI uses in `x-ratelimit-reset-*`.
+/// Built by hand: it is on every admitted request's answer.
 fn go_duration(d: Duration) -> String {
+    let mut out = String::with_capacity(12);
+    let mut n = itoa::Buffer::new();
     if d < Duration::from_secs(1) {
-        return format!("{}ms", d.as_millis().max(1));
+        out.push_str(n.format(d.as_millis().max(1)));
+        out.push_str("ms");
+        return out;
     }
     let secs = ceil_secs(d);
-    match (secs / 3600, (secs % 3600) / 60, secs % 60) {
-        (0, 0, s) => format!("{s}s"),
-        (0, m, s) => format!("{m}m{s}s"),
-        (h, m, s) => format!("{h}h{m}m{s}s"),
+    let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
+    if h > 0 {
+        out.push_str(n.format(h));
+        out.push('h');
     }
+    if h > 0 || m > 0 {
+        out.push_str(n.format(m));
+        out.push('m');
+    }
+    out.push_str(n.format(s));
+    out.push('s');
+    out
 }
 
 struct Entry {
@@ -158,6 +170,11 @@ impl RateLimiter {
 
     fn entry(&self, identity: &str, quota: Quota) -> Arc<Entry> {
         let window_ms = u64::try_from(quota.window.as_millis()).unwrap_or(u64::MAX);
+        // Looked up by &str first: the Arc<str> key is only built for a new identity.
+        if let Some(entry) = self.entries.get(identity) {
+            entry.window_ms.store(window_ms, Ordering::Relaxed);
+            return entry;
+        }
         let key: Arc<str> = Arc::from(identity);
         let entry = self.entries.get_with(key, || {
             Arc::new(Entry {
