@@ -120,8 +120,8 @@ async fn guard(
                 }
             };
             let decided = match &policy.limit_backend {
-                LimitBackend::Memory => Some(state.limiter.check(&identity, q)),
-                LimitBackend::Redis(cfg) => match redis.check(cfg, &identity, q).await {
+                LimitBackend::Memory => Some(state.limiter.check(identity, q)),
+                LimitBackend::Redis(cfg) => match redis.check(cfg, identity, q).await {
                     Ok(d) => Some(d),
                     Err(trouble) => {
                         let result = if cfg.fail_open {
