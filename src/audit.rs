@@ -24,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use actix_web::http::Method;
 use tokio::sync::Notify;
 
+use crate::json_out::{int, json_opt_str, json_str, ms_into, opt_int};
 use crate::metrics::{FinishedRequest, Metrics, rejection_reason};
 use crate::telemetry::AuditWriter;
 
@@ -279,30 +280,6 @@ fn write_line(out: &mut Vec<u8>, r: &AuditRecord, latency: Duration, now: System
     out.push(b'}');
 }
 
-fn int(out: &mut Vec<u8>, v: impl itoa::Integer) {
-    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
-}
-
-fn opt_int(out: &mut Vec<u8>, v: Option<impl itoa::Integer>) {
-    match v {
-        Some(v) => int(out, v),
-        None => out.extend_from_slice(b"null"),
-    }
-}
-
-/// Milliseconds with microsecond precision: `12.345`.
-fn ms_into(out: &mut Vec<u8>, d: Duration) {
-    let us = d.as_micros();
-    int(out, us / 1000);
-    let frac = us % 1000;
-    out.extend_from_slice(&[
-        b'.',
-        b'0' + (frac / 100) as u8,
-        b'0' + (frac / 10 % 10) as u8,
-        b'0' + (frac % 10) as u8,
-    ]);
-}
-
 fn ip_into(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
@@ -316,60 +293,6 @@ fn ip_into(out: &mut Vec<u8>, ip: IpAddr) {
         // Rare enough for the formatter (which also compresses zero runs).
         IpAddr::V6(v6) => {
             let _ = write!(out, "{v6}");
-        }
-    }
-}
-
-fn json_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
-    match s {
-        Some(s) => json_str(out, s),
-        None => out.extend_from_slice(b"null"),
-    }
-}
-
-/// A JSON string: quotes, backslashes and control characters escaped, the rest as is.
-fn json_str(out: &mut Vec<u8>, s: &str) {
-    out.push(b'"');
-    // Whole 16-byte blocks are tested without an early exit (so the test vectorises) and
-    // copied at once when clean, which is nearly always: ids, paths, model names.
-    let mut blocks = s.as_bytes().chunks_exact(16);
-    for block in &mut blocks {
-        let dirty = block.iter().fold(false, |d, &b| d | needs_escape(b));
-        if dirty {
-            escape_into(out, block);
-        } else {
-            out.extend_from_slice(block);
-        }
-    }
-    escape_into(out, blocks.remainder());
-    out.push(b'"');
-}
-
-fn needs_escape(b: u8) -> bool {
-    b < 0x20 || b == b'"' || b == b'\\'
-}
-
-fn escape_into(out: &mut Vec<u8>, bytes: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for &b in bytes {
-        if !needs_escape(b) {
-            out.push(b);
-            continue;
-        }
-        match b {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            _ => out.extend_from_slice(&[
-                b'\\',
-                b'u',
-                b'0',
-                b'0',
-                HEX[usize::from(b >> 4)],
-                HEX[usize::from(b & 0xf)],
-            ]),
         }
     }
 }

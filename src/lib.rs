@@ -16,6 +16,7 @@ pub mod client_ip;
 pub mod errors;
 pub mod health;
 pub mod ids;
+pub mod json_out;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

@@ -9,15 +9,14 @@
 use std::collections::HashMap;
 
 use bytes::{BufMut, BytesMut};
-use serde::Serialize;
 use serde_json::Value;
 
 use super::ollama;
 use super::openai::{
-    ChatCompletion, ChatRequest, Choice, Chunk, ChunkChoice, Content, Delta, OutFunction,
-    OutMessage, OutToolCall, Part, Stop, Usage,
+    ChatRequest, Content, Delta, OutFunction, OutMessage, OutToolCall, Part, Stop, Usage,
 };
 use crate::errors::GatewayError;
+use crate::json_out::{int, json_opt_str, json_str};
 
 fn bad(message: impl Into<String>) -> GatewayError {
     GatewayError::BadRequest {
@@ -266,42 +265,66 @@ pub fn usage_of(chunk: &ollama::ChatChunk) -> Usage {
 }
 
 /// Ollama's single non-stream answer -> OpenAI `chat.completion` JSON.
+///
+/// Written by hand around the message (see `json_out`); a message with tool calls, which
+/// needs their conversion anyway, goes through serde.
 pub fn completion_json(
     answer: &ollama::ChatChunk,
     id: &str,
     created: u64,
     public_model: &str,
-) -> String {
+) -> Vec<u8> {
     let msg = answer.message.as_ref();
     let calls = msg.map(|m| m.tool_calls.as_slice()).unwrap_or(&[]);
-    let body = ChatCompletion {
-        id,
-        object: "chat.completion",
-        created,
-        model: public_model,
-        choices: [Choice {
-            index: 0,
-            message: OutMessage {
-                role: "assistant",
-                content: Some(msg.map(|m| m.content.as_str()).unwrap_or("")),
-                reasoning_content: msg
-                    .and_then(|m| m.thinking.as_deref())
-                    .filter(|t| !t.is_empty()),
-                tool_calls: (!calls.is_empty()).then(|| out_tool_calls(calls, 0)),
-            },
-            finish_reason: finish_reason(answer.done_reason.as_deref(), !calls.is_empty()),
-            logprobs: None,
-        }],
-        usage: usage_of(answer),
-    };
-    serde_json::to_string(&body).unwrap_or_default()
+    let content = msg.map(|m| m.content.as_str()).unwrap_or("");
+    let reasoning = msg
+        .and_then(|m| m.thinking.as_deref())
+        .filter(|t| !t.is_empty());
+    let mut out = Vec::with_capacity(content.len() + reasoning.map_or(0, str::len) + 320);
+    out.put_slice(b"{\"id\":");
+    json_str(&mut out, id);
+    out.put_slice(b",\"object\":\"chat.completion\",\"created\":");
+    int(&mut out, created);
+    out.put_slice(b",\"model\":");
+    json_str(&mut out, public_model);
+    out.put_slice(b",\"choices\":[{\"index\":0,\"message\":");
+    if calls.is_empty() {
+        out.put_slice(b"{\"role\":\"assistant\",\"content\":");
+        json_str(&mut out, content);
+        if let Some(r) = reasoning {
+            out.put_slice(b",\"reasoning_content\":");
+            json_str(&mut out, r);
+        }
+        out.put_u8(b'}');
+    } else {
+        let message = OutMessage {
+            role: "assistant",
+            content: Some(content),
+            reasoning_content: reasoning,
+            tool_calls: Some(out_tool_calls(calls, 0)),
+        };
+        // Writing plain structs into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, &message);
+    }
+    out.put_slice(b",\"finish_reason\":");
+    json_str(
+        &mut out,
+        finish_reason(answer.done_reason.as_deref(), !calls.is_empty()),
+    );
+    out.put_slice(b",\"logprobs\":null}],\"usage\":");
+    usage_into(&mut out, &usage_of(answer));
+    out.put_u8(b'}');
+    out
 }
 
-fn push_event<T: Serialize>(out: &mut BytesMut, value: &T) {
-    out.put_slice(b"data: ");
-    // Writing JSON into a BytesMut cannot fail for these plain structs.
-    let _ = serde_json::to_writer((&mut *out).writer(), value);
-    out.put_slice(b"\n\n");
+fn usage_into(out: &mut impl BufMut, u: &Usage) {
+    out.put_slice(b"{\"prompt_tokens\":");
+    int(out, u.prompt_tokens);
+    out.put_slice(b",\"completion_tokens\":");
+    int(out, u.completion_tokens);
+    out.put_slice(b",\"total_tokens\":");
+    int(out, u.total_tokens);
+    out.put_u8(b'}');
 }
 
 /// What one NDJSON line meant for the stream.
@@ -319,9 +342,9 @@ pub enum LineOutcome {
 
 /// Turns Ollama NDJSON lines into OpenAI SSE events, one event per line, at once.
 pub struct SseTranslator {
-    id: String,
-    created: u64,
-    model: String,
+    /// `{"id":..,"object":"chat.completion.chunk","created":..,"model":..,"choices":[`: the
+    /// same for every chunk of the stream, so written once.
+    head: Vec<u8>,
     include_usage: bool,
     sent_role: bool,
     tool_calls_sent: u32,
@@ -329,35 +352,58 @@ pub struct SseTranslator {
 
 impl SseTranslator {
     pub fn new(id: String, created: u64, model: String, include_usage: bool) -> Self {
+        let mut head = Vec::with_capacity(id.len() + model.len() + 80);
+        head.put_slice(b"{\"id\":");
+        json_str(&mut head, &id);
+        head.put_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
+        int(&mut head, created);
+        head.put_slice(b",\"model\":");
+        json_str(&mut head, &model);
+        head.put_slice(b",\"choices\":[");
         SseTranslator {
-            id,
-            created,
-            model,
+            head,
             include_usage,
             sent_role: false,
             tool_calls_sent: 0,
         }
     }
 
-    fn chunk<'a>(&'a self, delta: Delta<'a>, finish: Option<&'static str>) -> Chunk<'a> {
-        Chunk {
-            id: &self.id,
-            object: "chat.completion.chunk",
-            created: self.created,
-            model: &self.model,
-            choices: vec![ChunkChoice {
-                index: 0,
-                delta,
-                finish_reason: finish,
-            }],
-            usage: None,
+    /// `data: {..,"choices":[{"index":0,"delta":{..},"finish_reason":..}]}` and a blank line.
+    fn push_chunk(&self, out: &mut BytesMut, delta: &Delta<'_>, finish: Option<&'static str>) {
+        out.put_slice(b"data: ");
+        out.put_slice(&self.head);
+        out.put_slice(b"{\"index\":0,\"delta\":");
+        if delta.tool_calls.is_some() {
+            // Writing plain structs into a BytesMut cannot fail.
+            let _ = serde_json::to_writer((&mut *out).writer(), delta);
+        } else {
+            out.put_u8(b'{');
+            let mut sep = false;
+            for (name, value) in [
+                (&b"\"role\":"[..], delta.role),
+                (b"\"content\":", delta.content),
+                (b"\"reasoning_content\":", delta.reasoning_content),
+            ] {
+                if let Some(v) = value {
+                    if sep {
+                        out.put_u8(b',');
+                    }
+                    out.put_slice(name);
+                    json_str(out, v);
+                    sep = true;
+                }
+            }
+            out.put_u8(b'}');
         }
+        out.put_slice(b",\"finish_reason\":");
+        json_opt_str(out, finish);
+        out.put_slice(b"}]}\n\n");
     }
 
     /// One content-bearing event; the first event of the stream also carries the role.
     fn emit(&mut self, out: &mut BytesMut, delta: Delta<'_>) {
         let role = self.role();
-        push_event(out, &self.chunk(Delta { role, ..delta }, None));
+        self.push_chunk(out, &Delta { role, ..delta }, None);
     }
 
     fn role(&mut self) -> Option<&'static str> {
@@ -416,28 +462,20 @@ impl SseTranslator {
         let usage = usage_of(&chunk);
         let role = self.role();
         let finish = finish_reason(chunk.done_reason.as_deref(), self.tool_calls_sent > 0);
-        push_event(
+        self.push_chunk(
             out,
-            &self.chunk(
-                Delta {
-                    role,
-                    ..Delta::default()
-                },
-                Some(finish),
-            ),
+            &Delta {
+                role,
+                ..Delta::default()
+            },
+            Some(finish),
         );
         if self.include_usage {
-            push_event(
-                out,
-                &Chunk {
-                    id: &self.id,
-                    object: "chat.completion.chunk",
-                    created: self.created,
-                    model: &self.model,
-                    choices: Vec::new(),
-                    usage: Some(usage),
-                },
-            );
+            out.put_slice(b"data: ");
+            out.put_slice(&self.head);
+            out.put_slice(b"],\"usage\":");
+            usage_into(out, &usage);
+            out.put_slice(b"}\n\n");
         }
         out.put_slice(b"data: [DONE]\n\n");
         LineOutcome::Done(usage)
@@ -549,7 +587,8 @@ mod tests {
             "tool_calls":[{"function":{"name":"f","arguments":{"a":1}}}]},
             "done":true,"done_reason":"stop","total_duration":5,"prompt_eval_count":3,"eval_count":4}))
         .unwrap();
-        let v: Value = serde_json::from_str(&completion_json(&a, "chatcmpl-x", 9, "pub")).unwrap();
+        let v: Value =
+            serde_json::from_slice(&completion_json(&a, "chatcmpl-x", 9, "pub")).unwrap();
         assert_eq!(v["model"], "pub");
         assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
         assert_eq!(
@@ -562,6 +601,77 @@ mod tests {
         );
         let text = v.to_string();
         assert!(!text.contains("total_duration") && !text.contains("created_at"));
+    }
+
+    #[test]
+    fn plain_completion_is_exactly_openai_shaped() {
+        let a: ollama::ChatChunk = serde_json::from_value(json!({"model":"up/m",
+            "message":{"role":"assistant","content":"a \"quoted\"\nline ü","thinking":"hm"},
+            "done":true,"done_reason":"length","prompt_eval_count":3,"eval_count":4}))
+        .unwrap();
+        let v: Value =
+            serde_json::from_slice(&completion_json(&a, "chatcmpl-x", 9, "p\"ub")).unwrap();
+        assert_eq!(
+            v,
+            json!({"id":"chatcmpl-x","object":"chat.completion","created":9,"model":"p\"ub",
+                "choices":[{"index":0,"message":{"role":"assistant",
+                    "content":"a \"quoted\"\nline ü","reasoning_content":"hm"},
+                    "finish_reason":"length","logprobs":null}],
+                "usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}})
+        );
+        let bare: ollama::ChatChunk = serde_json::from_value(json!({"done":true})).unwrap();
+        let v: Value = serde_json::from_slice(&completion_json(&bare, "i", 1, "m")).unwrap();
+        assert_eq!(
+            v["choices"][0]["message"],
+            json!({"role":"assistant","content":""})
+        );
+        assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    }
+
+    #[test]
+    fn stream_chunks_are_exactly_openai_shaped() {
+        let mut t = SseTranslator::new("chatcmpl-1".into(), 5, "p\\ub".into(), true);
+        let mut out = BytesMut::new();
+        t.on_line(
+            br#"{"message":{"role":"assistant","content":"","thinking":"x\ty"},"done":false}"#,
+            &mut out,
+        );
+        t.on_line(
+            br#"{"message":{"role":"assistant","content":"","tool_calls":[{"function":{"name":"f","arguments":{}}}]},"done":false}"#,
+            &mut out,
+        );
+        t.on_line(
+            br#"{"done":true,"prompt_eval_count":1,"eval_count":2}"#,
+            &mut out,
+        );
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        let events: Vec<Value> = text
+            .split("\n\n")
+            .filter(|s| !s.is_empty() && *s != "data: [DONE]")
+            .map(|s| serde_json::from_str(s.strip_prefix("data: ").unwrap()).unwrap())
+            .collect();
+        let head = |choices: Value| {
+            json!({"id":"chatcmpl-1","object":"chat.completion.chunk","created":5,
+                "model":"p\\ub","choices":choices})
+        };
+        assert_eq!(
+            events[0],
+            head(
+                json!([{"index":0,"delta":{"role":"assistant","reasoning_content":"x\ty"},
+                "finish_reason":null}])
+            )
+        );
+        let call = &events[1]["choices"][0];
+        assert_eq!(call["delta"]["tool_calls"][0]["function"]["name"], "f");
+        assert_eq!(call["finish_reason"], Value::Null);
+        assert_eq!(
+            events[2],
+            head(json!([{"index":0,"delta":{},"finish_reason":"tool_calls"}]))
+        );
+        let mut usage = head(json!([]));
+        usage["usage"] = json!({"prompt_tokens":1,"completion_tokens":2,"total_tokens":3});
+        assert_eq!(events[3], usage);
+        assert!(text.ends_with("data: [DONE]\n\n"));
     }
 
     #[test]

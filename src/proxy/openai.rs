@@ -116,24 +116,6 @@ impl Usage {
 }
 
 #[derive(Debug, Serialize)]
-pub struct ChatCompletion<'a> {
-    pub id: &'a str,
-    pub object: &'static str,
-    pub created: u64,
-    pub model: &'a str,
-    pub choices: [Choice<'a>; 1],
-    pub usage: Usage,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Choice<'a> {
-    pub index: u32,
-    pub message: OutMessage<'a>,
-    pub finish_reason: &'static str,
-    pub logprobs: Option<()>,
-}
-
-#[derive(Debug, Serialize)]
 pub struct OutMessage<'a> {
     pub role: &'static str,
     pub content: Option<&'a str>,
@@ -156,24 +138,6 @@ pub struct OutToolCall<'a> {
 pub struct OutFunction<'a> {
     pub name: &'a str,
     pub arguments: String,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Chunk<'a> {
-    pub id: &'a str,
-    pub object: &'static str,
-    pub created: u64,
-    pub model: &'a str,
-    pub choices: Vec<ChunkChoice<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub usage: Option<Usage>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ChunkChoice<'a> {
-    pub index: u32,
-    pub delta: Delta<'a>,
-    pub finish_reason: Option<&'static str>,
 }
 
 #[derive(Debug, Serialize, Default)]
