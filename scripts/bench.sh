@@ -7,9 +7,12 @@
 #
 # Systems: (a) direct to the stand-in's /api/chat, (b) a plain Nginx hop (1 worker, upstream
 # keepalive), (c) the gateway with every guard on (key, IP allowlist, a rate limit too high to
-# trip, translation, audit log), (d) Nginx in front of the gateway. The system under test is
-# pinned to CPU 1, the load generator and the stand-in to CPU 0. Ratios are the figures that
-# count: the machine is shared and noisy. Prints a markdown table and writes results.json.
+# trip, translation, audit log), (d) Nginx in front of the gateway, and (e) the framework floor:
+# examples/bare_proxy.rs, the cheapest actix-web + awc pass-through (no guards, no translation).
+# The system under test is pinned to CPU 1, the load generator and the stand-in to CPU 0.
+# Saturation runs in interleaved rounds (every system once per round) and reports medians,
+# so a slow spell of the shared host hits every system alike. Ratios are the figures that
+# count. Prints a markdown table and writes results.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -17,10 +20,11 @@ repo=$PWD
 SMOKE=0
 [ "${1:-}" = "--smoke" ] && SMOKE=1
 if [ $SMOKE = 1 ]; then
-  PROFILE=debug; DUR=1; LAT_N=200; STREAMS=(1 10); HOLDS=(50); RELOADS=2
+  PROFILE=debug; DUR=1; ROUNDS=1; LAT_N=200; STREAMS=(1 10); HOLDS=(50); RELOADS=2
 else
-  PROFILE=release; DUR=10; LAT_N=5000; STREAMS=(1 100 1000); HOLDS=(1000 5000); RELOADS=10
+  PROFILE=release; DUR=10; ROUNDS=5; LAT_N=5000; STREAMS=(1 100 1000); HOLDS=(1000 5000); RELOADS=10
 fi
+ROUND_DUR=$(( DUR > 4 ? 4 : DUR ))
 CONNS=64
 OUT=${BENCH_OUT:-$repo/target/bench}
 mkdir -p "$OUT"
@@ -40,7 +44,11 @@ done
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-if [ $PROFILE = release ]; then cargo build --release --locked --bins; else cargo build --locked --bins; fi
+if [ $PROFILE = release ]; then
+  cargo build --release --locked --bins --example bare_proxy
+else
+  cargo build --locked --bins --example bare_proxy
+fi
 BIN=$repo/target/$PROFILE
 
 if [ "$(nproc)" -ge 2 ]; then LOAD="taskset -c 0"; SUT="taskset -c 1"; else LOAD=; SUT=; fi
@@ -111,6 +119,13 @@ HOP_PORT=$(free_port)
 start_nginx hop "$HOP_PORT" "$FAKE"; HOP_DIR=$NGX_DIR
 wait_port "$HOP_PORT"
 
+# (e) the framework floor.
+$SUT "$BIN/examples/bare_proxy" 127.0.0.1:0 "$FAKE" > "$work/bare.out" 2>/dev/null &
+BARE_PID=$!
+pids+=($BARE_PID)
+for _ in $(seq 200); do [ -s "$work/bare.out" ] && break; sleep 0.05; done
+BARE=$(awk '{print $3}' "$work/bare.out")
+
 KEY=bench-key-0123456789
 # Every guard on: key, allowlist, a limit too high to trip (100k per second), audit log.
 gateway_policy() { # file upstream audit(on|off) [max_requests] [idle]
@@ -162,15 +177,17 @@ printf '%s' '{"model":"qwen3:32b","messages":[{"role":"user","content":"Capital 
 declare -A ADDR PATHS BODY AUTH
 ADDR[direct]=$FAKE;                     PATHS[direct]=/api/chat;            BODY[direct]=native;  AUTH[direct]=
 ADDR[nginx_hop]=127.0.0.1:$HOP_PORT;    PATHS[nginx_hop]=/api/chat;         BODY[nginx_hop]=native; AUTH[nginx_hop]=
+ADDR[bare_actix]=$BARE;                 PATHS[bare_actix]=/api/chat;        BODY[bare_actix]=native; AUTH[bare_actix]=
 ADDR[gateway]=$GW_MAIN;                 PATHS[gateway]=/v1/chat/completions; BODY[gateway]=openai; AUTH[gateway]="X-Api-Key: $KEY"
 ADDR[nginx_gateway]=127.0.0.1:$FRONT_PORT; PATHS[nginx_gateway]=/v1/chat/completions; BODY[nginx_gateway]=openai; AUTH[nginx_gateway]="X-Api-Key: $KEY"
 sut_pids() {
   case $1 in
     direct) echo "$FAKE_MAIN_PID" ;;
     nginx_hop) nginx_pids "$HOP_DIR" ;;
+    bare_actix) echo "$BARE_PID" ;;
     gateway) echo "$GW_MAIN_PID" ;;
     nginx_gateway) echo "$(nginx_pids "$FRONT_DIR") $GW_MAIN_PID" ;;
-    gateway_noaudit|gateway_audit) echo "$GW_PID" ;;
+    gateway_noaudit|gateway_audit) echo "${GW_PIDS[$1]}" ;;
   esac
 }
 
@@ -213,16 +230,23 @@ run_wrk() { # system duration -> sets RPS, REQS, NON2XX, CPU_US
   CPU_US=$(python3 -c "print(round(($after-$before)/$TICK*1e6/max(1,${REQS:-0}),2))")
 }
 
-log "== non-stream: latency at 1 connection, saturation at $CONNS connections"
-for s in direct nginx_hop gateway nginx_gateway; do
+SYSTEMS=(direct nginx_hop bare_actix gateway nginx_gateway)
+log "== non-stream: latency at 1 connection"
+for s in "${SYSTEMS[@]}"; do
   hdr=()
   [ -n "${AUTH[$s]}" ] && hdr=(--header "${AUTH[$s]}")
   # shellcheck disable=SC2046
   lat=$($LOAD "$BIN/qwen-bench" latency $(bench_args "$s") "${hdr[@]}" --requests "$LAT_N" --warmup $((LAT_N / 10)))
   put "$s.latency" "$lat"
-  run_wrk "$s" "$DUR"
-  put "$s.rps" "$RPS"; put "$s.requests" "$REQS"; put "$s.errors" "$NON2XX"; put "$s.cpu_us_per_req" "$CPU_US"
-  log "$s: latency $lat; ${RPS} req/s, ${CPU_US} us CPU/req, errors $NON2XX"
+  log "$s: latency $lat"
+done
+log "== non-stream: saturation at $CONNS connections, $ROUNDS interleaved rounds of ${ROUND_DUR}s"
+for r in $(seq "$ROUNDS"); do
+  for s in "${SYSTEMS[@]}"; do
+    run_wrk "$s" "$ROUND_DUR"
+    put "$s.round$r" "{\"rps\": ${RPS:-0}, \"cpu_us\": ${CPU_US}, \"requests\": ${REQS:-0}, \"errors\": ${NON2XX}}"
+    log "round $r $s: ${RPS} req/s, ${CPU_US} us CPU/req, errors $NON2XX"
+  done
 done
 put gateway.idle_rss_kb "$IDLE_RSS_KB"
 put gateway.loaded_rss_kb "$(rss_kb "$GW_MAIN_PID")"
@@ -289,25 +313,32 @@ put reload.errors "$rerr"
 put reload.requests "$(awk '/requests in/ {print $1}' "$work/reload.wrk")"
 log "reload: ms ${reload_ms[*]}; errors during reloads: $rerr"
 
-log "== audit log on vs off"
-# A fresh gateway (audit on|off) saturated as system NAME; sets RPS, GW_ADDR, GW_PID.
-saturate_fresh_gateway() { # name audit
-  mkdir -p "$work/$1"
-  gateway_policy "$work/$1/policy.yaml" "$FAKE" "$2"
-  start_gateway "$work/$1/policy.yaml"
-  ADDR[$1]=$GW_ADDR; PATHS[$1]=/v1/chat/completions; BODY[$1]=openai; AUTH[$1]="X-Api-Key: $KEY"
-  run_wrk "$1" "$DUR" 2>/dev/null || true
-  put "$1.rps" "$RPS"
-}
-saturate_fresh_gateway gateway_noaudit off
-# The audit-on instance is fresh too, so its lines can be counted exactly.
-saturate_fresh_gateway gateway_audit on
+log "== audit log on vs off, $ROUNDS interleaved rounds of ${ROUND_DUR}s"
+# Two fresh gateways, identical but for the audit log, saturated in turns.
+declare -A GW_PIDS
+for name in gateway_noaudit gateway_audit; do
+  mkdir -p "$work/$name"
+  gateway_policy "$work/$name/policy.yaml" "$FAKE" "$([ $name = gateway_audit ] && echo on || echo off)"
+  start_gateway "$work/$name/policy.yaml"
+  GW_PIDS[$name]=$GW_PID
+  ADDR[$name]=$GW_ADDR; PATHS[$name]=/v1/chat/completions; BODY[$name]=openai; AUTH[$name]="X-Api-Key: $KEY"
+done
+for r in $(seq "$ROUNDS"); do
+  for name in gateway_noaudit gateway_audit; do
+    GW_PID=${GW_PIDS[$name]}
+    run_wrk "$name" "$ROUND_DUR"
+    put "$name.round$r" "{\"rps\": ${RPS:-0}, \"cpu_us\": ${CPU_US}, \"requests\": ${REQS:-0}, \"errors\": ${NON2XX}}"
+    log "round $r $name: ${RPS} req/s, ${CPU_US} us CPU/req"
+  done
+done
+# The audit-on instance is fresh, so its lines can be counted exactly after a clean stop.
+GW_ADDR=${ADDR[gateway_audit]}
 counted=$(curl -s "http://$GW_ADDR/metrics" | awk '/^qwen_gateway_requests_total/ {s += $NF} END {print s+0}')
-kill -TERM "$GW_PID"; wait "$GW_PID" 2>/dev/null || true
+kill -TERM "${GW_PIDS[gateway_audit]}"; wait "${GW_PIDS[gateway_audit]}" 2>/dev/null || true
 lines=$(cat "$work/gateway_audit/audit/"*.jsonl | wc -l)
 put audit.counted_requests "$((counted + 1))"   # + the /metrics scrape itself
 put audit.lines "$lines"
-log "audit: on ${RPS} req/s vs off $(grep '^gateway_noaudit.rps' "$RES" | cut -d= -f2); lines $lines for $((counted + 1)) requests"
+log "audit: lines $lines for $((counted + 1)) requests"
 
 python3 - "$RES" "$OUT/results.json" "$SMOKE" <<'PY'
 import json, sys, math
@@ -322,26 +353,45 @@ def num(x):
     try: return float(x)
     except (TypeError, ValueError): return float("nan")
 R = {"smoke": sys.argv[3] == "1", "raw": raw}
-lat = {s: raw[f"{s}.latency"] for s in ("direct", "nginx_hop", "gateway", "nginx_gateway")}
-rps = {s: num(raw[f"{s}.rps"]) for s in lat}
-cpu = {s: num(raw[f"{s}.cpu_us_per_req"]) for s in lat}
+def median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return float("nan") if n == 0 else (xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2)
+systems = ("direct", "nginx_hop", "bare_actix", "gateway", "nginx_gateway")
+lat = {s: raw[f"{s}.latency"] for s in systems}
+rounds = {s: [raw[k] for k in sorted(raw) if k.startswith(s + ".round")] for s in systems}
+rps = {s: median([x["rps"] for x in rounds[s]]) for s in systems}
+cpu = {s: median([x["cpu_us"] for x in rounds[s]]) for s in systems}
+errors = {s: sum(x["errors"] for x in rounds[s]) for s in systems}
+def round_ratio(a, b, field):
+    # Per round, so both sides share the host's state of the moment; then the median.
+    return median([x[field] / y[field] for x, y in zip(rounds[a], rounds[b]) if y[field]])
+R["rounds"] = len(rounds["gateway"])
+R["median_rps"] = rps
+R["median_cpu_us_per_req"] = cpu
 R["ratios"] = {
-    "gateway_vs_nginx_hop_rps": rps["gateway"] / rps["nginx_hop"],
-    "gateway_vs_direct_rps": rps["gateway"] / rps["direct"],
-    "gateway_vs_nginx_hop_cpu": cpu["gateway"] / cpu["nginx_hop"],
+    "gateway_vs_nginx_hop_rps": round_ratio("gateway", "nginx_hop", "rps"),
+    "gateway_vs_direct_rps": round_ratio("gateway", "direct", "rps"),
+    "gateway_vs_nginx_hop_cpu": round_ratio("gateway", "nginx_hop", "cpu_us"),
+    "bare_actix_vs_nginx_hop_rps": round_ratio("bare_actix", "nginx_hop", "rps"),
+    "bare_actix_vs_nginx_hop_cpu": round_ratio("bare_actix", "nginx_hop", "cpu_us"),
+    "gateway_vs_bare_actix_cpu": round_ratio("gateway", "bare_actix", "cpu_us"),
 }
 R["added_latency_us"] = {q: lat["gateway"][q] - lat["direct"][q] for q in ("p50_us", "p99_us", "p999_us")}
 R["nginx_hop_added_latency_us"] = {q: lat["nginx_hop"][q] - lat["direct"][q] for q in ("p50_us", "p99_us", "p999_us")}
 print("## qwen-gateway benchmark" + (" (smoke run: numbers mean nothing)" if R["smoke"] else ""))
 print()
+print(f"Saturation: medians over {R['rounds']} interleaved rounds.")
+print()
 print("| system | p50 µs | p99 µs | p99.9 µs | req/s @64 | CPU µs/req | errors |")
 print("|---|---|---|---|---|---|---|")
 for s in lat:
     l = lat[s]
-    print(f"| {s} | {l['p50_us']:.0f} | {l['p99_us']:.0f} | {l['p999_us']:.0f} | {rps[s]:.0f} | {cpu[s]:.1f} | {raw[s + '.errors']} |")
+    print(f"| {s} | {l['p50_us']:.0f} | {l['p99_us']:.0f} | {l['p999_us']:.0f} | {rps[s]:.0f} | {cpu[s]:.1f} | {errors[s]} |")
 print()
 r = R["ratios"]; a = R["added_latency_us"]
 print(f"- gateway / nginx hop throughput: {r['gateway_vs_nginx_hop_rps']:.0%} (target >= 70%); CPU per request {r['gateway_vs_nginx_hop_cpu']:.2f}x (target <= 1.5x)")
+print(f"- framework floor (bare actix-web + awc pass-through) / nginx hop: throughput {r['bare_actix_vs_nginx_hop_rps']:.0%}, CPU per request {r['bare_actix_vs_nginx_hop_cpu']:.2f}x; gateway / floor CPU {r['gateway_vs_bare_actix_cpu']:.2f}x")
 print(f"- gateway / direct throughput: {r['gateway_vs_direct_rps']:.0%}")
 print(f"- added latency at 1 connection: p50 {a['p50_us']:.0f} µs (target <= 150), p99 {a['p99_us']:.0f} µs (target <= 400), p99.9 {a['p999_us']:.0f} µs")
 print(f"- gateway RSS: idle {raw['gateway.idle_rss_kb']/1024:.1f} MB (target <= 15), after load {raw['gateway.loaded_rss_kb']/1024:.1f} MB")
@@ -372,9 +422,13 @@ for k in sorted(raw):
 ms = [num(x) for x in str(raw["reload.ms"]).split(",") if x]
 R["reload_ms"] = ms
 print(f"- reload, rename to first request that sees it: max {max(ms):.1f} ms, mean {sum(ms)/len(ms):.1f} ms over {len(ms)} (target <= 50); errors under load during reloads: {raw['reload.errors']} of {raw['reload.requests']}")
-on, off = num(raw["gateway_audit.rps"]), num(raw["gateway_noaudit.rps"])
-R["audit_cost"] = 1 - on / off if off else float("nan")
-print(f"- audit log: {on:.0f} req/s on vs {off:.0f} off ({R['audit_cost']:+.1%} cost, target <= 5%); {raw['audit.lines']} lines for {raw['audit.counted_requests']} requests")
+rounds["gateway_audit"] = [raw[k] for k in sorted(raw) if k.startswith("gateway_audit.round")]
+rounds["gateway_noaudit"] = [raw[k] for k in sorted(raw) if k.startswith("gateway_noaudit.round")]
+on = median([x["rps"] for x in rounds["gateway_audit"]])
+off = median([x["rps"] for x in rounds["gateway_noaudit"]])
+R["audit_cost"] = 1 - round_ratio("gateway_audit", "gateway_noaudit", "rps")
+R["audit_cost_cpu"] = round_ratio("gateway_audit", "gateway_noaudit", "cpu_us") - 1
+print(f"- audit log: {on:.0f} req/s on vs {off:.0f} off (median of per-round ratios: {R['audit_cost']:+.1%} throughput, {R['audit_cost_cpu']:+.1%} CPU per request; target <= 5%); {raw['audit.lines']} lines for {raw['audit.counted_requests']} requests")
 json.dump(R, open(sys.argv[2], "w"), indent=2, default=str)
 print()
 print(f"JSON: {sys.argv[2]}")
