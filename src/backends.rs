@@ -33,7 +33,7 @@ pub struct BackendState {
 }
 
 impl BackendState {
-    fn new(url: &str) -> Self {
+    pub(crate) fn new(url: &str) -> Self {
         BackendState {
             url: url.to_owned(),
             chat_uri: Uri::try_from(format!("{url}/api/chat")).ok(),

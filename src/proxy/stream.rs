@@ -37,6 +37,8 @@ impl Drop for StreamGauge {
     }
 }
 
+const EVENT_CAPACITY: usize = 512;
+
 /// How long to wait for the end of Ollama's body after its `done` line.
 const DRAIN_LIMIT: Duration = Duration::from_millis(200);
 
@@ -64,6 +66,24 @@ impl<S> State<S> {
             };
             let line = self.pending.split_to(pos + 1);
             self.on_line(&line[..pos], out);
+        }
+    }
+
+    /// Translates the complete lines of a fresh upstream read straight from it (nothing is
+    /// pending, the usual case), keeping only a trailing partial line.
+    fn take_read(&mut self, bytes: &[u8], out: &mut BytesMut) {
+        if !self.pending.is_empty() {
+            self.pending.extend_from_slice(bytes);
+            return;
+        }
+        let mut start = 0;
+        while !self.finished {
+            let Some(pos) = memchr::memchr(b'\n', &bytes[start..]) else {
+                self.pending.extend_from_slice(&bytes[start..]);
+                return;
+            };
+            self.on_line(&bytes[start..start + pos], out);
+            start += pos + 1;
         }
     }
 
@@ -127,7 +147,8 @@ where
             }
             return None;
         }
-        let mut out = BytesMut::new();
+        // Room for a typical event or two, so writing one does not grow the buffer in steps.
+        let mut out = BytesMut::with_capacity(EVENT_CAPACITY);
         loop {
             st.drain_lines(&mut out);
             if !out.is_empty() {
@@ -137,7 +158,7 @@ where
                 return None;
             }
             match tokio::time::timeout(st.idle, st.upstream.next()).await {
-                Ok(Some(Ok(bytes))) => st.pending.extend_from_slice(&bytes),
+                Ok(Some(Ok(bytes))) => st.take_read(&bytes, &mut out),
                 Ok(Some(Err(_))) => {
                     st.fail(GatewayError::UpstreamFailed, "stream_broken", &mut out);
                 }
@@ -165,4 +186,60 @@ where
         }
         Some((Ok(out.freeze()), st))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::stream;
+
+    use super::*;
+    use crate::audit::{AuditRecord, AuditSink};
+    use crate::backends::BackendState;
+
+    /// Collects what the client would receive for the given upstream reads.
+    async fn run(reads: Vec<&'static str>) -> String {
+        let metrics = Arc::new(Metrics::new());
+        let audit = Rc::new(AuditCell::new(
+            AuditRecord::default(),
+            Arc::new(AuditSink::new(metrics.clone(), None)),
+        ));
+        let upstream = stream::iter(
+            reads
+                .into_iter()
+                .map(|r| Ok::<_, std::io::Error>(Bytes::from_static(r.as_bytes()))),
+        );
+        let lease = Arc::new(BackendState::new("http://x")).lease();
+        let translator = SseTranslator::new("c".into(), 1, "m".into(), false);
+        let body = sse(
+            upstream,
+            translator,
+            Duration::from_secs(5),
+            audit,
+            metrics,
+            lease,
+        );
+        let parts: Vec<Bytes> = body.map(|r| r.unwrap()).collect().await;
+        String::from_utf8(parts.concat()).unwrap()
+    }
+
+    #[actix_web::test]
+    async fn lines_split_anywhere_translate_the_same() {
+        let whole = concat!(
+            "{\"message\":{\"content\":\"a\"},\"done\":false}\n",
+            "{\"message\":{\"content\":\"b\"},\"done\":false}\n",
+            "{\"done\":true,\"prompt_eval_count\":1,\"eval_count\":2}\n",
+        );
+        let expected = run(vec![whole]).await;
+        assert!(expected.ends_with("data: [DONE]\n\n"), "{expected}");
+        assert_eq!(expected.matches("data: ").count(), 4, "{expected}");
+        for cut in 1..whole.len() {
+            let got = run(vec![&whole[..cut], &whole[cut..]]).await;
+            assert_eq!(got, expected, "split at {cut}");
+        }
+        // Two lines, then the third arriving byte by byte.
+        let third = whole.find("{\"done\":true").unwrap();
+        let mut reads = vec![&whole[..third]];
+        reads.extend((third..whole.len()).map(|i| &whole[i..=i]));
+        assert_eq!(run(reads).await, expected);
+    }
 }

@@ -147,9 +147,18 @@ impl RateLimiter {
         self.evaluate(identity, quota, true, Instant::now())
     }
 
-    /// Reports whether a request would be admitted, without recording one.
+    /// Reports whether a request would be admitted, without recording one (nor creating
+    /// state for an identity that has none: every request peeks at its address's failed
+    /// keys, and most addresses never fail one).
     pub fn peek(&self, identity: &str, quota: Quota) -> Decision {
-        self.evaluate(identity, quota, false, Instant::now())
+        let now = Instant::now();
+        match self.entries.get(identity) {
+            Some(entry) => {
+                let mut log = entry.admitted.lock().unwrap_or_else(|p| p.into_inner());
+                decide(&mut log, now, quota, false)
+            }
+            None => decide(&mut VecDeque::new(), now, quota, false),
+        }
     }
 
     /// Records one event (e.g. a failed key) regardless of the quota.
