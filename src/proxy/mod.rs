@@ -303,8 +303,10 @@ pub async fn chat_completions(
             .and_then(|o| o.include_usage)
             .unwrap_or(false);
         let translator = convert::SseTranslator::new(id, created, chat.model, include_usage);
+        // Only the body stream is kept for the life of the stream: the response head (its
+        // header map, ~3 KB) would otherwise be held by every open stream.
         let body = stream::sse(
-            resp,
+            resp.take_payload(),
             translator,
             policy.upstream.stream_idle_timeout,
             ctx.audit.clone(),
