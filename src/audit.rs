@@ -228,7 +228,7 @@ pub fn wait_flushed(deadline: Duration) -> bool {
 /// The line: the same keys, in the same order, as always (operators' scripts read them).
 fn write_line(out: &mut Vec<u8>, r: &AuditRecord, latency: Duration, now: SystemTime) {
     out.extend_from_slice(b"{\"ts\":\"");
-    rfc3339_into(out, now);
+    ts_into(out, now);
     out.extend_from_slice(b"\",\"request_id\":");
     json_str(out, &r.request_id);
     out.extend_from_slice(b",\"client_ip\":");
@@ -306,6 +306,36 @@ pub fn rfc3339(t: SystemTime) -> String {
     let mut out = Vec::with_capacity(24);
     rfc3339_into(&mut out, t);
     String::from_utf8(out).unwrap_or_default()
+}
+
+/// The line's timestamp: the `YYYY-MM-DDTHH:MM:SS.` part is the same for every line of a
+/// second, so each thread keeps the last one and only writes the milliseconds.
+fn ts_into(out: &mut Vec<u8>, t: SystemTime) {
+    thread_local! {
+        static LAST: RefCell<(u64, Vec<u8>)> = const { RefCell::new((u64::MAX, Vec::new())) };
+    }
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let cached = LAST.try_with(|last| {
+        let mut last = last.borrow_mut();
+        if last.0 != d.as_secs() {
+            last.1.clear();
+            rfc3339_into(&mut last.1, UNIX_EPOCH + Duration::from_secs(d.as_secs()));
+            last.1.truncate(20); // keep `YYYY-MM-DDTHH:MM:SS.`
+            last.0 = d.as_secs();
+        }
+        out.extend_from_slice(&last.1);
+    });
+    if cached.is_err() {
+        rfc3339_into(out, t);
+        return;
+    }
+    let ms = d.subsec_millis();
+    out.extend_from_slice(&[
+        b'0' + (ms / 100) as u8,
+        b'0' + (ms / 10 % 10) as u8,
+        b'0' + (ms % 10) as u8,
+        b'Z',
+    ]);
 }
 
 fn rfc3339_into(out: &mut Vec<u8>, t: SystemTime) {
@@ -387,6 +417,25 @@ mod tests {
         let mut v4 = Vec::new();
         ip_into(&mut v4, "10.0.255.1".parse().unwrap());
         assert_eq!(v4, b"10.0.255.1");
+    }
+
+    #[test]
+    fn line_timestamps_match_rfc3339() {
+        for ms in [
+            0,
+            7,
+            999,
+            1_000,
+            59_999,
+            86_399_999,
+            1_796_008_000_123,
+            1_796_008_000_124,
+        ] {
+            let t = UNIX_EPOCH + Duration::from_millis(ms);
+            let mut out = Vec::new();
+            ts_into(&mut out, t);
+            assert_eq!(String::from_utf8(out).unwrap(), rfc3339(t), "{ms}");
+        }
     }
 
     #[test]
