@@ -15,9 +15,12 @@ pub fn hex128() -> String {
 pub fn push_hex128(out: &mut String) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let v = fastrand::u128(..);
-    for i in (0..32).rev() {
-        out.push(char::from(HEX[((v >> (i * 4)) & 0xf) as usize]));
+    let mut digits = [0u8; 32];
+    for (i, d) in digits.iter_mut().enumerate() {
+        *d = HEX[((v >> ((31 - i) * 4)) & 0xf) as usize];
     }
+    // Only ASCII hex digits were written.
+    out.push_str(std::str::from_utf8(&digits).unwrap_or_default());
 }
 
 #[cfg(test)]

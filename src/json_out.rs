@@ -55,8 +55,13 @@ pub fn json_str(out: &mut impl BufMut, s: &str) {
         }
         at += 16;
     }
-    out.put_slice(&bytes[clean_from..at]);
-    escape_into(out, &bytes[at..]);
+    let tail = &bytes[at..];
+    if tail.iter().fold(false, |d, &b| d | needs_escape(b)) {
+        out.put_slice(&bytes[clean_from..at]);
+        escape_into(out, tail);
+    } else {
+        out.put_slice(&bytes[clean_from..]);
+    }
     out.put_u8(b'"');
 }
 
