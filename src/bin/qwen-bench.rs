@@ -63,6 +63,10 @@ enum Cmd {
         /// small stream counts).
         #[arg(long, default_value_t = 1)]
         rounds: usize,
+        /// Run one whole stream on each connection first and measure the second, as a
+        /// gateway behind Nginx (whose upstream keep-alive pool reuses connections) sees it.
+        #[arg(long)]
+        warm: bool,
     },
     Hold {
         #[command(flatten)]
@@ -266,7 +270,7 @@ struct StreamResult {
     ok: bool,
 }
 
-async fn one_stream(addr: String, req: Vec<u8>, pattern: String) -> StreamResult {
+async fn one_stream(addr: String, req: Vec<u8>, pattern: String, warm: bool) -> StreamResult {
     let fail = StreamResult {
         ttfb_us: f64::NAN,
         gaps_us: Vec::new(),
@@ -276,6 +280,16 @@ async fn one_stream(addr: String, req: Vec<u8>, pattern: String) -> StreamResult
     let Ok(mut conn) = Conn::open(&addr).await else {
         return fail;
     };
+    if warm {
+        let warmed = async {
+            conn.send(&req).await?;
+            let h = conn.head().await?;
+            conn.body(&h).await
+        };
+        if warmed.await.is_err() {
+            return fail;
+        }
+    }
     let t0 = Instant::now();
     if conn.send(&req).await.is_err() {
         return fail;
@@ -324,6 +338,7 @@ async fn streams(
     expect: usize,
     pattern: String,
     rounds: usize,
+    warm: bool,
 ) -> serde_json::Value {
     let req = request_bytes(&t);
     let mut ttfb = Vec::new();
@@ -332,7 +347,12 @@ async fn streams(
     for _ in 0..rounds.max(1) {
         let tasks: Vec<_> = (0..n)
             .map(|_| {
-                tokio::task::spawn_local(one_stream(t.addr.clone(), req.clone(), pattern.clone()))
+                tokio::task::spawn_local(one_stream(
+                    t.addr.clone(),
+                    req.clone(),
+                    pattern.clone(),
+                    warm,
+                ))
             })
             .collect();
         for task in tasks {
@@ -452,7 +472,8 @@ fn main() {
                 expect,
                 pattern,
                 rounds,
-            } => streams(t, n, expect, pattern, rounds).await,
+                warm,
+            } => streams(t, n, expect, pattern, rounds, warm).await,
             Cmd::Hold {
                 t,
                 streams: n,
