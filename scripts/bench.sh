@@ -8,7 +8,7 @@
 # Systems: (a) direct to the stand-in's /api/chat, (b) a plain Nginx hop (1 worker, upstream
 # keepalive), (c) the gateway with every guard on (key, IP allowlist, a rate limit too high to
 # trip, translation, audit log), (d) Nginx in front of the gateway, and (e) the framework floor:
-# examples/bare_proxy.rs, the cheapest actix-web + awc pass-through (no guards, no translation).
+# src/bin/bare-proxy.rs, the cheapest actix-web + awc pass-through (no guards, no translation).
 # The system under test is pinned to CPU 1, the load generator and the stand-in to CPU 0.
 # Saturation runs in interleaved rounds (every system once per round) and reports medians,
 # so a slow spell of the shared host hits every system alike. Ratios are the figures that
@@ -44,11 +44,7 @@ done
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-if [ $PROFILE = release ]; then
-  cargo build --release --locked --bins --example bare_proxy
-else
-  cargo build --locked --bins --example bare_proxy
-fi
+if [ $PROFILE = release ]; then cargo build --release --locked --bins; else cargo build --locked --bins; fi
 BIN=$repo/target/$PROFILE
 
 if [ "$(nproc)" -ge 2 ]; then LOAD="taskset -c 0"; SUT="taskset -c 1"; else LOAD=; SUT=; fi
@@ -120,7 +116,7 @@ start_nginx hop "$HOP_PORT" "$FAKE"; HOP_DIR=$NGX_DIR
 wait_port "$HOP_PORT"
 
 # (e) the framework floor.
-$SUT "$BIN/examples/bare_proxy" 127.0.0.1:0 "$FAKE" > "$work/bare.out" 2>/dev/null &
+$SUT "$BIN/bare-proxy" 127.0.0.1:0 "$FAKE" > "$work/bare.out" 2>/dev/null &
 BARE_PID=$!
 pids+=($BARE_PID)
 for _ in $(seq 200); do [ -s "$work/bare.out" ] && break; sleep 0.05; done

@@ -2,7 +2,7 @@
 //! no translation, no audit, body forwarded as is). `scripts/bench.sh` runs it as the floor
 //! the framework itself sets, so the gateway's own share can be told apart from actix/awc's.
 //!
-//! Usage: bare_proxy LISTEN UPSTREAM   (e.g. 127.0.0.1:0 127.0.0.1:11434)
+//! Usage: bare-proxy LISTEN UPSTREAM   (e.g. 127.0.0.1:0 127.0.0.1:11434)
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use bytes::Bytes;
@@ -37,7 +37,7 @@ async fn main() -> std::io::Result<()> {
     let (listen, upstream) = match (args.get(1), args.get(2)) {
         (Some(l), Some(u)) => (l.clone(), u.clone()),
         _ => {
-            eprintln!("usage: bare_proxy LISTEN UPSTREAM");
+            eprintln!("usage: bare-proxy LISTEN UPSTREAM");
             std::process::exit(2);
         }
     };
