@@ -298,10 +298,6 @@ fn ip_into(out: &mut Vec<u8>, ip: IpAddr) {
 }
 
 /// `2026-11-30T03:06:24.123Z` without pulling in a calendar crate.
-pub fn rfc3339_now() -> String {
-    rfc3339(SystemTime::now())
-}
-
 pub fn rfc3339(t: SystemTime) -> String {
     let mut out = Vec::with_capacity(24);
     rfc3339_into(&mut out, t);

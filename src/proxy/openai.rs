@@ -133,7 +133,7 @@ pub struct InFunctionCall {
 
 // ---- responses ----
 
-#[derive(Debug, Serialize, PartialEq, Eq, Clone, Copy, Default)]
+#[derive(Debug, PartialEq, Eq, Clone, Copy, Default)]
 pub struct Usage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,

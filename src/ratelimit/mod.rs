@@ -144,7 +144,12 @@ impl RateLimiter {
 
     /// Admits and records one request for `identity` if the quota allows it.
     pub fn check(&self, identity: &str, quota: Quota) -> Decision {
-        self.evaluate(identity, quota, true, Instant::now())
+        let now = Instant::now();
+        let entry = self.entry(identity, quota);
+        // A poisoned lock only means another thread panicked mid-update of a VecDeque of
+        // instants; the data is still a valid log, so keep using it.
+        let mut log = entry.admitted.lock().unwrap_or_else(|p| p.into_inner());
+        decide(&mut log, now, quota, true)
     }
 
     /// Reports whether a request would be admitted, without recording one (nor creating
@@ -180,27 +185,17 @@ impl RateLimiter {
     fn entry(&self, identity: &str, quota: Quota) -> Arc<Entry> {
         let window_ms = u64::try_from(quota.window.as_millis()).unwrap_or(u64::MAX);
         // Looked up by &str first: the Arc<str> key is only built for a new identity.
-        if let Some(entry) = self.entries.get(identity) {
-            entry.window_ms.store(window_ms, Ordering::Relaxed);
-            return entry;
-        }
-        let key: Arc<str> = Arc::from(identity);
-        let entry = self.entries.get_with(key, || {
-            Arc::new(Entry {
-                admitted: Mutex::new(VecDeque::new()),
-                window_ms: AtomicU64::new(window_ms),
-            })
-        });
+        let entry = match self.entries.get(identity) {
+            Some(entry) => entry,
+            None => self.entries.get_with(Arc::from(identity), || {
+                Arc::new(Entry {
+                    admitted: Mutex::new(VecDeque::new()),
+                    window_ms: AtomicU64::new(window_ms),
+                })
+            }),
+        };
         entry.window_ms.store(window_ms, Ordering::Relaxed);
         entry
-    }
-
-    fn evaluate(&self, identity: &str, quota: Quota, record: bool, now: Instant) -> Decision {
-        let entry = self.entry(identity, quota);
-        // A poisoned lock only means another thread panicked mid-update of a VecDeque of
-        // instants; the data is still a valid log, so keep using it.
-        let mut log = entry.admitted.lock().unwrap_or_else(|p| p.into_inner());
-        decide(&mut log, now, quota, record)
     }
 }
 
