@@ -24,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use actix_web::http::Method;
 use tokio::sync::Notify;
 
+use crate::client_ip::push_ipv4;
 use crate::json_out::{int, json_opt_str, json_str, ms_into, opt_int};
 use crate::metrics::{FinishedRequest, Metrics, rejection_reason};
 use crate::telemetry::AuditWriter;
@@ -282,14 +283,7 @@ fn write_line(out: &mut Vec<u8>, r: &AuditRecord, latency: Duration, now: System
 
 fn ip_into(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
-        IpAddr::V4(v4) => {
-            for (i, o) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                int(out, o);
-            }
-        }
+        IpAddr::V4(v4) => push_ipv4(out, v4),
         // Rare enough for the formatter (which also compresses zero runs).
         IpAddr::V6(v6) => {
             let _ = write!(out, "{v6}");

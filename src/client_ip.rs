@@ -7,9 +7,10 @@
 //! gains nothing by sending these headers. actix's `realip_remote_addr()` trusts the leftmost
 //! value blindly and is deliberately not used.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use actix_web::http::header::{HeaderMap, HeaderName};
+use bytes::BufMut;
 use ipnetwork::IpNetwork;
 
 /// A set of address ranges with IPv4-mapped IPv6 addresses treated as IPv4.
@@ -84,6 +85,18 @@ fn parse_forwarded_addr(s: &str) -> Option<IpAddr> {
     let (host, port) = s.rsplit_once(':')?;
     port.parse::<u16>().ok()?;
     host.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
+}
+
+/// `a.b.c.d`, written by hand: it runs on every request (audit line, rate-limit identity),
+/// where `format!` and `Ipv4Addr`'s `Display` cost ten times as much.
+pub fn push_ipv4(out: &mut impl BufMut, v4: Ipv4Addr) {
+    let mut digits = itoa::Buffer::new();
+    for (i, o) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.put_u8(b'.');
+        }
+        out.put_slice(digits.format(o).as_bytes());
+    }
 }
 
 // Constants: a header looked up by &str is parsed into a name on every call.
