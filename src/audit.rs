@@ -25,7 +25,7 @@ use actix_web::http::Method;
 use tokio::sync::Notify;
 
 use crate::client_ip::push_ipv4;
-use crate::json_out::{int, json_opt_str, json_str, ms_into, opt_int};
+use crate::json_out::{int, json_opt_str, json_str, ms_into, opt_int, opt_ms};
 use crate::metrics::{FinishedRequest, Metrics, rejection_reason};
 use crate::telemetry::AuditWriter;
 
@@ -269,15 +269,9 @@ fn write_line(out: &mut Vec<u8>, r: &AuditRecord, latency: Duration, now: System
     out.extend_from_slice(b",\"latency_ms\":");
     ms_into(out, latency);
     out.extend_from_slice(b",\"ttft_ms\":");
-    match r.ttft {
-        Some(d) => ms_into(out, d),
-        None => out.extend_from_slice(b"null"),
-    }
+    opt_ms(out, r.ttft);
     out.extend_from_slice(b",\"upstream_ms\":");
-    match r.upstream {
-        Some(d) => ms_into(out, d),
-        None => out.extend_from_slice(b"null"),
-    }
+    opt_ms(out, r.upstream);
     out.push(b'}');
 }
 

@@ -31,6 +31,13 @@ pub fn ms_into(out: &mut impl BufMut, d: Duration) {
     ]);
 }
 
+pub fn opt_ms(out: &mut impl BufMut, d: Option<Duration>) {
+    match d {
+        Some(d) => ms_into(out, d),
+        None => out.put_slice(b"null"),
+    }
+}
+
 pub fn json_opt_str(out: &mut impl BufMut, s: Option<&str>) {
     match s {
         Some(s) => json_str(out, s),
