@@ -253,27 +253,10 @@ fn observer_endpoints_need_a_trusted_or_allowed_address() {
 fn hundred_concurrent_requests_admit_exactly_thirty() {
     let fake = Fake::start(&["--workers", "2"]);
     let gw = Gateway::start(article_policy(), &fake.url());
-    let addr = gw.addr;
-    let body = hello("qwen3:32b").to_string();
-    let barrier = std::sync::Arc::new(std::sync::Barrier::new(100));
-    let handles: Vec<_> = (0..100)
-        .map(|_| {
-            let body = body.clone();
-            let barrier = barrier.clone();
-            std::thread::spawn(move || {
-                barrier.wait();
-                request(
-                    addr,
-                    "POST",
-                    "/v1/chat/completions",
-                    &[("X-Api-Key", KEY)],
-                    Some(body.as_bytes()),
-                )
-                .status
-            })
-        })
+    let statuses: Vec<u16> = burst(&[gw.addr], 100, KEY, &hello("qwen3:32b").to_string())
+        .iter()
+        .map(|r| r.status)
         .collect();
-    let statuses: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     assert_eq!(
         statuses.iter().filter(|s| **s == 200).count(),
         30,

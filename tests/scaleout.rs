@@ -42,26 +42,12 @@ fn two_gateways_sharing_redis_admit_exactly_thirty_of_a_hundred() {
         Gateway::start(&policy, &fake.url()),
     ];
     let addrs = [gws[0].addr, gws[1].addr];
-    let body = hello("qwen3:32b").to_string();
-    let barrier = std::sync::Arc::new(std::sync::Barrier::new(100));
-    let handles: Vec<_> = (0..100)
-        .map(|i| {
-            let body = body.clone();
-            let barrier = barrier.clone();
-            let addr = addrs[i % 2];
-            std::thread::spawn(move || {
-                barrier.wait();
-                request(
-                    addr,
-                    "POST",
-                    "/v1/chat/completions",
-                    &[("X-Api-Key", "shared-key-000")],
-                    Some(body.as_bytes()),
-                )
-            })
-        })
-        .collect();
-    let rs: Vec<Response> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let rs = burst(
+        &addrs,
+        100,
+        "shared-key-000",
+        &hello("qwen3:32b").to_string(),
+    );
     let ok = rs.iter().filter(|r| r.status == 200).count();
     assert_eq!(
         ok,

@@ -390,6 +390,29 @@ pub fn request(
     request_from(None, addr, method, path, headers, body)
 }
 
+/// `n` chat requests with `key`, released at once from `n` threads (a barrier), spread over
+/// `addrs` in turn; the answers in request order.
+pub fn burst(addrs: &[SocketAddr], n: usize, key: &str, body: &str) -> Vec<Response> {
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(n));
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let (body, key, barrier) = (body.to_owned(), key.to_owned(), barrier.clone());
+            let addr = addrs[i % addrs.len()];
+            std::thread::spawn(move || {
+                barrier.wait();
+                request(
+                    addr,
+                    "POST",
+                    "/v1/chat/completions",
+                    &[("X-Api-Key", &key)],
+                    Some(body.as_bytes()),
+                )
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
 fn connect(from: Option<IpAddr>, addr: SocketAddr) -> TcpStream {
     match from {
         None => TcpStream::connect(addr).expect("connect"),
