@@ -47,6 +47,8 @@ pub struct ReloadStatus {
     pub error: Option<String>,
     /// When the running policy was loaded.
     pub loaded_at: SystemTime,
+    /// Set while a reload reads and checks the file: one that stays set is stuck.
+    pub in_progress_since: Option<SystemTime>,
 }
 
 pub struct AppState {
@@ -86,6 +88,7 @@ impl AppState {
                 at: now,
                 error: None,
                 loaded_at: now,
+                in_progress_since: None,
             }),
             log_level,
         }

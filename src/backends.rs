@@ -154,6 +154,7 @@ mod tests {
     use super::*;
 
     fn policy(yaml: &str) -> Policy {
+        let yaml = crate::policy::with_guards_off(yaml);
         Policy::from_bytes(yaml.as_bytes(), Path::new("p.yaml")).unwrap()
     }
 

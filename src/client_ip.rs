@@ -47,12 +47,13 @@ pub fn parse_net(s: &str) -> Result<IpNetwork, String> {
     }
     let net: IpNetwork = s
         .parse()
-        .map_err(|_| format!("'{s}' is not an IP address or CIDR range"))?;
-    // Reject host bits set below the prefix (`10.0.0.1/16`): almost always a typo.
+        .map_err(|_| "is not an IP address or CIDR range".to_owned())?;
+    // Reject host bits set below the prefix (`10.0.0.1/16`): almost always a typo, and the
+    // shape a range takes when a file is cut mid-number (`10.0.0.0/16` -> `10.0.0.0/1`).
     if net.network() != net.ip() {
         return Err(format!(
-            "'{s}' has host bits set; did you mean {}/{}?",
-            net.network(),
+            "has host bits set below its /{} prefix (write the network address, as in \
+             10.0.0.0/16)",
             net.prefix()
         ));
     }

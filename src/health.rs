@@ -65,7 +65,15 @@ struct PolicyState<'a> {
     last_reload_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     last_reload_error: Option<String>,
+    /// Set when a reload has been reading or checking the file for longer than
+    /// [`RELOAD_STUCK_AFTER`]: policy edits are not being applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reload_stuck_since: Option<String>,
 }
+
+/// A reload reads at most 1 MiB and parses it in well under a second; one that takes this
+/// long is stuck (a hung file system, say).
+const RELOAD_STUCK_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Serialize)]
 struct OllamaState {
@@ -116,6 +124,10 @@ pub async fn readyz(
             last_reload_ok: reload.ok,
             last_reload_at: rfc3339(reload.at),
             last_reload_error: reload.error,
+            reload_stuck_since: reload
+                .in_progress_since
+                .filter(|t| t.elapsed().is_ok_and(|d| d > RELOAD_STUCK_AFTER))
+                .map(rfc3339),
         },
         breaker: worst.as_str(),
         ollama: OllamaState { reachable },

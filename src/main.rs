@@ -66,7 +66,7 @@ fn hash(key: Option<String>) -> ExitCode {
 
 fn run(path: &Path, workers: Option<usize>, watch: bool) -> anyhow::Result<()> {
     // Fail fast, before anything listens: a bad policy at startup is fatal.
-    let policy = Policy::load(path)?;
+    let (policy, loaded) = Policy::load_with_identity(path)?;
     let telemetry = telemetry::init(&policy.log_level, policy.audit.dir.as_deref())?;
     tracing::info!(version = env!("CARGO_PKG_VERSION"), policy = %path.display(), "Starting.");
     for w in &policy.warnings {
@@ -82,7 +82,7 @@ fn run(path: &Path, workers: Option<usize>, watch: bool) -> anyhow::Result<()> {
     actix_web::rt::System::new().block_on(async move {
         // Before binding: SIGHUP's default action would kill the process.
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-        let reloader = reload::spawn(state.clone(), watch)?;
+        let reloader = reload::spawn(state.clone(), loaded, watch)?;
         let trigger = reloader.trigger.clone();
         actix_web::rt::spawn(async move {
             while hup.recv().await.is_some() {

@@ -3,14 +3,22 @@
 //! The watcher observes the policy file's *directory*, not the file: editors save by writing a
 //! temporary file and renaming it over the original, Kubernetes swaps a `..data` symlink, and
 //! tools delete and recreate. A watch on the file itself would go stale after the first of
-//! those. Events are debounced, then sent, like SIGHUP, down one channel to one reload thread,
-//! so reloads never race each other.
+//! those. Only events that can change the file count (writes, renames, creations, deletions,
+//! attribute changes): reading it is not a change, or the reload's own read would trigger the
+//! next reload forever. Events are debounced, then sent, like SIGHUP, down one channel to one
+//! reload thread, so reloads never race each other.
 //!
-//! A reload reads the file, skips it when its SHA-256 equals the running policy's (spurious
-//! events are cheap), parses and validates it off to the side, and publishes it with a single
-//! `ArcSwap::store`. Requests already running keep the snapshot they took. A file that fails
-//! to read, parse or validate changes nothing: the error is logged and counted, `/readyz`
-//! shows it, and the running policy stays in force.
+//! A reload skips the file when its identity (device, inode, size, mtime) is the one it last
+//! read. Otherwise it reads it (a regular file only, capped: `policy::source`); after a write
+//! (rather than a complete file renamed into place, which is read at once) it reads it twice,
+//! a settle time apart, and goes on only with bytes that stayed the same, so a save caught
+//! halfway is not applied; a file cut short that does settle is still refused, because the guards'
+//! sections must be written out in full (`policy::validate`). Bytes equal to the running
+//! policy's change nothing. Otherwise they are parsed and validated off to the side and
+//! published with a single `ArcSwap::store`. Requests already running keep the snapshot they
+//! took. A file that fails to read, parse or validate changes nothing: the error (which never
+//! quotes a value from the file) is logged and counted, `/readyz` shows it, and the running
+//! policy stays in force.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -19,20 +27,33 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::{Duration, SystemTime};
 
 use notify::RecursiveMode;
+use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
-use sha2::{Digest, Sha256};
 
 use crate::app::{AppState, ReloadStatus};
 use crate::metrics::ResultLabels;
-use crate::policy::Policy;
+use crate::policy::source::{self, FileIdentity};
+use crate::policy::{Policy, PolicyError, sha256_hex};
 
 /// Short enough that a rename is live well within 50 ms, long enough to fold the burst of
 /// events one save produces.
 const DEBOUNCE: Duration = Duration::from_millis(20);
 
-#[derive(Debug, Clone, Copy)]
+/// Bytes must read the same twice this far apart before they are applied: an editor or a
+/// script writing the file in several steps is not caught halfway.
+pub const SETTLE: Duration = Duration::from_millis(100);
+
+/// A file still changing after this many settle rounds (5 s) is not applied this time; the
+/// next event or SIGHUP tries again.
+const MAX_SETTLE_ROUNDS: u32 = 50;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
+    /// The file was written, created or removed: it may be mid-write, so it must settle.
     File,
+    /// A complete file was renamed over the path (an editor's save, a Kubernetes `..data`
+    /// swap): what appears is whole, and is read at once.
+    Renamed,
     Signal,
 }
 
@@ -40,6 +61,7 @@ impl Trigger {
     fn as_str(self) -> &'static str {
         match self {
             Trigger::File => "file change",
+            Trigger::Renamed => "file renamed over",
             Trigger::Signal => "SIGHUP",
         }
     }
@@ -58,26 +80,96 @@ pub enum Outcome {
     Rejected,
 }
 
-/// Reads the policy file and swaps it in if it is new and valid.
-pub fn reload_now(state: &AppState, trigger: Trigger) -> Outcome {
-    let path = &state.policy_path;
-    let current = state.policy.load_full();
-    let result = std::fs::read(path)
-        .map_err(|source| crate::policy::PolicyError::Read {
-            path: path.clone(),
-            source,
-        })
-        .and_then(|bytes| {
-            if hex::encode(Sha256::digest(&bytes)) == current.sha256 {
+/// Reads the file until two reads a settle time apart agree.
+fn settled_read(path: &Path) -> Result<(Vec<u8>, FileIdentity), PolicyError> {
+    let mut prev = source::read(path)?;
+    for _ in 0..MAX_SETTLE_ROUNDS {
+        std::thread::sleep(SETTLE);
+        let next = source::read(path)?;
+        if next.0 == prev.0 {
+            return Ok(next);
+        }
+        prev = next;
+    }
+    Err(PolicyError::Read {
+        path: path.to_owned(),
+        reason: "the file kept changing for 5 seconds; not applied (the next change or \
+                 SIGHUP tries again)"
+            .to_owned(),
+    })
+}
+
+/// The reload thread's memory between reloads.
+pub struct Reload {
+    /// The identity of the file as last read, whatever came of it.
+    last_read: Option<FileIdentity>,
+}
+
+impl Reload {
+    /// Starts from the file version the process loaded at startup.
+    pub fn new(loaded: FileIdentity) -> Self {
+        Reload {
+            last_read: Some(loaded),
+        }
+    }
+
+    /// Reads the policy file and swaps it in if it is new and valid.
+    pub fn run(&mut self, state: &AppState, trigger: Trigger) -> Outcome {
+        let path = &state.policy_path;
+        // An event for a file that is still the one last read (someone read it, or touched a
+        // file beside it): nothing to do, and nothing to read. SIGHUP always reads.
+        if trigger != Trigger::Signal
+            && self.last_read.is_some()
+            && FileIdentity::of_path(path) == self.last_read
+        {
+            tracing::debug!("Policy file event, but the file is the one last read.");
+            return Outcome::Unchanged;
+        }
+        let started = SystemTime::now();
+        lock(state).in_progress_since = Some(started);
+        let current = state.policy.load_full();
+        let read = if trigger == Trigger::Renamed {
+            source::read(path)
+        } else {
+            settled_read(path)
+        };
+        let result = read.and_then(|(bytes, identity)| {
+            self.last_read = Some(identity);
+            if sha256_hex(&bytes) == current.sha256 {
                 return Ok(None);
             }
             Policy::from_bytes(&bytes, path).map(Some)
         });
+        let outcome = apply(state, &current, result, trigger);
+        lock(state).in_progress_since = None;
+        outcome
+    }
+}
+
+fn lock(state: &AppState) -> std::sync::MutexGuard<'_, ReloadStatus> {
+    state.reload.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn apply(
+    state: &AppState,
+    current: &Policy,
+    result: Result<Option<Policy>, PolicyError>,
+    trigger: Trigger,
+) -> Outcome {
     let now = SystemTime::now();
-    let mut status = state.reload.lock().unwrap_or_else(|p| p.into_inner());
+    let mut status = lock(state);
     match result {
         Ok(None) => {
             tracing::debug!(trigger = trigger.as_str(), "Policy file unchanged.");
+            // The file is back to the running policy (a bad edit undone): nothing is wrong any
+            // more, so /readyz must stop showing the old error.
+            if !status.ok {
+                status.ok = true;
+                status.error = None;
+                status.at = now;
+                tracing::info!(trigger = trigger.as_str(), policy_sha256 = %current.sha256,
+                    "Policy file is back to the running policy.");
+            }
             Outcome::Unchanged
         }
         Err(e) => {
@@ -88,12 +180,9 @@ pub fn reload_now(state: &AppState, trigger: Trigger) -> Outcome {
                 .inc();
             tracing::error!(trigger = trigger.as_str(), error = %e, policy_sha256 = %current.sha256,
                 "Policy reload rejected; the running policy stays in force.");
-            *status = ReloadStatus {
-                ok: false,
-                at: now,
-                error: Some(e.to_string()),
-                loaded_at: status.loaded_at,
-            };
+            status.ok = false;
+            status.at = now;
+            status.error = Some(e.to_string());
             Outcome::Rejected
         }
         Ok(Some(new)) => {
@@ -121,27 +210,28 @@ pub fn reload_now(state: &AppState, trigger: Trigger) -> Outcome {
                 .get_or_create(&ResultLabels { result: "ok" })
                 .inc();
             tracing::info!(trigger = trigger.as_str(), policy_sha256 = %sha, changes = %summary, "Policy reloaded.");
-            *status = ReloadStatus {
-                ok: true,
-                at: now,
-                error: None,
-                loaded_at: now,
-            };
+            status.ok = true;
+            status.at = now;
+            status.error = None;
+            status.loaded_at = now;
             Outcome::Applied
         }
     }
 }
 
-fn reload_loop(state: Arc<AppState>, rx: Receiver<Trigger>) {
+fn reload_loop(state: Arc<AppState>, rx: Receiver<Trigger>, mut reload: Reload) {
     while let Ok(first) = rx.recv() {
-        // Fold a burst of triggers into one reload; a signal wins for the log line.
+        // Fold a burst of triggers into one reload: a signal wins (it always reads), and a
+        // write anywhere in the burst means the file must settle.
         let mut trigger = first;
         while let Ok(t) = rx.try_recv() {
-            if matches!(t, Trigger::Signal) {
-                trigger = t;
-            }
+            trigger = match (trigger, t) {
+                (Trigger::Signal, _) | (_, Trigger::Signal) => Trigger::Signal,
+                (Trigger::File, _) | (_, Trigger::File) => Trigger::File,
+                _ => Trigger::Renamed,
+            };
         }
-        reload_now(&state, trigger);
+        reload.run(&state, trigger);
     }
 }
 
@@ -156,8 +246,18 @@ fn relevant(names: &[OsString], path: &Path) -> bool {
             .is_some_and(|n| n.starts_with(".."))
 }
 
+/// Whether an event can change what the path holds. Opening, reading and closing the file
+/// (`cat`, `check`, an editor, the reload itself) cannot; closing it after writing can.
+fn changes(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
 /// Starts the reload thread and, when `watch` is set, the directory watcher.
-pub fn spawn(state: Arc<AppState>, watch: bool) -> anyhow::Result<Reloader> {
+pub fn spawn(state: Arc<AppState>, loaded: FileIdentity, watch: bool) -> anyhow::Result<Reloader> {
     let (tx, rx) = channel();
     let watcher = if watch {
         Some(watch_policy(&state.policy_path, tx.clone())?)
@@ -167,7 +267,7 @@ pub fn spawn(state: Arc<AppState>, watch: bool) -> anyhow::Result<Reloader> {
     };
     std::thread::Builder::new()
         .name("policy-reload".into())
-        .spawn(move || reload_loop(state, rx))?;
+        .spawn(move || reload_loop(state, rx, Reload::new(loaded)))?;
     Ok(Reloader {
         trigger: tx,
         _watcher: watcher,
@@ -200,11 +300,26 @@ fn watch_policy(
     let file_tx = tx;
     let mut debouncer = new_debouncer(DEBOUNCE, None, move |res: DebounceEventResult| match res {
         Ok(events) => {
-            let hit = events
+            for e in &events {
+                tracing::trace!(kind = ?e.kind, paths = ?e.paths, "Policy directory event.");
+            }
+            let hits: Vec<_> = events
                 .iter()
-                .any(|e| e.need_rescan() || e.paths.iter().any(|p| relevant(&names, p)));
-            if hit {
-                let _ = file_tx.send(Trigger::File);
+                .filter(|e| {
+                    e.need_rescan()
+                        || (changes(&e.kind) && e.paths.iter().any(|p| relevant(&names, p)))
+                })
+                .collect();
+            if !hits.is_empty() {
+                // Only renames: a finished file was moved into place, nothing is mid-write.
+                let renamed_only = hits
+                    .iter()
+                    .all(|e| matches!(e.kind, EventKind::Modify(ModifyKind::Name(_))));
+                let _ = file_tx.send(if renamed_only {
+                    Trigger::Renamed
+                } else {
+                    Trigger::File
+                });
             }
         }
         Err(errors) => {

@@ -480,7 +480,7 @@ fn nginx_in_front_of_two_gateways_sharing_limits() {
     let redis = Redis::start();
     let fake = Fake::start(&[]);
     let policy = format!(
-        "ollama_api: \"{{OLLAMA}}\"\nauth: {{enabled: true, keys: [{{id: sdk, key: \"sdk-key-e2e-000\"}}]}}\n\
+        "ollama_api: \"{{OLLAMA}}\"\nwhitelist: {{enabled: false}}\nauth: {{enabled: true, keys: [{{id: sdk, key: \"sdk-key-e2e-000\"}}]}}\n\
          rate_limit: {{enabled: true, max_requests: 4, window_seconds: 60, backend: redis, redis_url: \"{}\"}}\n",
         redis.url()
     );
@@ -751,7 +751,10 @@ fn ops_scripts_read_the_audit_log_and_endpoints() {
 
     // Health of the chain: all up, then Ollama down.
     let fake = Fake::start(&[]);
-    let gw = Gateway::start("ollama_api: \"{OLLAMA}\"\n", &fake.url());
+    let gw = Gateway::start(
+        "ollama_api: \"{OLLAMA}\"\nauth: {enabled: false}\nwhitelist: {enabled: false}\nrate_limit: {enabled: false}\n",
+        &fake.url(),
+    );
     let gw_url = format!("http://{}", gw.addr);
     let o = run(ops("qwen-gateway-health").args([
         "--gateway",

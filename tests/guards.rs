@@ -106,6 +106,8 @@ fn keys_hashed_named_bearer_and_model_scopes() {
     let policy = format!(
         r#"
 ollama_api: "{{OLLAMA}}"
+whitelist: {{enabled: false}}
+rate_limit: {{enabled: false}}
 models: {{"qwen3:32b": "qwen3:32b", "llama": "llama3.2:latest"}}
 auth:
   enabled: true
@@ -303,6 +305,8 @@ fn per_key_limit_overrides_and_ip_identity_without_auth() {
     let fake = Fake::start(&[]);
     let policy = r#"
 ollama_api: "{OLLAMA}"
+auth: {enabled: false}
+whitelist: {enabled: false}
 rate_limit: {enabled: true, max_requests: 3, window_seconds: 60}
 "#;
     let gw = Gateway::start(policy, &fake.url());
@@ -323,6 +327,7 @@ rate_limit: {enabled: true, max_requests: 3, window_seconds: 60}
 
     let policy = r#"
 ollama_api: "{OLLAMA}"
+whitelist: {enabled: false}
 rate_limit: {enabled: true, max_requests: 2, window_seconds: 60}
 auth:
   enabled: true

@@ -14,6 +14,8 @@ fn policy(extra: &str) -> String {
     format!(
         r#"
 ollama_api: "{{OLLAMA}}"
+whitelist: {{enabled: false}}
+rate_limit: {{enabled: false}}
 auth: {{enabled: true, keys: [{{id: ops, key: "ops-key-123456"}}]}}
 upstream:
   timeout_seconds: 0.5

@@ -14,6 +14,7 @@ fn redis_policy(redis: &Redis, max: u32, failure: &str) -> String {
     format!(
         r#"
 ollama_api: "{{OLLAMA}}"
+whitelist: {{enabled: false}}
 auth: {{enabled: true, keys: [{{id: shared, key: "shared-key-000"}}]}}
 rate_limit:
   enabled: true
@@ -142,7 +143,7 @@ fn redis_outage_fails_closed_when_the_policy_says_so() {
 fn switching_the_limit_backend_applies_on_reload() {
     let redis = Redis::start();
     let fake = Fake::start(&[]);
-    let memory = "ollama_api: \"{OLLAMA}\"\nauth: {enabled: true, keys: [{id: shared, key: \"shared-key-000\"}]}\nrate_limit: {enabled: true, max_requests: 2, window_seconds: 60}\n";
+    let memory = "ollama_api: \"{OLLAMA}\"\nwhitelist: {enabled: false}\nauth: {enabled: true, keys: [{id: shared, key: \"shared-key-000\"}]}\nrate_limit: {enabled: true, max_requests: 2, window_seconds: 60}\n";
     let gw = Gateway::start(memory, &fake.url());
     assert_eq!(ask(&gw).status, 200);
     assert_eq!(ask(&gw).status, 200);
@@ -172,7 +173,7 @@ fn backends_policy(fakes: &[&Fake]) -> String {
         .map(|f| format!("{{url: \"{}\"}}", f.url()))
         .collect();
     format!(
-        "backends: [{}]\nauth: {{enabled: true, keys: [{{id: shared, key: \"shared-key-000\"}}]}}\n\
+        "backends: [{}]\nwhitelist: {{enabled: false}}\nrate_limit: {{enabled: false}}\nauth: {{enabled: true, keys: [{{id: shared, key: \"shared-key-000\"}}]}}\n\
          upstream: {{timeout_seconds: 0.5, model_refresh_seconds: 0.3, breaker: {{failure_threshold: 2, cooldown_seconds: 1}}}}\n",
         list.join(", ")
     )

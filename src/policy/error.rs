@@ -5,15 +5,19 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("cannot read {path}: {reason}")]
+    Read { path: PathBuf, reason: String },
     #[error("cannot parse {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid value for `{key}`: {reason}")]
     Invalid { key: String, reason: String },
+    /// A guard's section is absent or says nothing about `enabled`: a file cut short before
+    /// it must be refused, never read as "guard off".
+    #[error("`{section}` {reason}")]
+    MissingSection {
+        section: &'static str,
+        reason: &'static str,
+    },
 }
 
 impl PolicyError {
@@ -29,7 +33,7 @@ impl PolicyError {
         match self {
             PolicyError::Read { .. } => "read_error",
             PolicyError::Parse { .. } => "parse_error",
-            PolicyError::Invalid { .. } => "invalid",
+            PolicyError::Invalid { .. } | PolicyError::MissingSection { .. } => "invalid",
         }
     }
 }

@@ -7,7 +7,9 @@
 
 mod error;
 mod file;
+pub mod source;
 mod validate;
+mod yaml;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -208,11 +210,14 @@ impl Policy {
     /// Reads, parses and validates a policy file. The one entry point for startup, `check`
     /// and hot reload.
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-        let bytes = std::fs::read(path).map_err(|source| PolicyError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::from_bytes(&bytes, path)
+        Self::load_with_identity(path).map(|(p, _)| p)
+    }
+
+    /// [`Policy::load`], with the identity of the file version it read (the reload thread's
+    /// starting point: a later event for the same version is not a change).
+    pub fn load_with_identity(path: &Path) -> Result<(Policy, source::FileIdentity), PolicyError> {
+        let (bytes, identity) = source::read(path)?;
+        Ok((Self::from_bytes(&bytes, path)?, identity))
     }
 
     pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Policy, PolicyError> {
@@ -224,8 +229,8 @@ impl Policy {
         if text.trim().is_empty() {
             return Err(parse_err("the file is empty".into()));
         }
-        let file: PolicyFile = serde_yaml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
-        validate::validate(file, hex::encode(Sha256::digest(bytes)))
+        let file = yaml::parse(text).map_err(|e| e.into_policy_error(path))?;
+        validate::validate(file, sha256_hex(bytes))
     }
 
     /// The dotted names of keys that changed between two policies and cannot be applied live.
@@ -437,6 +442,25 @@ fn describe_quota(q: Option<Quota>) -> String {
         None => "off".to_owned(),
         Some(q) => format!("{} per {}s", q.max_requests, q.window.as_secs()),
     }
+}
+
+/// Unit-test helper: `yaml` plus an explicit `enabled: false` for each guard section it does
+/// not write itself (every policy must have all three).
+#[cfg(test)]
+pub fn with_guards_off(yaml: &str) -> String {
+    let mut out = yaml.to_owned();
+    for section in validate::GUARD_SECTIONS {
+        let written = yaml.lines().any(|l| l.starts_with(&format!("{section}:")));
+        if !written {
+            out.push_str(&format!("\n{section}: {{enabled: false}}\n"));
+        }
+    }
+    out
+}
+
+/// The policy's identity in logs, metrics and `/readyz`: SHA-256 of the file's bytes, hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// `sha256:<64 lowercase hex>` of a key, the form `auth` entries may use instead of plaintext.

@@ -26,7 +26,41 @@ pub const DEFAULT_MAX_PROMPT_CHARS: usize = 32_768;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 const MAX_WINDOW_SECS: u64 = 86_400;
 
+/// The guards' sections, which must each be present and say `enabled:` explicitly.
+pub const GUARD_SECTIONS: [&str; 3] = ["auth", "whitelist", "rate_limit"];
+
+/// A policy cut anywhere before its end must not switch a guard off, so a guard is never off
+/// by omission: its section and its `enabled` flag must both be written out.
+fn guards_explicit(f: &PolicyFile) -> Result<(), PolicyError> {
+    let enabled = [
+        f.auth.as_ref().map(|a| a.enabled.is_some()),
+        f.whitelist.as_ref().map(|w| w.enabled.is_some()),
+        f.rate_limit.as_ref().map(|r| r.enabled.is_some()),
+    ];
+    for (section, state) in GUARD_SECTIONS.into_iter().zip(enabled) {
+        match state {
+            None => {
+                return Err(PolicyError::MissingSection {
+                    section,
+                    reason: "section is missing: every policy must say whether this guard is on \
+                             (write `enabled: false` to turn it off)",
+                });
+            }
+            Some(false) => {
+                return Err(PolicyError::MissingSection {
+                    section,
+                    reason: "section does not set `enabled`: write `enabled: true` or \
+                             `enabled: false`",
+                });
+            }
+            Some(true) => {}
+        }
+    }
+    Ok(())
+}
+
 pub fn validate(f: PolicyFile, sha256: String) -> Result<Policy, PolicyError> {
+    guards_explicit(&f)?;
     let mut warnings = Vec::new();
 
     let listen = parse_listen(f.listen.as_deref().unwrap_or(DEFAULT_LISTEN))?;
@@ -62,7 +96,7 @@ pub fn validate(f: PolicyFile, sha256: String) -> Result<Policy, PolicyError> {
                 if out.iter().any(|o| o.url == url) {
                     return Err(PolicyError::invalid(
                         format!("backends[{i}].url"),
-                        format!("{url} is listed twice"),
+                        "names a backend listed before it",
                     ));
                 }
                 let weight = b.weight.unwrap_or(1);
@@ -82,7 +116,7 @@ pub fn validate(f: PolicyFile, sha256: String) -> Result<Policy, PolicyError> {
     if !["trace", "debug", "info", "warn", "error"].contains(&log_level.as_str()) {
         return Err(PolicyError::invalid(
             "log_level",
-            format!("'{log_level}' is not one of trace, debug, info, warn, error"),
+            "must be one of trace, debug, info, warn, error",
         ));
     }
 
@@ -128,10 +162,10 @@ pub fn validate(f: PolicyFile, sha256: String) -> Result<Policy, PolicyError> {
             let fail_open = match rl.redis_failure.as_deref().unwrap_or("open") {
                 "open" => true,
                 "closed" => false,
-                other => {
+                _ => {
                     return Err(PolicyError::invalid(
                         "rate_limit.redis_failure",
-                        format!("'{other}' is not open or closed"),
+                        "must be open or closed",
                     ));
                 }
             };
@@ -146,10 +180,10 @@ pub fn validate(f: PolicyFile, sha256: String) -> Result<Policy, PolicyError> {
                 key_prefix,
             })
         }
-        other => {
+        _ => {
             return Err(PolicyError::invalid(
                 "rate_limit.backend",
-                format!("'{other}' is not memory or redis"),
+                "must be memory or redis",
             ));
         }
     };
@@ -299,12 +333,7 @@ pub fn validate(f: PolicyFile, sha256: String) -> Result<Policy, PolicyError> {
 
 /// `:18789` (every interface, as in Go), `HOST:PORT`, `[v6]:PORT`.
 fn parse_listen(s: &str) -> Result<SocketAddr, PolicyError> {
-    let bad = || {
-        PolicyError::invalid(
-            "listen",
-            format!("'{s}' is not ':PORT', 'IP:PORT' or '[IPv6]:PORT'"),
-        )
-    };
+    let bad = || PolicyError::invalid("listen", "must be ':PORT', 'IP:PORT' or '[IPv6]:PORT'");
     if let Some(port) = s.strip_prefix(':') {
         let port: u16 = port.parse().map_err(|_| bad())?;
         return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
@@ -317,7 +346,7 @@ fn parse_listen(s: &str) -> Result<SocketAddr, PolicyError> {
 }
 
 fn parse_ollama(key: &str, s: &str) -> Result<String, PolicyError> {
-    let bad = |why: &str| PolicyError::invalid(key, format!("'{s}' {why}"));
+    let bad = |why: &str| PolicyError::invalid(key, why);
     let rest = s
         .strip_prefix("http://")
         .ok_or_else(|| bad("must start with http:// (Ollama speaks plain HTTP)"))?;
@@ -372,7 +401,7 @@ fn seconds(key: &str, v: Option<f64>, default: f64) -> Result<Duration, PolicyEr
 
 fn header_name(key: &str, v: &str) -> Result<HeaderName, PolicyError> {
     HeaderName::try_from(v)
-        .map_err(|_| PolicyError::invalid(key, format!("'{v}' is not a valid HTTP header name")))
+        .map_err(|_| PolicyError::invalid(key, "must be a valid HTTP header name"))
 }
 
 fn ip_set(key: &str, items: &[String]) -> Result<IpSet, PolicyError> {
@@ -502,7 +531,7 @@ fn validate_auth(
                     if models.to_upstream(&m).is_none() {
                         return Err(PolicyError::invalid(
                             format!("{path}.models[{j}]"),
-                            format!("'{m}' is not one of the public names under `models`"),
+                            "is not one of the public names under `models`",
                         ));
                     }
                     set.insert(m);
@@ -519,13 +548,13 @@ fn validate_auth(
         if !ids.insert(k.id.clone()) {
             return Err(PolicyError::invalid(
                 "auth.keys",
-                format!("key id '{}' is used twice", k.id),
+                format!("entry {i} uses a key id that an entry before it uses"),
             ));
         }
         if !digests.insert(k.digest) {
             return Err(PolicyError::invalid(
                 "auth",
-                format!("the key of entry {i} ('{}') is listed twice", k.id),
+                format!("the key of entry {i} is listed twice"),
             ));
         }
     }
@@ -569,8 +598,90 @@ whitelist:
   ips: ["127.0.0.1", "10.0.0.0/16"]
 "#;
 
+    /// Loads `s` with every guard section it does not write set to `enabled: false`.
     fn load(s: &str) -> Result<Policy, PolicyError> {
+        load_exact(&crate::policy::with_guards_off(s))
+    }
+
+    fn load_exact(s: &str) -> Result<Policy, PolicyError> {
         Policy::from_bytes(s.as_bytes(), Path::new("policy.yaml"))
+    }
+
+    #[test]
+    fn a_file_cut_anywhere_never_loads_with_a_guard_off() {
+        // Every prefix of the article's file and of the shipped policy (cut at any byte)
+        // either fails or keeps all three guards on, with the same ranges or fewer.
+        let shipped = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("policy/policy.yaml"),
+        )
+        .unwrap();
+        for text in [ARTICLE, shipped.as_str()] {
+            let loaded = cut_everywhere(text);
+            assert!(loaded > 0, "no prefix loaded: the test would prove nothing");
+        }
+    }
+
+    /// Loads every prefix of `text`; returns how many loaded.
+    fn cut_everywhere(text: &str) -> usize {
+        let full = load_exact(text).unwrap();
+        let full_quota = full.rate_limit.map(|q| q.max_requests);
+        let mut loaded = 0;
+        for cut in (0..text.len()).filter(|&c| text.is_char_boundary(c)) {
+            let Ok(p) = load_exact(&text[..cut]) else {
+                continue;
+            };
+            loaded += 1;
+            assert!(p.auth.is_some(), "auth off at cut {cut}");
+            assert!(p.whitelist.is_some(), "whitelist off at cut {cut}");
+            assert!(p.rate_limit.is_some(), "rate limit off at cut {cut}");
+            for net in p
+                .whitelist
+                .as_ref()
+                .map(|w| w.nets().to_vec())
+                .unwrap_or_default()
+            {
+                assert!(
+                    full.whitelist
+                        .as_ref()
+                        .is_some_and(|w| w.nets().contains(&net)),
+                    "cut {cut} allows {net}"
+                );
+            }
+            assert!(
+                p.rate_limit.map(|q| q.max_requests) <= full_quota,
+                "cut {cut}"
+            );
+            let keys = |p: &Policy| p.auth.as_ref().map(|a| a.keys.len()).unwrap_or(0);
+            assert!(keys(&p) <= keys(&full), "cut {cut}");
+        }
+        loaded
+    }
+
+    #[test]
+    fn missing_guard_sections_are_named() {
+        for (yaml, section) in [
+            ("listen: ':1'\n", "auth"),
+            ("auth: {enabled: false}\n", "whitelist"),
+            (
+                "auth: {enabled: false}\nwhitelist: {enabled: false}\n",
+                "rate_limit",
+            ),
+            (
+                "auth: {enabled: false}\nwhitelist: {ips: ['10.0.0.0/8']}\nrate_limit: {enabled: false}\n",
+                "whitelist",
+            ),
+        ] {
+            match load_exact(yaml) {
+                Err(PolicyError::MissingSection { section: s, .. }) => assert_eq!(s, section),
+                other => panic!("{yaml}: expected MissingSection({section}), got {other:?}"),
+            }
+        }
+        let msg = load_exact("whitelist: {enabled: false}\nrate_limit: {enabled: false}\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(msg.contains("`auth` section is missing"), "{msg}");
+        assert!(msg.contains("enabled: false"), "{msg}");
     }
 
     #[test]
@@ -639,14 +750,20 @@ whitelist:
                 "backends: [{url: 'http://b:1', weight: 0}]",
                 "backends[0].weight",
             ),
-            ("rate_limit: {backend: redis}", "rate_limit.redis_url"),
             (
-                "rate_limit: {backend: redis, redis_url: 'redis://x', redis_failure: maybe}",
+                "rate_limit: {enabled: false, backend: redis}",
+                "rate_limit.redis_url",
+            ),
+            (
+                "rate_limit: {enabled: false, backend: redis, redis_url: 'redis://x', redis_failure: maybe}",
                 "rate_limit.redis_failure",
             ),
-            ("rate_limit: {backend: etcd}", "rate_limit.backend"),
             (
-                "rate_limit: {backend: redis, redis_url: 'rediss://x'}",
+                "rate_limit: {enabled: false, backend: etcd}",
+                "rate_limit.backend",
+            ),
+            (
+                "rate_limit: {enabled: false, backend: redis, redis_url: 'rediss://x'}",
                 "rate_limit.redis_url",
             ),
             (

@@ -1,0 +1,274 @@
+//! YAML text -> [`PolicyFile`], bounded in time, strict about gaps, and silent about values.
+//!
+//! Three passes, each for a failure seen in the field:
+//! - a scan of flow nesting (`[[[[…`, `{a: {a: …`) before the YAML parser sees the text: the
+//!   parser's time grows with the square of the depth (200 KB of it took 42 s of CPU), and no
+//!   policy needs more than a few levels;
+//! - a walk of the parsed tree that refuses an empty value (`max_requests:` with nothing after
+//!   it): a file cut short must not quietly fall back to a default that is looser than what the
+//!   operator wrote;
+//! - the typed parse, whose error names the dotted field and the type it expected. serde's own
+//!   messages quote the offending value (`invalid type: string "sk-…"`), and a key pasted under
+//!   the wrong field would end up in the log and on `/readyz`; they are rewritten without it.
+
+use serde_yaml::Value;
+
+use super::{PolicyError, PolicyFile};
+
+/// Deepest nesting of flow collections accepted. The shipped policy uses two.
+pub const MAX_FLOW_DEPTH: usize = 32;
+
+pub fn parse(text: &str) -> Result<PolicyFile, ParseError> {
+    flow_depth_ok(text)?;
+    let value: Value = serde_yaml::from_str(text).map_err(|e| ParseError::Syntax(scrub(&e)))?;
+    if !matches!(value, Value::Mapping(_)) {
+        return Err(ParseError::Syntax(
+            "the file must be a YAML mapping of policy sections".to_owned(),
+        ));
+    }
+    no_empty_values(&value, &mut String::new())?;
+    serde_path_to_error::deserialize::<_, PolicyFile>(value).map_err(|e| {
+        let path = e.path().to_string();
+        let reason = scrub(e.inner());
+        ParseError::Field {
+            key: if path == "." { String::new() } else { path },
+            reason,
+        }
+    })
+}
+
+/// Why the text is not a policy; becomes a [`PolicyError`] with the file's path.
+#[derive(Debug)]
+pub enum ParseError {
+    Syntax(String),
+    Field { key: String, reason: String },
+}
+
+impl ParseError {
+    pub fn into_policy_error(self, path: &std::path::Path) -> PolicyError {
+        match self {
+            ParseError::Syntax(message) => PolicyError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            ParseError::Field { key, reason } if key.is_empty() => PolicyError::Parse {
+                path: path.to_owned(),
+                message: reason,
+            },
+            ParseError::Field { key, reason } => PolicyError::Invalid { key, reason },
+        }
+    }
+}
+
+/// Counts `[`/`{` nesting outside quoted scalars and comments.
+fn flow_depth_ok(text: &str) -> Result<(), ParseError> {
+    let mut depth = 0usize;
+    let mut quote: Option<u8> = None;
+    let mut prev = b'\n';
+    let mut bytes = text.bytes().peekable();
+    while let Some(b) = bytes.next() {
+        match quote {
+            Some(b'"') => match b {
+                b'\\' => {
+                    bytes.next();
+                }
+                b'"' => quote = None,
+                _ => {}
+            },
+            Some(_) => {
+                // Single-quoted: '' is an escaped quote, which this reads as close-then-open.
+                if b == b'\'' {
+                    quote = None;
+                }
+            }
+            None => match b {
+                b'"' | b'\'' => quote = Some(b),
+                b'#' if prev.is_ascii_whitespace() => {
+                    for c in bytes.by_ref() {
+                        if c == b'\n' {
+                            break;
+                        }
+                    }
+                    prev = b'\n';
+                    continue;
+                }
+                b'[' | b'{' => {
+                    depth += 1;
+                    if depth > MAX_FLOW_DEPTH {
+                        return Err(ParseError::Syntax(format!(
+                            "flow collections ([...] or {{...}}) are nested deeper than \
+                             {MAX_FLOW_DEPTH} levels"
+                        )));
+                    }
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            },
+        }
+        prev = b;
+    }
+    Ok(())
+}
+
+/// Refuses `key:` with nothing after it, and `- ` list items with nothing in them.
+fn no_empty_values(v: &Value, path: &mut String) -> Result<(), ParseError> {
+    match v {
+        Value::Mapping(m) => {
+            for (k, child) in m {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                match k {
+                    Value::String(s) => path.push_str(s),
+                    _ => path.push('?'),
+                }
+                if child.is_null() {
+                    return Err(ParseError::Field {
+                        key: path.clone(),
+                        reason: "has no value (was the file cut short?); write a value or \
+                                 remove the line"
+                            .to_owned(),
+                    });
+                }
+                no_empty_values(child, path)?;
+                path.truncate(len);
+            }
+        }
+        Value::Sequence(items) => {
+            for (i, child) in items.iter().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                if child.is_null() {
+                    return Err(ParseError::Field {
+                        key: path.clone(),
+                        reason: "is an empty list item".to_owned(),
+                    });
+                }
+                no_empty_values(child, path)?;
+                path.truncate(len);
+            }
+        }
+        Value::Tagged(t) => no_empty_values(&t.value, path)?,
+        _ => {}
+    }
+    Ok(())
+}
+
+/// serde's message without the value it quotes: `invalid type: string "x", expected a
+/// sequence` -> `wrong type: found a string, expected a sequence`.
+fn scrub(e: &dyn std::fmt::Display) -> String {
+    let msg = e.to_string();
+    // serde_yaml prefixes its own path (`auth.valid_keys: ...`); the caller names the field.
+    let (loc_free, location) = match msg.rfind(" at line ") {
+        Some(i) => (&msg[..i], &msg[i..]),
+        None => (msg.as_str(), ""),
+    };
+    let body = loc_free
+        .split_once(": ")
+        .filter(|(head, _)| !head.contains(' ') && !head.is_empty())
+        .map_or(loc_free, |(_, rest)| rest);
+    let rewritten = if let Some(rest) = body
+        .strip_prefix("invalid type: ")
+        .or_else(|| body.strip_prefix("invalid value: "))
+    {
+        let found = rest.split([' ', ',']).next().unwrap_or("value");
+        match rest.split_once(", expected ") {
+            Some((_, expected)) => format!(
+                "wrong type or value: found {} {found}, expected {expected}",
+                article(found)
+            ),
+            None => format!("wrong type or value: found {} {found}", article(found)),
+        }
+    } else if body.starts_with("duplicate entry") {
+        "a key appears twice in the same mapping".to_owned()
+    } else {
+        body.to_owned()
+    };
+    format!("{}{location}", strip_quoted(&rewritten))
+}
+
+fn article(word: &str) -> &'static str {
+    if word.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    }
+}
+
+/// Drops anything between double quotes: a last guard against a quoted value slipping through.
+fn strip_quoted(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut inside = false;
+    for c in s.chars() {
+        if c == '"' {
+            if !inside {
+                out.push_str("\"…");
+            } else {
+                out.push('"');
+            }
+            inside = !inside;
+        } else if !inside {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        match parse(text) {
+            Ok(_) => String::from("(parsed)"),
+            Err(ParseError::Syntax(m)) => m,
+            Err(ParseError::Field { key, reason }) => format!("{key}: {reason}"),
+        }
+    }
+
+    #[test]
+    fn values_never_appear_in_errors() {
+        let e = err("auth: {enabled: true, valid_keys: \"some-secret-key\"}\n");
+        assert!(e.starts_with("auth.valid_keys: "), "{e}");
+        assert!(e.contains("expected a sequence"), "{e}");
+        assert!(!e.contains("some-secret-key"), "{e}");
+        let e = err("rate_limit: {enabled: true, max_requests: -77123}\n");
+        assert!(!e.contains("77123"), "{e}");
+        assert!(e.starts_with("rate_limit.max_requests"), "{e}");
+        let e = err("listen: [\"secret-in-a-list\"]\n");
+        assert!(!e.contains("secret-in-a-list"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused() {
+        let e = err("models:\n  qwen3: a\n  qwen3: b\n");
+        assert!(e.contains("appears twice"), "{e}");
+    }
+
+    #[test]
+    fn empty_values_are_refused_with_their_path() {
+        assert_eq!(
+            err("rate_limit:\n  enabled: true\n  max_requests:\n"),
+            "rate_limit.max_requests: has no value (was the file cut short?); write a value or remove the line"
+        );
+        assert!(err("auth:\n").starts_with("auth: has no value"));
+        assert!(err("trusted_proxies:\n  -\n").starts_with("trusted_proxies[0]"));
+    }
+
+    #[test]
+    fn deep_flow_nesting_is_refused_fast() {
+        let deep = format!("models: {}", "[".repeat(200_000));
+        let t = std::time::Instant::now();
+        let e = err(&deep);
+        assert!(e.contains("nested deeper"), "{e}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(1));
+        // Brackets inside quotes and comments are not nesting.
+        let quoted = format!(
+            "# {}\nlog_level: \"{}\"\n",
+            "[".repeat(100),
+            "{".repeat(100)
+        );
+        assert!(!err(&quoted).contains("nested deeper"));
+    }
+}

@@ -1,0 +1,266 @@
+//! Attacks on the gateway's promises, each kept as a test: policy files caught mid-write, files
+//! that are not files, values that must not leak, hostile upstreams, vanishing clients, floods.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Not in the article's allowlist, and not a trusted proxy.
+fn outsider() -> Option<IpAddr> {
+    Some("127.0.0.2".parse().unwrap())
+}
+
+fn keyless_from_outsider(gw: &Gateway) -> u16 {
+    request_from(
+        outsider(),
+        gw.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        Some(hello("qwen3:32b").to_string().as_bytes()),
+    )
+    .status
+}
+
+fn rejected_reloads(gw: &Gateway) -> usize {
+    gw.stderr_text().matches("Policy reload rejected").count()
+}
+
+fn readyz(gw: &Gateway) -> serde_json::Value {
+    request(gw.addr, "GET", "/readyz", &[], None).json()
+}
+
+/// The article's policy, cut just before `auth:`: a save caught halfway.
+fn first_half(full: &str) -> &str {
+    &full[..full.find("auth:").unwrap()]
+}
+
+// ---- 1. reloads that can never weaken the guard ----
+
+#[test]
+fn a_half_written_policy_never_opens_the_door() {
+    let fake = Fake::start(&[]);
+    let gw = Gateway::start(article_policy(), &fake.url());
+    assert_eq!(keyless_from_outsider(&gw), 403);
+    let full = Gateway::render(article_policy(), &fake.url(), gw.dir.path());
+
+    // The writer stops for as long as it likes after the first half.
+    let mut f = std::fs::File::create(&gw.policy_path).unwrap();
+    f.write_all(first_half(&full).as_bytes()).unwrap();
+    f.flush().unwrap();
+    wait_for(
+        Duration::from_secs(10),
+        "the half file to be refused",
+        || (rejected_reloads(&gw) >= 1).then_some(()),
+    );
+    assert!(
+        gw.stderr_text().contains("`auth` section is missing"),
+        "{}",
+        gw.stderr_text()
+    );
+    assert_eq!(
+        keyless_from_outsider(&gw),
+        403,
+        "half a policy opened the door"
+    );
+    assert_eq!(gw.chat("", &hello("qwen3:32b")).status, 401);
+    assert_eq!(readyz(&gw)["policy"]["last_reload_ok"], false);
+
+    // The rest arrives: the whole file applies (same content as before: back to the
+    // running policy, and /readyz no longer shows the error).
+    f.write_all(&full.as_bytes()[first_half(&full).len()..])
+        .unwrap();
+    drop(f);
+    wait_for(Duration::from_secs(10), "readyz to clear", || {
+        (readyz(&gw)["policy"]["last_reload_ok"] == true).then_some(())
+    });
+    assert_eq!(gw.chat(KEY, &hello("qwen3:32b")).status, 200);
+}
+
+#[test]
+fn a_save_in_quick_steps_is_applied_once_whole() {
+    let fake = Fake::start(&[]);
+    let gw = Gateway::start(article_policy(), &fake.url());
+    let full = Gateway::render(article_policy(), &fake.url(), gw.dir.path())
+        .replace("prod-key-2024-qwen3", "rotated-key-2025-qwen3");
+    // A writer that pauses 40 ms between two writes (longer than the watcher's debounce,
+    // shorter than the settle time): the first half is never even evaluated.
+    let mut f = std::fs::File::create(&gw.policy_path).unwrap();
+    f.write_all(first_half(&full).as_bytes()).unwrap();
+    f.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(40)); // the writer's pause, not a wait
+    f.write_all(&full.as_bytes()[first_half(&full).len()..])
+        .unwrap();
+    drop(f);
+    gw.wait_log("Policy reloaded.", 0);
+    assert_eq!(rejected_reloads(&gw), 0, "{}", gw.stderr_text());
+    assert_eq!(
+        gw.chat("rotated-key-2025-qwen3", &hello("qwen3:32b"))
+            .status,
+        200
+    );
+    assert_eq!(gw.chat(KEY, &hello("qwen3:32b")).status, 401);
+}
+
+#[test]
+fn reading_the_policy_is_not_a_change() {
+    let fake = Fake::start(&[]);
+    let gw = Gateway::start(article_policy(), &fake.url());
+    // A rejected file makes a re-read loop visible: every read would log the rejection again.
+    std::fs::write(&gw.policy_path, "auth: {enabled: maybe}\n").unwrap();
+    wait_for(
+        Duration::from_secs(10),
+        "the bad file to be refused",
+        || (rejected_reloads(&gw) >= 1).then_some(()),
+    );
+    for _ in 0..5 {
+        let out = Command::new("cat").arg(&gw.policy_path).output().unwrap();
+        assert!(out.status.success());
+        let out = Command::new(GATEWAY)
+            .arg("check")
+            .arg("-c")
+            .arg(&gw.policy_path)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+    }
+    // Over the next second (five settle times), nothing reads the file again.
+    let until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until {
+        assert_eq!(rejected_reloads(&gw), 1, "{}", gw.stderr_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SIGHUP still reads it, whatever its identity.
+    let mark = gw.log_len();
+    gw.signal("HUP");
+    gw.wait_log("Policy reload rejected", mark);
+}
+
+#[test]
+fn only_regular_files_are_read_and_a_fifo_blocks_nothing() {
+    let fake = Fake::start(&[]);
+    let gw = Gateway::start(article_policy(), &fake.url());
+    let good = std::fs::read_to_string(&gw.policy_path).unwrap();
+    std::fs::remove_file(&gw.policy_path).unwrap();
+    let ok = Command::new("mkfifo")
+        .arg(&gw.policy_path)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    gw.wait_log("not a regular file", 0);
+    // `check` on the FIFO answers at once instead of hanging.
+    let started = Instant::now();
+    let out = Command::new(GATEWAY)
+        .arg("check")
+        .arg("-c")
+        .arg(&gw.policy_path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a regular file"));
+
+    // A symlink to /dev/zero is refused too, without reading it.
+    std::fs::remove_file(&gw.policy_path).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &gw.policy_path).unwrap();
+    let mark = gw.log_len();
+    gw.signal("HUP");
+    gw.wait_log("not a regular file", mark);
+
+    // The reload thread is still alive: a good file (a rotated key) applies.
+    std::fs::remove_file(&gw.policy_path).unwrap();
+    std::fs::write(
+        &gw.policy_path,
+        good.replace("prod-key-2024-qwen3", "after-fifo-key-0001"),
+    )
+    .unwrap();
+    gw.wait_log("Policy reloaded.", 0);
+    assert_eq!(
+        gw.chat("after-fifo-key-0001", &hello("qwen3:32b")).status,
+        200
+    );
+    assert_eq!(readyz(&gw)["policy"]["last_reload_ok"], true);
+}
+
+#[test]
+fn a_policy_error_never_shows_a_value_and_clears_when_fixed() {
+    let fake = Fake::start(&[]);
+    let gw = Gateway::start(article_policy(), &fake.url());
+    let good = std::fs::read_to_string(&gw.policy_path).unwrap();
+    let secret = "sk-live-canary-7f3a9";
+    let bad = good.replace(
+        "valid_keys: [\"prod-key-2024-qwen3\"]",
+        &format!("valid_keys: \"{secret}\""),
+    );
+    assert_ne!(bad, good);
+    std::fs::write(&gw.policy_path, &bad).unwrap();
+    wait_for(
+        Duration::from_secs(10),
+        "the bad file to be refused",
+        || (rejected_reloads(&gw) >= 1).then_some(()),
+    );
+    let ready = readyz(&gw);
+    let error = ready["policy"]["last_reload_error"].as_str().unwrap_or("");
+    assert!(error.contains("auth.valid_keys"), "{error}");
+    assert!(error.contains("expected a sequence"), "{error}");
+    assert!(!ready.to_string().contains(secret), "{ready}");
+    assert!(
+        !gw.stderr_text().contains(secret),
+        "the value reached the log"
+    );
+    let out = Command::new(GATEWAY)
+        .arg("check")
+        .arg("-c")
+        .arg(&gw.policy_path)
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&out.stderr).contains(secret));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(secret));
+
+    // Fixed by putting the old file back: nothing to apply, but the error is gone.
+    std::fs::write(&gw.policy_path, &good).unwrap();
+    wait_for(Duration::from_secs(10), "readyz to clear", || {
+        let r = readyz(&gw);
+        (r["policy"]["last_reload_ok"] == true && r["policy"]["last_reload_error"].is_null())
+            .then_some(())
+    });
+}
+
+#[test]
+fn check_names_missing_sections_and_duplicate_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p.yaml");
+    let check = |text: &str| {
+        std::fs::write(&p, text).unwrap();
+        let out = Command::new(GATEWAY)
+            .arg("check")
+            .arg("-c")
+            .arg(&p)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = check("listen: \"127.0.0.1:1\"\nauth: {enabled: false}\n");
+    assert!(!ok);
+    assert!(err.contains("`whitelist` section is missing"), "{err}");
+    let (ok, err) = check(
+        "auth: {enabled: false}\nwhitelist: {enabled: false}\nrate_limit: {enabled: false}\n\
+         models:\n  qwen: qwen3:32b\n  qwen: llama3\n",
+    );
+    assert!(!ok);
+    assert!(err.contains("appears twice"), "{err}");
+    let (ok, err) = check(
+        "auth: {enabled: false}\nwhitelist: {enabled: false}\nrate_limit: {enabled: false}\n",
+    );
+    assert!(ok, "{err}");
+}
