@@ -155,11 +155,7 @@ fn request_id(req: &ServiceRequest) -> String {
 
 /// The path as audited: at most 256 characters (a client picks it).
 fn audit_path(path: &str) -> String {
-    if path.len() <= 256 {
-        path.to_owned()
-    } else {
-        path.chars().take(256).collect()
-    }
+    audit::clip(path, 256)
 }
 
 /// The response body, carrying the audit cell until the last byte is out (or the client left).

@@ -30,6 +30,15 @@ use crate::metrics::{FinishedRequest, Metrics, rejection_reason};
 use crate::telemetry::AuditWriter;
 
 /// A batch is handed over once it holds this much...
+/// A client-supplied string as the audit line keeps it: at most `max` characters, so a client
+/// cannot grow the audit log by megabytes per request.
+pub fn clip(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        None => s.to_owned(),
+        Some((cut, _)) => s[..cut].to_owned(),
+    }
+}
+
 pub const FLUSH_BYTES: usize = 32 * 1024;
 /// ...or this long after its first line, whichever comes first.
 pub const FLUSH_AFTER: Duration = Duration::from_millis(50);

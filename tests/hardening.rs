@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
+use serde_json::{Value, json};
 
 /// Not in the article's allowlist, and not a trusted proxy.
 fn outsider() -> Option<IpAddr> {
@@ -263,4 +264,101 @@ fn check_names_missing_sections_and_duplicate_models() {
         "auth: {enabled: false}\nwhitelist: {enabled: false}\nrate_limit: {enabled: false}\n",
     );
     assert!(ok, "{err}");
+}
+
+// ---- 2. count what the model reads ----
+
+#[test]
+fn every_string_the_model_reads_counts_toward_the_prompt_limit() {
+    let fake = Fake::start(&[]);
+    let gw = Gateway::start(article_policy(), &fake.url());
+    let big = "x".repeat(50_000);
+    let user = json!({"role": "user", "content": "hi"});
+    let tool = |desc: &str, name: &str, params: Value| json!([{"type": "function", "function": {"name": name, "description": desc, "parameters": params}}]);
+    let cases: Vec<(&str, Value)> = vec![
+        (
+            "tool description",
+            json!({"messages": [user], "tools": tool(&big, "f", json!({"type": "object"}))}),
+        ),
+        (
+            "tool name",
+            json!({"messages": [user], "tools": tool("d", &big, json!({"type": "object"}))}),
+        ),
+        (
+            "tool parameters",
+            json!({"messages": [user], "tools": tool("d", "f", json!({"type": "object", "properties": {"a": {"type": "string", "description": big}}}))}),
+        ),
+        (
+            "tool-call arguments",
+            json!({"messages": [user, {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": json!({"a": big}).to_string()}}]}]}),
+        ),
+        (
+            "reasoning_content",
+            json!({"messages": [{"role": "assistant", "content": "a", "reasoning_content": big}, user]}),
+        ),
+        (
+            "tool message name",
+            json!({"messages": [user, {"role": "tool", "name": big, "content": "r"}]}),
+        ),
+        (
+            "tool_call_id",
+            json!({"messages": [user, {"role": "tool", "tool_call_id": big, "content": "r"}]}),
+        ),
+        (
+            "json schema",
+            json!({"messages": [user], "response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": {"type": "object", "description": big}}}}),
+        ),
+        ("stop", json!({"messages": [user], "stop": [big]})),
+    ];
+    for (what, mut body) in cases {
+        body["model"] = json!("qwen3:32b");
+        let r = gw.chat(KEY, &body);
+        assert_eq!(r.status, 400, "{what}: {}", r.text());
+        assert_eq!(
+            r.error_message(),
+            "prompt too long, max 32768 chars",
+            "{what}"
+        );
+    }
+    assert_eq!(
+        fake.chat_requests(),
+        0,
+        "an over-long prompt reached Ollama"
+    );
+}
+
+#[test]
+fn max_messages_counts_content_parts_and_model_names_are_capped() {
+    let fake = Fake::start(&[]);
+    let gw = Gateway::start(article_policy(), &fake.url());
+    let parts: Vec<Value> = (0..20_000)
+        .map(|_| json!({"type": "text", "text": ""}))
+        .collect();
+    let messages: Vec<Value> = (0..5)
+        .map(|_| json!({"role": "user", "content": parts}))
+        .collect();
+    let r = gw.chat(KEY, &json!({"model": "qwen3:32b", "messages": messages}));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.error_message().contains("too many messages, max 1000"),
+        "{}",
+        r.text()
+    );
+
+    let long_model = "m".repeat(60_000);
+    let r = gw.chat(KEY, &hello(&long_model));
+    assert_eq!(r.status, 400);
+    assert!(
+        r.error_message().contains("model name too long"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(fake.chat_requests(), 0);
+    let audit = wait_for(Duration::from_secs(5), "audit lines", || {
+        let lines = gw.audit_lines();
+        (lines.len() >= 2).then_some(lines)
+    });
+    for line in audit {
+        assert!(line.to_string().len() < 2_000, "audit line too long");
+    }
 }

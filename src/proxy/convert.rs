@@ -24,28 +24,77 @@ fn bad(message: impl Into<String>) -> GatewayError {
     }
 }
 
-/// Unicode characters of all text in `messages`: string contents and text parts alike.
+/// Unicode characters of every piece of text the model reads, which is what
+/// `limits.max_prompt_chars` bounds: message contents (string or text parts), names, tool
+/// call ids, reasoning, assistant tool calls (name and arguments), tool definitions (every key
+/// and string in them: descriptions, names, parameter schemas), a JSON schema for the answer,
+/// and `stop` strings. Leaving any of them out let 50,000-character tool descriptions through.
 pub fn prompt_chars(req: &ChatRequest) -> usize {
-    req.messages
-        .iter()
-        .map(|m| match &m.content {
-            Some(Content::Text(t)) => t.chars().count(),
+    let chars = |s: &str| s.chars().count();
+    let opt = |s: &Option<String>| s.as_deref().map_or(0, chars);
+    let mut n = 0;
+    for m in &req.messages {
+        n += match &m.content {
+            Some(Content::Text(t)) => chars(t),
             Some(Content::Parts(parts)) => parts
                 .iter()
                 .map(|p| match p {
-                    Part::Text { text } => text.chars().count(),
+                    Part::Text { text } => chars(text),
                     Part::ImageUrl { .. } => 0,
                 })
                 .sum(),
             None => 0,
-        })
-        .sum()
+        };
+        n += opt(&m.name) + opt(&m.tool_call_id) + opt(&m.reasoning) + opt(&m.reasoning_content);
+        for tc in m.tool_calls.iter().flatten() {
+            n += opt(&tc.id) + chars(&tc.function.name) + chars(&tc.function.arguments);
+        }
+    }
+    for tool in req.tools.iter().flatten() {
+        n += value_chars(tool);
+    }
+    if let Some(schema) = req
+        .response_format
+        .as_ref()
+        .and_then(|f| f.json_schema.as_ref())
+        .and_then(|s| s.schema.as_ref())
+    {
+        n += value_chars(schema);
+    }
+    n += match &req.stop {
+        Some(Stop::One(s)) => chars(s),
+        Some(Stop::Many(v)) => v.iter().map(|s| chars(s)).sum(),
+        None => 0,
+    };
+    n
 }
+
+/// Characters of every string in a JSON value, object keys included.
+fn value_chars(v: &Value) -> usize {
+    match v {
+        Value::String(s) => s.chars().count(),
+        Value::Array(items) => items.iter().map(value_chars).sum(),
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| k.chars().count() + value_chars(v))
+            .sum(),
+        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+    }
+}
+
+/// Longest model name accepted: real names are tens of characters, and the name is written
+/// into the audit line and the logs.
+pub const MAX_MODEL_CHARS: usize = 256;
 
 /// Checks what serde cannot: values and combinations.
 pub fn check_request(req: &ChatRequest, max_messages: usize) -> Result<(), GatewayError> {
     if req.model.trim().is_empty() {
         return Err(bad("model is required"));
+    }
+    if req.model.chars().count() > MAX_MODEL_CHARS {
+        return Err(bad(format!(
+            "model name too long, max {MAX_MODEL_CHARS} characters"
+        )));
     }
     if req.messages.is_empty() {
         return Err(bad("messages must contain at least one message"));
@@ -55,6 +104,20 @@ pub fn check_request(req: &ChatRequest, max_messages: usize) -> Result<(), Gatew
     }
     if req.n.is_some_and(|n| n != 1) {
         return Err(bad("n must be 1: only one choice per request is supported"));
+    }
+    Ok(())
+}
+
+/// `limits.max_messages` bounds what Ollama receives: each content part becomes a message
+/// of its own there, so a few messages of many parts must not slip past it.
+pub fn check_native_messages(
+    native: &ollama::ChatRequest<'_>,
+    max_messages: usize,
+) -> Result<(), GatewayError> {
+    if native.messages.len() > max_messages {
+        return Err(bad(format!(
+            "too many messages, max {max_messages} (each content part counts as one)"
+        )));
     }
     Ok(())
 }

@@ -249,7 +249,7 @@ pub async fn chat_completions(
     let chat: ChatRequest = parse_json(&body)?;
     let stream = chat.stream.unwrap_or(false);
     ctx.audit.update(|r| {
-        r.model = Some(chat.model.clone());
+        r.model = Some(crate::audit::clip(&chat.model, convert::MAX_MODEL_CHARS));
         r.stream = stream;
     });
     convert::check_request(&chat, policy.limits.max_messages)?;
@@ -273,6 +273,7 @@ pub async fn chat_completions(
                 model: chat.model.clone(),
             })?;
     let native = convert::to_ollama(&chat, upstream_model)?;
+    convert::check_native_messages(&native, policy.limits.max_messages)?;
     let native_body = serde_json::to_vec(&native).map_err(|_| GatewayError::Internal)?;
 
     let sent = Instant::now();
