@@ -34,6 +34,7 @@ use crate::policy::Policy;
 use crate::proxy::{self, upstream::Upstream};
 use crate::ratelimit::RateLimiter;
 use crate::ratelimit::redis::RedisLimiter;
+use crate::shutdown::Shutdown;
 use crate::telemetry::{AuditWriter, LogLevel};
 
 /// A constant: a header looked up by &str is parsed into a name on every call.
@@ -63,6 +64,8 @@ pub struct AppState {
     pub audit: Arc<AuditSink>,
     pub reload: Mutex<ReloadStatus>,
     pub log_level: LogLevel,
+    /// Fires when the shutdown grace period is over.
+    pub shutdown: Arc<Shutdown>,
 }
 
 impl AppState {
@@ -91,6 +94,7 @@ impl AppState {
                 in_progress_since: None,
             }),
             log_level,
+            shutdown: Arc::new(Shutdown::default()),
         }
     }
 
@@ -212,7 +216,14 @@ async fn gate(
         audit: audit.clone(),
     }));
 
-    let mut res = match next.call(req).await {
+    // A request still waiting for its answer when the shutdown grace ends gets a 503 rather
+    // than a dropped connection.
+    let shutdown = state.shutdown.clone();
+    let called = tokio::select! {
+        r = next.call(req) => r,
+        () = shutdown.cut() => Err(GatewayError::Interrupted.into()),
+    };
+    let mut res = match called {
         Ok(res) => res,
         // Errors from extractors or the framework still get the envelope and an audit line.
         Err(e) => {
@@ -281,6 +292,42 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(web::resource("/metrics").route(web::get().to(health::metrics)));
 }
 
+/// SIGTERM or SIGINT: stop accepting and let requests finish; when the grace period is over,
+/// cut what is still running (streams end with an error event, waiting requests get 503).
+async fn stop_on_signal(
+    handle: actix_web::dev::ServerHandle,
+    shutdown: Arc<Shutdown>,
+    grace: Duration,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("Cannot listen for SIGTERM/SIGINT.");
+        return;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(
+        signal = name,
+        grace_s = grace.as_secs(),
+        "Stopping: no new connections; in-flight requests may finish."
+    );
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    let stop = handle.stop(true);
+    tokio::pin!(stop);
+    tokio::select! {
+        () = &mut stop => return,
+        () = tokio::time::sleep(grace) => {}
+    }
+    tracing::warn!("Shutdown grace period over: cutting the requests still running.");
+    shutdown.cut_now();
+    stop.await;
+}
+
 /// Binds, serves until SIGTERM/SIGINT, drains in-flight requests for the grace period.
 pub async fn run(state: Arc<AppState>, workers: Option<usize>) -> anyhow::Result<()> {
     let policy = state.policy.load_full();
@@ -300,12 +347,21 @@ pub async fn run(state: Arc<AppState>, workers: Option<usize>) -> anyhow::Result
             .wrap(from_fn(gate))
     })
     .backlog(1024)
+    // A client that closes its connection is noticed at once, whatever its request is doing
+    // (waiting for Ollama's first byte, or a stream with nothing to send): the request is
+    // dropped, and with it the upstream request, so Ollama stops generating for nobody.
+    // (HTTP clients do not half-close and wait; Nginx never does.)
+    .h1_allow_half_closed(false)
+    // Signals are ours (below): the end of the grace period must cut streams cleanly.
+    .disable_signals()
     // Streamed answers are many small writes; Nagle's algorithm would hold each one back
     // until the client acknowledged the previous.
     .tcp_nodelay(true)
     .client_request_timeout(Duration::from_secs(10))
     .keep_alive(Duration::from_secs(75))
-    .shutdown_timeout(policy.shutdown_grace.as_secs())
+    // A little past the grace period: streams cut at its end need a moment to send their
+    // error event.
+    .shutdown_timeout(policy.shutdown_grace.as_secs() + 2)
     .workers(workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())))
     .bind(policy.listen)
     .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", policy.listen))?;
@@ -314,6 +370,11 @@ pub async fn run(state: Arc<AppState>, workers: Option<usize>) -> anyhow::Result
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     let server = server.run();
+    actix_web::rt::spawn(stop_on_signal(
+        server.handle(),
+        state.shutdown.clone(),
+        policy.shutdown_grace,
+    ));
     server.await?;
     tracing::info!("Stopped: in-flight requests finished or the grace period ended.");
     Ok(())

@@ -30,6 +30,10 @@ use crate::metrics::{FinishedRequest, Metrics, rejection_reason};
 use crate::telemetry::AuditWriter;
 
 /// A batch is handed over once it holds this much...
+pub const FLUSH_BYTES: usize = 32 * 1024;
+/// ...or this long after its first line, whichever comes first.
+pub const FLUSH_AFTER: Duration = Duration::from_millis(50);
+
 /// A client-supplied string as the audit line keeps it: at most `max` characters, so a client
 /// cannot grow the audit log by megabytes per request.
 pub fn clip(s: &str, max: usize) -> String {
@@ -38,10 +42,6 @@ pub fn clip(s: &str, max: usize) -> String {
         Some((cut, _)) => s[..cut].to_owned(),
     }
 }
-
-pub const FLUSH_BYTES: usize = 32 * 1024;
-/// ...or this long after its first line, whichever comes first.
-pub const FLUSH_AFTER: Duration = Duration::from_millis(50);
 
 /// What the line says. Filled in over the life of the request.
 #[derive(Debug, Default)]
@@ -98,10 +98,20 @@ impl AuditCell {
     }
 }
 
+/// The audit status of a request whose client went away before any answer was sent
+/// (nginx's convention).
+pub const CLIENT_CLOSED: u16 = 499;
+
 impl Drop for AuditCell {
     fn drop(&mut self) {
         let latency = self.started.elapsed();
-        let r = self.rec.borrow();
+        let mut r = self.rec.borrow_mut();
+        // Dropped without a status: the handler was cancelled because the client left before
+        // the answer began (actix drops the request when its connection closes).
+        if r.status == 0 {
+            r.status = CLIENT_CLOSED;
+            r.error = r.error.or(Some("client_closed"));
+        }
         let m = &self.sink.metrics;
         m.in_flight.dec();
         m.record_request(&FinishedRequest {

@@ -52,6 +52,9 @@ pub enum GatewayError {
     UpstreamFailed,
     #[error("rate limiter unavailable")]
     RateLimiterUnavailable,
+    /// The shutdown grace period ended before the answer did.
+    #[error("interrupted by shutdown")]
+    Interrupted,
     #[error("internal error")]
     Internal,
 }
@@ -93,6 +96,7 @@ impl GatewayError {
             GatewayError::UpstreamTimeout => "upstream_timeout",
             GatewayError::UpstreamFailed => "upstream_error",
             GatewayError::RateLimiterUnavailable => "rate_limiter_unavailable",
+            GatewayError::Interrupted => "interrupted",
             GatewayError::Internal => "internal_error",
         }
     }
@@ -114,6 +118,7 @@ impl GatewayError {
             | GatewayError::UpstreamTimeout
             | GatewayError::UpstreamFailed
             | GatewayError::RateLimiterUnavailable
+            | GatewayError::Interrupted
             | GatewayError::Internal => "api_error",
         }
     }
@@ -157,6 +162,10 @@ impl GatewayError {
                 "the gateway cannot check rate limits right now, please try again shortly"
                     .to_owned()
             }
+            GatewayError::Interrupted => {
+                "the gateway is restarting and could not finish this answer, please try again"
+                    .to_owned()
+            }
             GatewayError::Internal => "internal error".to_owned(),
         }
     }
@@ -167,7 +176,9 @@ impl GatewayError {
             | GatewayError::UpstreamUnavailable { retry_after }
             | GatewayError::UpstreamBusy { retry_after } => Some(*retry_after),
             GatewayError::RateLimited(d) => Some(d.retry_after()),
-            GatewayError::RateLimiterUnavailable => Some(Duration::from_secs(1)),
+            GatewayError::RateLimiterUnavailable | GatewayError::Interrupted => {
+                Some(Duration::from_secs(1))
+            }
             _ => None,
         }
     }
@@ -217,7 +228,8 @@ impl ResponseError for GatewayError {
             GatewayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::UpstreamUnavailable { .. }
             | GatewayError::UpstreamBusy { .. }
-            | GatewayError::RateLimiterUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            | GatewayError::RateLimiterUnavailable
+            | GatewayError::Interrupted => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::UpstreamFailed => StatusCode::BAD_GATEWAY,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,

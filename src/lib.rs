@@ -22,4 +22,5 @@ pub mod policy;
 pub mod proxy;
 pub mod ratelimit;
 pub mod reload;
+pub mod shutdown;
 pub mod telemetry;

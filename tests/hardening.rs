@@ -362,3 +362,192 @@ fn max_messages_counts_content_parts_and_model_names_are_capped() {
         assert!(line.to_string().len() < 2_000, "audit line too long");
     }
 }
+
+// ---- 3. when the client leaves, the work stops ----
+
+const HOSTILE: &str =
+    "upstream: {timeout_seconds: 0.5, max_stream_seconds: 1}\nshutdown_grace_seconds: 1\n";
+
+fn hostile_policy() -> String {
+    format!("{}{HOSTILE}", article_policy())
+}
+
+/// Sends a chat request on a raw connection and leaves it open.
+fn open_chat(gw: &Gateway, body: &Value) -> std::net::TcpStream {
+    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let body = body.to_string();
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Api-Key: {KEY}\r\n\
+         Connection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    s
+}
+
+/// Reads from `s` until `needle` has arrived; returns everything read.
+fn read_until(s: &mut std::net::TcpStream, needle: &str) -> String {
+    use std::io::Read as _;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !String::from_utf8_lossy(&got).contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} in {}",
+            String::from_utf8_lossy(&got)
+        );
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+fn read_to_end(s: &mut std::net::TcpStream) -> String {
+    use std::io::Read as _;
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+fn active_chats(fake: &Fake) -> i64 {
+    fake.stats()["active_chats"].as_i64().unwrap_or(-1)
+}
+
+fn audit_line_for(gw: &Gateway, model: &str) -> Value {
+    wait_for(Duration::from_secs(5), "the audit line", || {
+        gw.audit_lines().into_iter().find(|l| l["model"] == model)
+    })
+}
+
+#[test]
+fn a_client_that_leaves_before_the_first_byte_stops_the_upstream_request() {
+    let fake = Fake::start(&[]);
+    let gw = Gateway::start(article_policy(), &fake.url());
+    let body = json!({"model": "test/hang", "stream": true,
+                      "messages": [{"role": "user", "content": "hi"}]});
+    let s = open_chat(&gw, &body);
+    wait_for(
+        Duration::from_secs(5),
+        "the request to reach Ollama",
+        || (active_chats(&fake) == 1).then_some(()),
+    );
+    drop(s);
+    // Noticed at once, not after first_token_timeout (120 s here).
+    wait_for(
+        Duration::from_secs(3),
+        "Ollama's request to be dropped",
+        || (active_chats(&fake) == 0).then_some(()),
+    );
+    let line = audit_line_for(&gw, "test/hang");
+    assert_eq!(line["status"], 499, "{line}");
+    assert_eq!(line["error"], "client_closed", "{line}");
+}
+
+#[test]
+fn a_client_that_leaves_a_silent_stream_stops_it_and_is_metered() {
+    let fake = Fake::start(&[]);
+    let gw = Gateway::start(article_policy(), &fake.url());
+    let body = json!({"model": "test/stall", "stream": true,
+                      "messages": [{"role": "user", "content": "hi"}]});
+    let mut s = open_chat(&gw, &body);
+    read_until(&mut s, "\"content\":\"You");
+    assert_eq!(active_chats(&fake), 1);
+    drop(s);
+    // Noticed at once, not after stream_idle_timeout (60 s here).
+    wait_for(
+        Duration::from_secs(3),
+        "Ollama's stream to be dropped",
+        || (active_chats(&fake) == 0).then_some(()),
+    );
+    let line = audit_line_for(&gw, "test/stall");
+    assert_eq!(line["status"], 499, "{line}");
+    assert_eq!(line["error"], "client_closed", "{line}");
+    assert_eq!(line["completion_tokens"], 1, "tokens seen so far: {line}");
+    let m = request(gw.addr, "GET", "/metrics", &[], None).text();
+    assert!(m.contains("qwen_gateway_in_flight_streams 0"), "{m}");
+}
+
+#[test]
+fn streams_cut_by_shutdown_end_with_an_error_event_and_are_audited() {
+    let fake = Fake::start(&[]);
+    let policy = format!("{}shutdown_grace_seconds: 1\n", article_policy());
+    let mut gw = Gateway::start(&policy, &fake.url());
+    let body = json!({"model": "test/stall", "stream": true,
+                      "messages": [{"role": "user", "content": "hi"}]});
+    let mut s = open_chat(&gw, &body);
+    read_until(&mut s, "\"content\":\"You");
+    gw.signal("TERM");
+    // The grace period (1 s) passes; the stream then ends with an error event, no [DONE].
+    let rest = read_to_end(&mut s);
+    assert!(rest.contains("\"code\":\"interrupted\""), "{rest}");
+    assert!(!rest.contains("[DONE]"), "{rest}");
+    let child = &mut gw.child;
+    let status = wait_for(Duration::from_secs(10), "the gateway to exit", || {
+        child.try_wait().ok().flatten()
+    });
+    assert_eq!(status.code(), Some(0));
+    let line = audit_line_for(&gw, "test/stall");
+    assert_eq!(line["error"], "interrupted", "{line}");
+    assert_eq!(line["completion_tokens"], 1, "{line}");
+}
+
+// ---- 4. a hostile or broken upstream is bounded ----
+
+#[test]
+fn error_headers_then_a_stalled_body_answer_within_the_upstream_budget() {
+    let fake = Fake::start(&[]);
+    let gw = Gateway::start(&hostile_policy(), &fake.url());
+    let started = Instant::now();
+    let r = gw.chat(KEY, &hello("test/error-stall"));
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_no_internals(&r.text(), &fake.addr.to_string());
+}
+
+#[test]
+fn an_endless_line_is_cut_and_a_stream_that_never_ends_is_bounded() {
+    let fake = Fake::start(&[]);
+    let gw = Gateway::start(&hostile_policy(), &fake.url());
+    for model in ["test/endless-line", "test/forever:20"] {
+        let body = json!({"model": model, "stream": true,
+                          "messages": [{"role": "user", "content": "hi"}]});
+        let started = Instant::now();
+        let mut s = open_chat(&gw, &body);
+        let all = read_to_end(&mut s);
+        assert!(all.contains("data: {\"error\""), "{model}: {all:.300}");
+        assert!(!all.contains("[DONE]"), "{model}");
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "{model}: {:?}",
+            started.elapsed()
+        );
+        wait_for(
+            Duration::from_secs(3),
+            "the upstream stream to be dropped",
+            || (active_chats(&fake) == 0).then_some(()),
+        );
+    }
+    let m = request(gw.addr, "GET", "/metrics", &[], None).text();
+    assert!(m.contains("kind=\"stream_line_too_long\""), "{m}");
+    assert!(m.contains("kind=\"stream_max_duration\""), "{m}");
+}
+
+#[test]
+fn retry_after_from_ollama_is_clamped() {
+    let fake = Fake::start(&[]);
+    let gw = Gateway::start(&hostile_policy(), &fake.url());
+    let r = gw.chat(KEY, &hello("test/busy-retry:999999"));
+    assert_eq!(r.status, 503);
+    let secs: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=300).contains(&secs), "Retry-After {secs}");
+}

@@ -6,15 +6,20 @@
 //! Behaviour is chosen by model name, so one stand-in serves every test case:
 //! `test/slow-first:MS` (headers after MS), `test/delay-second:MS` (second chunk after MS),
 //! `test/hang` (never answers), `test/stall` (one chunk, then silence), `test/error-mid` (one
-//! chunk, then an error line), `test/busy` (503), `test/error500`, `test/tools`, `test/think`.
+//! chunk, then an error line), `test/busy` (503), `test/error500`, `test/tools`, `test/think`,
+//! and hostile ones: `test/error-stall` (500 headers, then a body that never comes),
+//! `test/busy-retry:S` (503 with `Retry-After: S`), `test/endless-line` (bytes without a
+//! newline, forever), `test/forever:MS` (a token every MS, never done).
 //! Any other name must be in `--models`, or the answer is Ollama's 404.
 //! `--mode dead` accepts connections and never answers anything.
-//! `GET /_fake/stats` reports what reached it (request count, last body and headers).
+//! `GET /_fake/stats` reports what reached it (request count, last body and headers, and how
+//! many chat requests are still being answered: like Ollama, it notices a caller that hung
+//! up and stops).
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::net::TcpListener;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -101,6 +106,24 @@ struct Shared {
     canned: Canned,
     /// TCP connections accepted, to show whether callers reuse keep-alive connections.
     connections: Arc<AtomicU64>,
+    /// Chat requests being answered now (handler running or answer streaming).
+    active_chats: Arc<AtomicI64>,
+}
+
+/// Counts a chat request as active until its handler or its streamed body is dropped.
+struct Active(Arc<AtomicI64>);
+
+impl Active {
+    fn new(n: &Arc<AtomicI64>) -> Self {
+        n.fetch_add(1, Ordering::SeqCst);
+        Active(n.clone())
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 fn announce(addr: &str) {
@@ -131,6 +154,7 @@ fn main() -> std::io::Result<()> {
         stats: Mutex::new(Stats::default()),
         canned,
         connections,
+        active_chats: Arc::new(AtomicI64::new(0)),
     });
     announce(&addr.to_string());
     actix_web::rt::System::new().block_on(async move {
@@ -148,6 +172,9 @@ fn main() -> std::io::Result<()> {
                 .default_service(web::to(other))
         })
         .workers(workers)
+        // Like Ollama (Go cancels a request's context when its connection closes): a caller
+        // that hangs up is noticed at once, not at the next write.
+        .h1_allow_half_closed(false)
         .on_connect(move |_, _| {
             counter.fetch_add(1, Ordering::Relaxed);
         })
@@ -173,6 +200,7 @@ async fn stats(shared: web::Data<Shared>) -> HttpResponse {
         "last_headers": s.last_headers,
         "last_other": s.last_other,
         "connections": shared.connections.load(Ordering::Relaxed),
+        "active_chats": shared.active_chats.load(Ordering::SeqCst),
     }))
 }
 
@@ -277,6 +305,7 @@ async fn chat(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -> 
         s.last_chat = body.clone();
         s.last_headers = headers_of(&req);
     }
+    let active = Active::new(&shared.active_chats);
     let args = &shared.args;
     let model = body["model"].as_str().unwrap_or("").to_owned();
     let stream = body["stream"].as_bool().unwrap_or(true);
@@ -307,6 +336,21 @@ async fn chat(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -> 
             );
         }
         "slow-first" => actix_web::rt::time::sleep(Duration::from_millis(param)).await,
+        "busy-retry" => {
+            return HttpResponse::ServiceUnavailable()
+                .insert_header(("Retry-After", param.to_string()))
+                .json(json!({"error": "server busy"}));
+        }
+        "error-stall" => {
+            let body = futures_util::stream::unfold(active, |a| async move {
+                std::future::pending::<()>().await;
+                Some((Ok::<Bytes, actix_web::Error>(Bytes::new()), a))
+            });
+            return HttpResponse::InternalServerError()
+                .content_type("application/json")
+                .streaming(body);
+        }
+        "endless-line" | "forever" => return hostile_stream(&model, &behaviour, param, active),
         _ => {}
     }
 
@@ -407,13 +451,45 @@ async fn chat(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -> 
         }
         s
     };
-    let body = futures_util::stream::unfold(script.into_iter(), |mut it| async move {
-        let (wait, bytes) = it.next()?;
-        if !wait.is_zero() {
-            actix_web::rt::time::sleep(wait).await;
-        }
-        let bytes = bytes?;
-        Some((Ok::<Bytes, actix_web::Error>(bytes), it))
+    let body = futures_util::stream::unfold(
+        (script.into_iter(), active),
+        |(mut it, active)| async move {
+            let (wait, bytes) = it.next()?;
+            if !wait.is_zero() {
+                actix_web::rt::time::sleep(wait).await;
+            }
+            let bytes = bytes?;
+            Some((Ok::<Bytes, actix_web::Error>(bytes), (it, active)))
+        },
+    );
+    HttpResponse::Ok()
+        .content_type("application/x-ndjson")
+        .streaming(body)
+}
+
+/// Streams that never end: 64 KiB of bytes with no newline every millisecond
+/// (`endless-line`), or a token every `param` ms (`forever`).
+fn hostile_stream(model: &str, behaviour: &str, param: u64, active: Active) -> HttpResponse {
+    let chunk = if behaviour == "endless-line" {
+        Bytes::from(vec![b'a'; 64 * 1024])
+    } else {
+        ndjson(&line(
+            model,
+            json!({"role": "assistant", "content": "x "}),
+            false,
+        ))
+    };
+    let every = Duration::from_millis(if behaviour == "endless-line" {
+        1
+    } else {
+        param.max(1)
+    });
+    let body = futures_util::stream::unfold((chunk, active), move |(chunk, active)| async move {
+        actix_web::rt::time::sleep(every).await;
+        Some((
+            Ok::<Bytes, actix_web::Error>(chunk.clone()),
+            (chunk, active),
+        ))
     });
     HttpResponse::Ok()
         .content_type("application/x-ndjson")

@@ -97,6 +97,7 @@ pub struct UpstreamFile {
     pub timeout_seconds: Option<f64>,
     pub first_token_timeout_seconds: Option<f64>,
     pub stream_idle_timeout_seconds: Option<f64>,
+    pub max_stream_seconds: Option<f64>,
     pub model_refresh_seconds: Option<f64>,
     pub breaker: Option<BreakerFile>,
 }

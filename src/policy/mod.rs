@@ -121,6 +121,8 @@ pub struct UpstreamPolicy {
     pub first_token_timeout: Duration,
     /// Longest silence between two streamed chunks.
     pub stream_idle_timeout: Duration,
+    /// Longest a streamed answer may last in all: a stream that never ends is cut.
+    pub max_stream: Duration,
     /// How often each backend's model list (`/api/tags`) is refreshed.
     pub model_refresh: Duration,
     pub breaker: BreakerPolicy,
@@ -376,10 +378,11 @@ impl Policy {
         );
         let _ = writeln!(
             s,
-            "upstream:        connect/probe {:?}, first token {:?}, stream idle {:?}, breaker {} failures / {:?}",
+            "upstream:        connect/probe {:?}, first token {:?}, stream idle {:?}, stream max {:?}, breaker {} failures / {:?}",
             self.upstream.timeout,
             self.upstream.first_token_timeout,
             self.upstream.stream_idle_timeout,
+            self.upstream.max_stream,
             self.upstream.breaker.failure_threshold,
             self.upstream.breaker.cooldown
         );

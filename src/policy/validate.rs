@@ -270,6 +270,7 @@ pub fn validate(f: PolicyFile, sha256: String) -> Result<Policy, PolicyError> {
             uf.stream_idle_timeout_seconds,
             60.0,
         )?,
+        max_stream: seconds("upstream.max_stream_seconds", uf.max_stream_seconds, 3600.0)?,
         model_refresh: seconds(
             "upstream.model_refresh_seconds",
             uf.model_refresh_seconds,

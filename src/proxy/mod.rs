@@ -304,9 +304,11 @@ pub async fn chat_completions(
             resp.take_payload(),
             translator,
             policy.upstream.stream_idle_timeout,
+            policy.upstream.max_stream,
             ctx.audit.clone(),
             state.metrics.clone(),
             lease,
+            state.shutdown.clone(),
         );
         let mut out = HttpResponse::Ok();
         out.insert_header((CONTENT_TYPE, "text/event-stream"))
@@ -320,7 +322,7 @@ pub async fn chat_completions(
     let answer: ollama::ChatChunk = upstream::read_json(
         &mut resp,
         policy.upstream.first_token_timeout,
-        64 * 1024 * 1024,
+        upstream::ANSWER_LIMIT,
     )
     .await
     .map_err(|e| e.into_gateway_error(&state))?;

@@ -4,22 +4,25 @@
 //! handed to actix at once, so nothing waits for the rest of the answer. A partial line waits
 //! for its end. The stream ends with `[DONE]` only after Ollama's final `done` line; an error
 //! line, a broken connection, an early end or a silence longer than
-//! `upstream.stream_idle_timeout_seconds` end it with an SSE error event and no `[DONE]`, so a
-//! failure never looks like success. When the client goes away, actix drops this stream, which
+//! `upstream.stream_idle_timeout_seconds`, a line longer than [`MAX_LINE`] or a stream lasting
+//! past `upstream.max_stream_seconds` end it with an SSE error event and no `[DONE]`, so a
+//! failure never looks like success, and a hostile upstream can hold neither unbounded memory
+//! nor a client forever. A partial line is scanned for its end only in the bytes that are new. When the client goes away, actix drops this stream, which
 //! drops the upstream response and closes its connection: Ollama stops generating.
 
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 
 use super::convert::{LineOutcome, SseTranslator, error_event};
-use crate::audit::AuditCell;
+use crate::audit::{AuditCell, CLIENT_CLOSED};
 use crate::backends::Lease;
 use crate::errors::GatewayError;
 use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
 
 /// Keeps the in-flight-streams gauge right however the stream ends.
 struct StreamGauge(Arc<Metrics>);
@@ -39,19 +42,31 @@ impl Drop for StreamGauge {
 
 const EVENT_CAPACITY: usize = 512;
 
+/// Longest NDJSON line accepted from Ollama. A token is a few bytes and the final line a few
+/// hundred; one line without an end must not grow a buffer without bound.
+pub const MAX_LINE: usize = 1024 * 1024;
+
 /// How long to wait for the end of Ollama's body after its `done` line.
 const DRAIN_LIMIT: Duration = Duration::from_millis(200);
 
 struct State<S> {
     upstream: S,
     pending: BytesMut,
+    /// Bytes of `pending` already known to hold no newline.
+    scanned: usize,
     translator: SseTranslator,
     idle: Duration,
+    /// When the stream must end, however busy it is.
+    deadline: Instant,
     audit: Rc<AuditCell>,
     finished: bool,
     /// Ended with Ollama's `done` line (not with an error).
     complete: bool,
     first_sent: bool,
+    /// Ollama's lines before the last: roughly one generated token each, what a stream cut
+    /// short is metered by.
+    lines_seen: u64,
+    shutdown: Arc<Shutdown>,
     gauge: StreamGauge,
     /// Keeps the stream counted against its backend until it ends.
     _lease: Lease,
@@ -61,11 +76,23 @@ impl<S> State<S> {
     /// Translates every complete line in `pending` into `out`.
     fn drain_lines(&mut self, out: &mut BytesMut) {
         while !self.finished {
-            let Some(pos) = memchr::memchr(b'\n', &self.pending) else {
+            let Some(pos) = memchr::memchr(b'\n', &self.pending[self.scanned..]) else {
+                self.scanned = self.pending.len();
+                self.check_line_cap(out);
                 return;
             };
+            let pos = self.scanned + pos;
             let line = self.pending.split_to(pos + 1);
+            self.scanned = 0;
             self.on_line(&line[..pos], out);
+        }
+    }
+
+    fn check_line_cap(&mut self, out: &mut BytesMut) {
+        if self.pending.len() > MAX_LINE && !self.finished {
+            self.pending = BytesMut::new();
+            self.scanned = 0;
+            self.fail(GatewayError::UpstreamFailed, "stream_line_too_long", out);
         }
     }
 
@@ -80,6 +107,8 @@ impl<S> State<S> {
         while !self.finished {
             let Some(pos) = memchr::memchr(b'\n', &bytes[start..]) else {
                 self.pending.extend_from_slice(&bytes[start..]);
+                self.scanned = self.pending.len();
+                self.check_line_cap(out);
                 return;
             };
             self.on_line(&bytes[start..start + pos], out);
@@ -89,7 +118,7 @@ impl<S> State<S> {
 
     fn on_line(&mut self, line: &[u8], out: &mut BytesMut) {
         match self.translator.on_line(line, out) {
-            LineOutcome::Continue => {}
+            LineOutcome::Continue => self.lines_seen += 1,
             LineOutcome::Done(usage) => {
                 self.finished = true;
                 self.complete = true;
@@ -105,21 +134,52 @@ impl<S> State<S> {
 
     fn fail(&mut self, err: GatewayError, kind: &'static str, out: &mut BytesMut) {
         self.finished = true;
-        self.gauge.0.upstream_error(kind);
+        if !matches!(err, GatewayError::Interrupted) {
+            self.gauge.0.upstream_error(kind);
+        }
         let request_id = self.audit.rec.borrow().request_id.clone();
         tracing::warn!(request_id, kind, "Streamed answer ended with an error.");
-        self.audit.update(|r| r.error = Some(err.code()));
+        let seen = self.lines_seen;
+        self.audit.update(|r| {
+            r.error = Some(err.code());
+            r.completion_tokens = r.completion_tokens.or(Some(seen));
+        });
         error_event(&err, out);
     }
 }
 
+/// A stream dropped before its end: the client went away (actix drops the body when the
+/// connection closes). Audited as 499 with the tokens generated so far, so hanging up before
+/// the last chunk does not escape metering. Dropping it also drops the upstream response,
+/// which closes that connection: Ollama stops generating.
+impl<S> Drop for State<S> {
+    fn drop(&mut self) {
+        if !self.finished {
+            let seen = self.lines_seen;
+            self.audit.update(|r| {
+                r.status = CLIENT_CLOSED;
+                r.error = Some("client_closed");
+                r.completion_tokens = r.completion_tokens.or(Some(seen));
+            });
+        }
+    }
+}
+
+enum Step<T> {
+    Read(T),
+    Cut,
+}
+
+#[allow(clippy::too_many_arguments)]
 pub fn sse<S, E>(
     upstream: S,
     translator: SseTranslator,
     idle: Duration,
+    max_duration: Duration,
     audit: Rc<AuditCell>,
     metrics: Arc<Metrics>,
     lease: Lease,
+    shutdown: Arc<Shutdown>,
 ) -> impl Stream<Item = Result<Bytes, actix_web::Error>>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin + 'static,
@@ -127,12 +187,16 @@ where
     let state = State {
         upstream,
         pending: BytesMut::new(),
+        scanned: 0,
         translator,
         idle,
+        deadline: Instant::now() + max_duration,
         audit,
         finished: false,
         complete: false,
         first_sent: false,
+        lines_seen: 0,
+        shutdown,
         gauge: StreamGauge::new(metrics),
         _lease: lease,
     };
@@ -157,7 +221,30 @@ where
             if st.finished {
                 return None;
             }
-            match tokio::time::timeout(st.idle, st.upstream.next()).await {
+            let left = st.deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                st.fail(
+                    GatewayError::UpstreamTimeout,
+                    "stream_max_duration",
+                    &mut out,
+                );
+                continue;
+            }
+            let step = {
+                let shutdown = st.shutdown.clone();
+                tokio::select! {
+                    r = tokio::time::timeout(st.idle.min(left), st.upstream.next()) => Step::Read(r),
+                    () = shutdown.cut() => Step::Cut,
+                }
+            };
+            let read = match step {
+                Step::Read(r) => r,
+                Step::Cut => {
+                    st.fail(GatewayError::Interrupted, "interrupted", &mut out);
+                    continue;
+                }
+            };
+            match read {
                 Ok(Some(Ok(bytes))) => st.take_read(&bytes, &mut out),
                 Ok(Some(Err(_))) => {
                     st.fail(GatewayError::UpstreamFailed, "stream_broken", &mut out);
@@ -171,6 +258,13 @@ where
                     if !st.finished {
                         st.fail(GatewayError::UpstreamFailed, "stream_truncated", &mut out);
                     }
+                }
+                Err(_) if Instant::now() >= st.deadline => {
+                    st.fail(
+                        GatewayError::UpstreamTimeout,
+                        "stream_max_duration",
+                        &mut out,
+                    );
                 }
                 Err(_) => st.fail(
                     GatewayError::UpstreamTimeout,
@@ -214,9 +308,11 @@ mod tests {
             upstream,
             translator,
             Duration::from_secs(5),
+            Duration::from_secs(60),
             audit,
             metrics,
             lease,
+            Arc::new(Shutdown::default()),
         );
         let parts: Vec<Bytes> = body.map(|r| r.unwrap()).collect().await;
         String::from_utf8(parts.concat()).unwrap()

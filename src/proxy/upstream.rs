@@ -245,13 +245,15 @@ impl Upstream {
             breaker.on_success();
             return Ok(resp);
         }
-        // Read a little of the error body for the log, never for the client.
-        let detail = resp
-            .body()
-            .limit(4096)
-            .await
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default();
+        // Read a little of the error body for the log, never for the client, within the
+        // upstream budget: an Ollama that sends error headers and then stalls must not hold
+        // the client.
+        let detail =
+            match tokio::time::timeout(policy.upstream.timeout, resp.body().limit(4096)).await {
+                Ok(Ok(b)) => String::from_utf8_lossy(&b).into_owned(),
+                Ok(Err(_)) => String::new(),
+                Err(_) => "(error body did not arrive in time)".to_owned(),
+            };
         tracing::warn!(request_id, backend = base, %status, detail = %detail.trim(), "Ollama answered with an error.");
         match status {
             StatusCode::NOT_FOUND => {
@@ -269,8 +271,9 @@ impl Upstream {
                     .headers()
                     .get(RETRY_AFTER)
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .map_or(Duration::from_secs(2), Duration::from_secs);
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map_or(Duration::from_secs(2), Duration::from_secs)
+                    .min(MAX_RETRY_AFTER);
                 Err(GatewayError::UpstreamBusy { retry_after })
             }
             s if s.is_server_error() => {
@@ -337,6 +340,13 @@ pub async fn read_json<T: serde::de::DeserializeOwned>(
     };
     serde_json::from_slice(&bytes).map_err(|_| BodyError::Invalid)
 }
+
+/// A whole non-streamed answer: 128k tokens of text is well under 2 MiB.
+pub const ANSWER_LIMIT: usize = 8 << 20;
+
+/// Longest `Retry-After` passed on from Ollama: a broken or hostile upstream must not tell
+/// clients to go away for a day.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
 /// Model lists are small; anything near this is not a model list.
 pub const TAGS_LIMIT: usize = 8 << 20;
