@@ -79,8 +79,14 @@ impl AppState {
         metrics.set_policy(&policy.sha256);
         let now = SystemTime::now();
         AppState {
-            limiter: RateLimiter::new(policy.max_tracked_clients),
-            auth_failures: RateLimiter::new(policy.max_tracked_clients),
+            limiter: RateLimiter::with_counters(
+                policy.max_tracked_clients,
+                metrics.limiter_counters("requests"),
+            ),
+            auth_failures: RateLimiter::with_counters(
+                policy.max_tracked_clients,
+                metrics.limiter_counters("auth_failures"),
+            ),
             policy: ArcSwap::from_pointee(policy),
             policy_path,
             backends: Backends::default(),

@@ -52,6 +52,10 @@ pub enum GatewayError {
     UpstreamFailed,
     #[error("rate limiter unavailable")]
     RateLimiterUnavailable,
+    /// The gateway itself ran out of a local resource (file descriptors, ports, memory) on
+    /// the way to Ollama: not Ollama's fault, and never counted against a backend.
+    #[error("gateway overloaded")]
+    Overloaded,
     /// The shutdown grace period ended before the answer did.
     #[error("interrupted by shutdown")]
     Interrupted,
@@ -97,6 +101,7 @@ impl GatewayError {
             GatewayError::UpstreamFailed => "upstream_error",
             GatewayError::RateLimiterUnavailable => "rate_limiter_unavailable",
             GatewayError::Interrupted => "interrupted",
+            GatewayError::Overloaded => "gateway_overloaded",
             GatewayError::Internal => "internal_error",
         }
     }
@@ -119,6 +124,7 @@ impl GatewayError {
             | GatewayError::UpstreamFailed
             | GatewayError::RateLimiterUnavailable
             | GatewayError::Interrupted
+            | GatewayError::Overloaded
             | GatewayError::Internal => "api_error",
         }
     }
@@ -162,6 +168,9 @@ impl GatewayError {
                 "the gateway cannot check rate limits right now, please try again shortly"
                     .to_owned()
             }
+            GatewayError::Overloaded => {
+                "the gateway is overloaded right now, please try again shortly".to_owned()
+            }
             GatewayError::Interrupted => {
                 "the gateway is restarting and could not finish this answer, please try again"
                     .to_owned()
@@ -176,9 +185,9 @@ impl GatewayError {
             | GatewayError::UpstreamUnavailable { retry_after }
             | GatewayError::UpstreamBusy { retry_after } => Some(*retry_after),
             GatewayError::RateLimited(d) => Some(d.retry_after()),
-            GatewayError::RateLimiterUnavailable | GatewayError::Interrupted => {
-                Some(Duration::from_secs(1))
-            }
+            GatewayError::RateLimiterUnavailable
+            | GatewayError::Interrupted
+            | GatewayError::Overloaded => Some(Duration::from_secs(1)),
             _ => None,
         }
     }
@@ -229,7 +238,8 @@ impl ResponseError for GatewayError {
             GatewayError::UpstreamUnavailable { .. }
             | GatewayError::UpstreamBusy { .. }
             | GatewayError::RateLimiterUnavailable
-            | GatewayError::Interrupted => StatusCode::SERVICE_UNAVAILABLE,
+            | GatewayError::Interrupted
+            | GatewayError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::UpstreamFailed => StatusCode::BAD_GATEWAY,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,

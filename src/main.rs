@@ -69,6 +69,13 @@ fn run(path: &Path, workers: Option<usize>, watch: bool) -> anyhow::Result<()> {
     let (policy, loaded) = Policy::load_with_identity(path)?;
     let telemetry = telemetry::init(&policy.log_level, policy.audit.dir.as_deref())?;
     tracing::info!(version = env!("CARGO_PKG_VERSION"), policy = %path.display(), "Starting.");
+    // Each stream holds two descriptors (client and Ollama); the usual soft limit of 1024 runs
+    // out at ~500 streams. Raise it to the hard limit (the unit sets LimitNOFILE).
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::info!(nofile = n, "Open-file limit."),
+        // Under the shipped unit the call is filtered (LimitNOFILE= set it already).
+        Err(e) => tracing::info!(error = %e, "Open-file limit left as the service manager set it."),
+    }
     for w in &policy.warnings {
         tracing::warn!("Policy: {w}.");
     }

@@ -45,6 +45,12 @@ pub struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimiterLabels {
+    /// `requests` (the rate limit) or `auth_failures` (the failed-key throttle).
+    pub limiter: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
 }
@@ -87,6 +93,8 @@ pub struct Metrics {
     pub in_flight: Gauge<i64, AtomicI64>,
     pub streams: Gauge<i64, AtomicI64>,
     pub ratelimit_tracked: Gauge<i64, AtomicI64>,
+    pub ratelimit_evictions: Family<LimiterLabels, Counter>,
+    pub ratelimit_overflow: Family<LimiterLabels, Counter>,
     current_policy: Mutex<Option<String>>,
 }
 
@@ -119,6 +127,8 @@ impl Metrics {
             in_flight: Gauge::default(),
             streams: Gauge::default(),
             ratelimit_tracked: Gauge::default(),
+            ratelimit_evictions: Family::default(),
+            ratelimit_overflow: Family::default(),
             current_policy: Mutex::new(None),
             registry: Registry::default(),
         };
@@ -207,7 +217,27 @@ impl Metrics {
             "Identities with live rate-limit state",
             m.ratelimit_tracked.clone(),
         );
+        r.register(
+            "ratelimit_evictions",
+            "Idle identities (empty logs) removed from a full limiter table to make room",
+            m.ratelimit_evictions.clone(),
+        );
+        r.register(
+            "ratelimit_overflow",
+            "Checks that shared the overflow limit because the limiter table was full of live \
+             identities",
+            m.ratelimit_overflow.clone(),
+        );
         Metrics { registry: r, ..m }
+    }
+
+    /// The counters one limiter reports through.
+    pub fn limiter_counters(&self, limiter: &'static str) -> crate::ratelimit::LimiterCounters {
+        let labels = LimiterLabels { limiter };
+        crate::ratelimit::LimiterCounters {
+            evictions: self.ratelimit_evictions.get_or_create(&labels).clone(),
+            overflow: self.ratelimit_overflow.get_or_create(&labels).clone(),
+        }
     }
 
     pub fn set_policy(&self, sha256: &str) {

@@ -551,3 +551,115 @@ fn retry_after_from_ollama_is_clamped() {
     let secs: u64 = r.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=300).contains(&secs), "Retry-After {secs}");
 }
+
+// ---- 5. limits and descriptors under pressure ----
+
+#[test]
+fn a_flood_of_identities_never_resets_a_limit() {
+    let fake = Fake::start(&[]);
+    let policy = "ollama_api: \"{OLLAMA}\"\nauth: {enabled: false}\nwhitelist: {enabled: false}\n\
+                  rate_limit: {enabled: true, max_requests: 2, window_seconds: 60, max_tracked_clients: 100}\n";
+    let gw = Gateway::start(policy, &fake.url());
+    let body = hello("qwen3:32b").to_string();
+    // 400 client addresses (each its own identity: auth is off) through a table of 100,
+    // three rounds: a reset log would admit some address a third time.
+    let ips: Vec<IpAddr> = (0..400u32)
+        .map(|i| IpAddr::from([127, 1, (i / 250) as u8, (i % 250 + 1) as u8]))
+        .collect();
+    let mut admitted = vec![0u32; ips.len()];
+    for _ in 0..3 {
+        for (i, ip) in ips.iter().enumerate() {
+            let r = request_from(
+                Some(*ip),
+                gw.addr,
+                "POST",
+                "/v1/chat/completions",
+                &[],
+                Some(body.as_bytes()),
+            );
+            match r.status {
+                200 => admitted[i] += 1,
+                429 => {}
+                other => panic!("status {other}: {}", r.text()),
+            }
+        }
+    }
+    assert!(
+        admitted.iter().all(|&n| n <= 2),
+        "an address was admitted 3 times: its limit was reset"
+    );
+    let total: u32 = admitted.iter().sum();
+    assert!(total <= 100 * 2 + 2, "{total} admitted");
+    let m = request(gw.addr, "GET", "/metrics", &[], None).text();
+    let overflow = m
+        .lines()
+        .find(|l| l.starts_with("qwen_gateway_ratelimit_overflow_total{limiter=\"requests\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(overflow > 0.0, "{m}");
+}
+
+/// Descriptors the process holds with numbers below `limit` (the ones the limit counts: the
+/// process may also hold higher ones inherited from the test harness).
+fn open_fds(pid: u32, limit: usize) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<usize>().ok())
+                .filter(|&n| n < limit)
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn running_out_of_descriptors_is_the_gateways_503_and_never_opens_the_breaker() {
+    let fake = Fake::start(&[]);
+    let policy = format!(
+        "{}upstream: {{model_refresh_seconds: 3600, breaker: {{failure_threshold: 2, cooldown_seconds: 60}}}}\n",
+        article_policy()
+    );
+    const LIMIT: usize = 96;
+    let gw = Gateway::start_under(
+        &["prlimit", &format!("--nofile={LIMIT}:{LIMIT}"), "--"],
+        &policy,
+        &fake.url(),
+    );
+    let pid = gw.child.id();
+    // Fill every descriptor but one with idle client connections, each waited for until the
+    // gateway has accepted it.
+    let mut idle = Vec::new();
+    while open_fds(pid, LIMIT) < LIMIT - 1 {
+        let before = open_fds(pid, LIMIT);
+        idle.push(std::net::TcpStream::connect(gw.addr).unwrap());
+        wait_for(
+            Duration::from_secs(5),
+            "the connection to be accepted",
+            || (open_fds(pid, LIMIT) > before).then_some(()),
+        );
+    }
+    // Each request takes the last descriptor for its own connection: none is left to reach
+    // Ollama. More than the breaker's threshold of such failures.
+    for _ in 0..4 {
+        let r = gw.chat(KEY, &hello("qwen3:32b"));
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert_eq!(
+            r.json()["error"]["code"],
+            "gateway_overloaded",
+            "{}",
+            r.text()
+        );
+        assert!(r.header("retry-after").is_some());
+    }
+    drop(idle);
+    // Ollama was never at fault: the breaker stayed closed and the next request is served.
+    wait_for(Duration::from_secs(5), "descriptors to free up", || {
+        (open_fds(pid, LIMIT) < LIMIT / 2).then_some(())
+    });
+    let r = gw.chat(KEY, &hello("qwen3:32b"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let m = request(gw.addr, "GET", "/metrics", &[], None).text();
+    assert!(m.contains("kind=\"local_resources\""), "{m}");
+    assert!(!m.contains("kind=\"connect\""), "{m}");
+}

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::http::header::{CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 use actix_web::http::{StatusCode, Uri};
-use awc::error::SendRequestError;
+use awc::error::{ConnectError, SendRequestError};
 use bytes::Bytes;
 
 use crate::app::{AppState, X_REQUEST_ID};
@@ -38,6 +38,8 @@ pub struct Upstream {
 
 #[derive(Debug)]
 enum HeadError {
+    /// This process ran out of descriptors, ports or memory: the backend is not at fault.
+    Local,
     Connect,
     Dead,
     FirstTokenTimeout,
@@ -65,15 +67,22 @@ impl Upstream {
 
     /// `GET /api/version` answers 200 within `budget`.
     pub async fn probe(&self, base: &str, budget: Duration) -> bool {
+        self.probe_state(base, budget).await == Probe::Alive
+    }
+
+    async fn probe_state(&self, base: &str, budget: Duration) -> Probe {
         let req = self
             .client
             .get(format!("{base}/api/version"))
             .timeout(budget)
             .send();
-        matches!(
-            tokio::time::timeout(budget, req).await,
-            Ok(Ok(resp)) if resp.status().is_success()
-        )
+        match tokio::time::timeout(budget, req).await {
+            Ok(Ok(resp)) if resp.status().is_success() => Probe::Alive,
+            Ok(Err(SendRequestError::Connect(ConnectError::Io(io)))) if local_shortage(&io) => {
+                Probe::CannotTell
+            }
+            _ => Probe::Dead,
+        }
     }
 
     async fn wait_for_head<F>(
@@ -93,11 +102,16 @@ impl Upstream {
             _ = tokio::time::sleep(budget) => {}
         }
         // No headers within the budget: is Ollama alive at all, or just busy loading?
-        let probe = self.probe(base, budget);
+        let probe = self.probe_state(base, budget);
         tokio::pin!(probe);
-        tokio::select! {
+        let probed = tokio::select! {
             r = &mut fut => return r.map_err(classify),
-            alive = &mut probe => if !alive { return Err(HeadError::Dead) },
+            p = &mut probe => p,
+        };
+        match probed {
+            Probe::Alive => {}
+            Probe::Dead => return Err(HeadError::Dead),
+            Probe::CannotTell => return Err(HeadError::Local),
         }
         let remaining = policy
             .upstream
@@ -216,6 +230,12 @@ impl Upstream {
             Err(e) => {
                 tracing::warn!(request_id, error = ?e, backend = base, "Ollama request failed before its headers.");
                 return Err(match e {
+                    HeadError::Local => {
+                        // Our own shortage, not the backend's: no breaker failure, no retry
+                        // elsewhere (the next backend would meet the same shortage).
+                        state.metrics.upstream_error("local_resources");
+                        GatewayError::Overloaded
+                    }
                     HeadError::Connect => {
                         fail("connect");
                         GatewayError::UpstreamUnavailable {
@@ -363,11 +383,29 @@ fn retryable(e: &GatewayError) -> bool {
     )
 }
 
+#[derive(Debug, PartialEq, Eq)]
+enum Probe {
+    Alive,
+    Dead,
+    /// The probe itself could not be sent for lack of local resources.
+    CannotTell,
+}
+
 fn classify(e: SendRequestError) -> HeadError {
     match e {
+        SendRequestError::Connect(ConnectError::Io(io)) if local_shortage(&io) => HeadError::Local,
         SendRequestError::Connect(_) => HeadError::Connect,
         _ => HeadError::Broken,
     }
+}
+
+/// Errors that say this host is out of something, whatever the peer: too many open files
+/// (per process or system-wide), no local port or address, no buffer space or memory.
+fn local_shortage(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::EADDRNOTAVAIL | libc::ENOBUFS | libc::ENOMEM)
+    )
 }
 
 /// Keeps every backend's model list fresh (`/api/tags` every `upstream.model_refresh_seconds`),

@@ -6,22 +6,27 @@
 //! "2x at the boundary" and the GCRA "burst + rate" excess both cannot happen. The log is capped
 //! by the quota, so memory per identity is bounded.
 //!
-//! The logs live in a bounded `moka` cache whose entries expire once idle for their window, so a
-//! flood of distinct client IPs cannot grow it past `max_tracked_clients`. The cache is built
-//! once, outside the per-worker app factory, and is not part of the policy: a reload keeps every
-//! counter, and a changed quota applies to the existing logs on the next request.
-//! `redis.rs` keeps the same window in Redis when several gateways share limits.
+//! The logs live in a table of at most `max_tracked_clients` identities, in shards. An identity
+//! leaves the table only once its log is empty (idle for its window), so it holds nothing a
+//! limit depends on: exactness holds for every identity whatever the churn. When the table is
+//! full of live identities (a flood of fresh client addresses), a new identity is not given an
+//! empty log, which would reset its limit: it shares one overflow log with every other identity
+//! that did not fit, under the same quota, until room frees up. Both are counted
+//! (`ratelimit_evictions_total`, `ratelimit_overflow_total`).
+//!
+//! The table is built once, outside the per-worker app factory, and is not part of the policy:
+//! a reload keeps every counter, and a changed quota applies to the existing logs on the next
+//! request. `redis.rs` keeps the same window in Redis when several gateways share limits.
 
 pub mod redis;
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher as _;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use actix_web::http::header::{HeaderName, HeaderValue};
-use moka::Expiry;
-use moka::sync::Cache;
+use prometheus_client::metrics::counter::Counter;
 
 use crate::errors::{HeaderPair, ceil_secs};
 use crate::policy::Quota;
@@ -87,115 +92,211 @@ fn go_duration(d: Duration) -> String {
     out
 }
 
-struct Entry {
-    admitted: Mutex<VecDeque<Instant>>,
-    /// The window last applied, for expiry: an entry idle for its window holds nothing.
-    window_ms: AtomicU64,
+/// One identity's admitted instants, and the window they were last judged by.
+struct Log {
+    admitted: VecDeque<Instant>,
+    window: Duration,
 }
 
-impl Entry {
-    fn window(&self) -> Duration {
-        Duration::from_millis(self.window_ms.load(Ordering::Relaxed))
+impl Log {
+    fn new(window: Duration) -> Self {
+        Log {
+            admitted: VecDeque::new(),
+            window,
+        }
+    }
+
+    /// When this log will hold nothing (and its identity can leave the table).
+    fn empty_at(&self) -> Option<Instant> {
+        self.admitted.back().map(|t| *t + self.window)
     }
 }
 
-struct IdleForWindow;
+/// Shards keep one lock from serialising every request of every identity.
+const SHARDS: usize = 16;
 
-impl Expiry<Arc<str>, Arc<Entry>> for IdleForWindow {
-    fn expire_after_create(&self, _: &Arc<str>, v: &Arc<Entry>, _: Instant) -> Option<Duration> {
-        Some(v.window())
+struct Shard {
+    logs: HashMap<Arc<str>, Log, foldhash::fast::RandomState>,
+    /// No log can become empty before this: a full shard is not swept again until then.
+    next_sweep: Option<Instant>,
+}
+
+impl Shard {
+    /// Removes identities whose log is empty; returns how many.
+    fn sweep(&mut self, now: Instant) -> u64 {
+        if self.next_sweep.is_some_and(|t| now < t) {
+            return 0;
+        }
+        let before = self.logs.len();
+        let mut next: Option<Instant> = None;
+        self.logs.retain(|_, log| {
+            prune(&mut log.admitted, now, log.window);
+            match log.empty_at() {
+                None => false,
+                Some(t) => {
+                    next = Some(next.map_or(t, |n| n.min(t)));
+                    true
+                }
+            }
+        });
+        self.next_sweep = next;
+        (before - self.logs.len()) as u64
     }
-    fn expire_after_read(
-        &self,
-        _: &Arc<str>,
-        v: &Arc<Entry>,
-        _: Instant,
-        _: Option<Duration>,
-        _: Instant,
-    ) -> Option<Duration> {
-        Some(v.window())
-    }
-    fn expire_after_update(
-        &self,
-        _: &Arc<str>,
-        v: &Arc<Entry>,
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(v.window())
-    }
+}
+
+struct Table {
+    shards: Vec<Mutex<Shard>>,
+    per_shard: usize,
+    hasher: foldhash::fast::RandomState,
+    /// Shared by every identity that found the table full.
+    overflow: Mutex<Log>,
+    evictions: Counter,
+    overflowed: Counter,
+}
+
+/// Counters the limiter reports through (`/metrics`); detached ones in tests.
+#[derive(Clone, Default)]
+pub struct LimiterCounters {
+    pub evictions: Counter,
+    pub overflow: Counter,
 }
 
 /// A keyed sliding-window limiter. Cheap to clone (shared state).
 #[derive(Clone)]
 pub struct RateLimiter {
-    entries: Cache<Arc<str>, Arc<Entry>>,
+    table: Arc<Table>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock only means another thread panicked mid-update of a log of instants;
+    // the data is still a valid log, so keep using it.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl RateLimiter {
     pub fn new(max_tracked: u64) -> Self {
+        Self::with_counters(max_tracked, LimiterCounters::default())
+    }
+
+    pub fn with_counters(max_tracked: u64, counters: LimiterCounters) -> Self {
+        let max = usize::try_from(max_tracked)
+            .unwrap_or(usize::MAX)
+            .max(SHARDS);
         RateLimiter {
-            entries: Cache::builder()
-                .max_capacity(max_tracked)
-                .expire_after(IdleForWindow)
-                .build(),
+            table: Arc::new(Table {
+                shards: (0..SHARDS)
+                    .map(|_| {
+                        Mutex::new(Shard {
+                            logs: HashMap::default(),
+                            next_sweep: None,
+                        })
+                    })
+                    .collect(),
+                per_shard: max / SHARDS,
+                hasher: foldhash::fast::RandomState::default(),
+                overflow: Mutex::new(Log::new(Duration::ZERO)),
+                evictions: counters.evictions,
+                overflowed: counters.overflow,
+            }),
         }
+    }
+
+    fn shard(&self, identity: &str) -> &Mutex<Shard> {
+        let h = self.table.hasher.hash_one(identity);
+        &self.table.shards[(h as usize) % SHARDS]
+    }
+
+    /// Runs `f` on the identity's log, creating it if there is room; `None` when the table is
+    /// full of live identities. `create` false: never create (peek).
+    fn with_log<T>(
+        &self,
+        identity: &str,
+        quota: Quota,
+        now: Instant,
+        create: bool,
+        f: impl FnOnce(&mut VecDeque<Instant>) -> T,
+    ) -> Option<T> {
+        let mut shard = lock(self.shard(identity));
+        if let Some(log) = shard.logs.get_mut(identity) {
+            log.window = quota.window;
+            return Some(f(&mut log.admitted));
+        }
+        if !create {
+            return Some(f(&mut VecDeque::new()));
+        }
+        if shard.logs.len() >= self.table.per_shard {
+            let removed = shard.sweep(now);
+            self.table.evictions.inc_by(removed);
+            if shard.logs.len() >= self.table.per_shard {
+                return None;
+            }
+        }
+        // The new log may empty as early as one window from now.
+        shard.next_sweep = shard.next_sweep.map(|t| t.min(now + quota.window));
+        let log = shard
+            .logs
+            .entry(Arc::from(identity))
+            .or_insert_with(|| Log::new(quota.window));
+        Some(f(&mut log.admitted))
+    }
+
+    fn with_overflow<T>(&self, quota: Quota, f: impl FnOnce(&mut VecDeque<Instant>) -> T) -> T {
+        self.table.overflowed.inc();
+        let mut log = lock(&self.table.overflow);
+        log.window = quota.window;
+        f(&mut log.admitted)
     }
 
     /// Admits and records one request for `identity` if the quota allows it.
     pub fn check(&self, identity: &str, quota: Quota) -> Decision {
         let now = Instant::now();
-        let entry = self.entry(identity, quota);
-        // A poisoned lock only means another thread panicked mid-update of a VecDeque of
-        // instants; the data is still a valid log, so keep using it.
-        let mut log = entry.admitted.lock().unwrap_or_else(|p| p.into_inner());
-        decide(&mut log, now, quota, true)
+        let run = |log: &mut VecDeque<Instant>| decide(log, now, quota, true);
+        match self.with_log(identity, quota, now, true, run) {
+            Some(d) => d,
+            None => self.with_overflow(quota, run),
+        }
     }
 
     /// Reports whether a request would be admitted, without recording one (nor creating
     /// state for an identity that has none: every request peeks at its address's failed
-    /// keys, and most addresses never fail one).
+    /// keys, and most addresses never fail one). An identity not in a full table is judged
+    /// by the overflow log, where its events went.
     pub fn peek(&self, identity: &str, quota: Quota) -> Decision {
         let now = Instant::now();
-        match self.entries.get(identity) {
-            Some(entry) => {
-                let mut log = entry.admitted.lock().unwrap_or_else(|p| p.into_inner());
-                decide(&mut log, now, quota, false)
-            }
-            None => decide(&mut VecDeque::new(), now, quota, false),
+        let run = |log: &mut VecDeque<Instant>| decide(log, now, quota, false);
+        let shard_full = {
+            let shard = lock(self.shard(identity));
+            !shard.logs.contains_key(identity) && shard.logs.len() >= self.table.per_shard
+        };
+        if shard_full {
+            let mut log = lock(&self.table.overflow);
+            return run(&mut log.admitted);
         }
+        self.with_log(identity, quota, now, false, run)
+            .unwrap_or_else(|| run(&mut VecDeque::new()))
     }
 
     /// Records one event (e.g. a failed key) regardless of the quota.
     pub fn record(&self, identity: &str, quota: Quota) {
         let now = Instant::now();
-        let entry = self.entry(identity, quota);
-        let mut log = entry.admitted.lock().unwrap_or_else(|p| p.into_inner());
-        prune(&mut log, now, quota.window);
-        if log.len() < quota.max_requests as usize {
-            log.push_back(now);
+        let run = |log: &mut VecDeque<Instant>| {
+            prune(log, now, quota.window);
+            if log.len() < quota.max_requests as usize {
+                log.push_back(now);
+            }
+        };
+        if self.with_log(identity, quota, now, true, run).is_none() {
+            self.with_overflow(quota, run);
         }
     }
 
+    /// Identities in the table now (idle ones included until a sweep removes them).
     pub fn tracked(&self) -> u64 {
-        self.entries.run_pending_tasks();
-        self.entries.entry_count()
-    }
-
-    fn entry(&self, identity: &str, quota: Quota) -> Arc<Entry> {
-        let window_ms = u64::try_from(quota.window.as_millis()).unwrap_or(u64::MAX);
-        // Looked up by &str first: the Arc<str> key is only built for a new identity.
-        let entry = match self.entries.get(identity) {
-            Some(entry) => entry,
-            None => self.entries.get_with(Arc::from(identity), || {
-                Arc::new(Entry {
-                    admitted: Mutex::new(VecDeque::new()),
-                    window_ms: AtomicU64::new(window_ms),
-                })
-            }),
-        };
-        entry.window_ms.store(window_ms, Ordering::Relaxed);
-        entry
+        self.table
+            .shards
+            .iter()
+            .map(|s| lock(s).logs.len() as u64)
+            .sum()
     }
 }
 
@@ -317,6 +418,62 @@ mod tests {
             rl.check(&format!("ip:{i}"), q(5, 60));
         }
         assert!(rl.tracked() <= 1_000, "{} tracked", rl.tracked());
+    }
+
+    #[test]
+    fn exact_for_every_identity_whatever_the_churn() {
+        // 5,000 identities churn through a table of ~1,000, four rounds each, quota 3: no
+        // identity is ever admitted more than 3 times (a reset log would admit a 4th), and
+        // the ones that did not fit share one quota.
+        let counters = LimiterCounters::default();
+        let rl = RateLimiter::with_counters(1_000, counters.clone());
+        let quota = q(3, 60);
+        let mut admitted = vec![0u32; 5_000];
+        for _ in 0..4 {
+            for (i, n) in admitted.iter_mut().enumerate() {
+                if rl.check(&format!("ip:{i}"), quota).allowed {
+                    *n += 1;
+                }
+            }
+        }
+        assert!(
+            admitted.iter().all(|&n| n <= 3),
+            "an identity's limit was reset"
+        );
+        let total: u32 = admitted.iter().sum();
+        assert!(total <= 1_000 * 3 + 3, "{total} admitted");
+        assert!(total >= 900 * 3, "the table was not used: {total}");
+        assert!(rl.tracked() <= 1_000);
+        assert!(counters.overflow.get() > 0);
+        // The failed-key throttle sees what was recorded in the overflow log too.
+        let fails = q(2, 60);
+        rl.record("ip:new-a", fails);
+        rl.record("ip:new-b", fails);
+        assert!(!rl.peek("ip:new-c", fails).allowed);
+    }
+
+    #[test]
+    fn idle_identities_make_room_without_losing_live_ones() {
+        let counters = LimiterCounters::default();
+        let rl = RateLimiter::with_counters(1_600, counters.clone());
+        let short = Quota {
+            max_requests: 1,
+            window: Duration::from_millis(30),
+        };
+        for i in 0..2_000 {
+            rl.check(&format!("old:{i}"), short);
+        }
+        assert!(rl.tracked() <= 1_600);
+        std::thread::sleep(Duration::from_millis(40)); // their windows pass
+        // Half the capacity, so no shard overflows however the names hash.
+        for i in 0..800 {
+            assert!(rl.check(&format!("new:{i}"), q(1, 60)).allowed);
+        }
+        assert!(counters.evictions.get() > 0);
+        // Every new identity got its own log: a second request is refused for each.
+        for i in 0..800 {
+            assert!(!rl.check(&format!("new:{i}"), q(1, 60)).allowed);
+        }
     }
 
     #[test]

@@ -133,7 +133,33 @@ impl Gateway {
     }
 
     pub fn spawn(dir: tempfile::TempDir, policy_path: PathBuf, args: &[&str]) -> Gateway {
-        let mut child = Command::new(GATEWAY)
+        Self::spawn_under(&[], dir, policy_path, args)
+    }
+
+    /// Starts the gateway with `policy` under a wrapper command (`prlimit --nofile=..`).
+    pub fn start_under(wrapper: &[&str], policy: &str, ollama: &str) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let policy_path = dir.path().join("policy.yaml");
+        std::fs::write(&policy_path, Self::render(policy, ollama, dir.path()))
+            .expect("write policy");
+        Self::spawn_under(wrapper, dir, policy_path, &[])
+    }
+
+    fn spawn_under(
+        wrapper: &[&str],
+        dir: tempfile::TempDir,
+        policy_path: PathBuf,
+        args: &[&str],
+    ) -> Gateway {
+        let mut cmd = match wrapper.split_first() {
+            None => Command::new(GATEWAY),
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(GATEWAY);
+                c
+            }
+        };
+        let mut child = cmd
             .arg("--config")
             .arg(&policy_path)
             .args(["--workers", "2"])
