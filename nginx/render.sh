@@ -8,7 +8,7 @@ envfile="$here/site.env"
 if [ "${1:-}" = "-e" ]; then envfile=$2; shift 2; fi
 template=${1:?usage: render.sh [-e site.env] TEMPLATE}
 vars=(DOMAIN SSL_CERT SSL_KEY HTTP_PORT HTTPS_PORT GATEWAY_ADDR CHATUI_ADDR ACME_ROOT MAX_BODY)
-optional=(GATEWAY_ADDRS)
+optional=(GATEWAY_ADDRS USER_ID)
 declare -A val
 while IFS='=' read -r k v; do
   case "$k" in ''|\#*) continue ;; esac
@@ -37,7 +37,8 @@ val[GATEWAY_SERVERS]=$servers
 # The redirect keeps a non-standard HTTPS port (tests, staging); 443 needs none.
 if [ "${val[HTTPS_PORT]}" = 443 ]; then val[HTTPS_SUFFIX]=; else val[HTTPS_SUFFIX]=":${val[HTTPS_PORT]}"; fi
 out=$(cat "$template")
-for k in "${vars[@]}" HTTPS_SUFFIX GATEWAY_SERVERS; do
+val[USER_ID]=${val[USER_ID]:-}
+for k in "${vars[@]}" HTTPS_SUFFIX GATEWAY_SERVERS USER_ID; do
   out=${out//@${k}@/${val[$k]}}
 done
 if grep -q '@[A-Z_]*@' <<<"$out"; then

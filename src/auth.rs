@@ -35,32 +35,48 @@ impl Principal {
     }
 }
 
-/// Why a request carries no usable key. Both answer the same 401 `invalid api key`.
+/// Why a request carries no usable key. `Missing` and `Invalid` answer the same 401
+/// `invalid api key`; `Ambiguous` says that two different keys were sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthFailure {
     Missing,
     Invalid,
+    /// Two different keys (the key header and a Bearer token, or a header given twice):
+    /// which one is meant is not for the gateway to guess.
+    Ambiguous,
 }
 
-/// Extracts the presented key: the configured header first, then a Bearer token.
-fn presented_key<'a>(headers: &'a HeaderMap, policy: &AuthPolicy) -> Option<&'a [u8]> {
-    if let Some(v) = headers.get(&policy.header) {
-        let v = v.as_bytes().trim_ascii();
-        if !v.is_empty() {
-            return Some(v);
-        }
+/// Every non-empty key the request presents: each value of the configured header, and each
+/// `Authorization: Bearer` token.
+fn presented_keys<'a>(
+    headers: &'a HeaderMap,
+    policy: &AuthPolicy,
+) -> impl Iterator<Item = &'a [u8]> {
+    let from_header = headers
+        .get_all(&policy.header)
+        .map(|v| v.as_bytes().trim_ascii());
+    let from_bearer = headers.get_all(AUTHORIZATION).filter_map(|v| {
+        let (scheme, rest) = v.as_bytes().split_at_checked(7)?;
+        scheme
+            .eq_ignore_ascii_case(b"bearer ")
+            .then(|| rest.trim_ascii())
+    });
+    from_header.chain(from_bearer).filter(|k| !k.is_empty())
+}
+
+/// The one key presented. The same key sent twice (the header and a Bearer token, as some
+/// SDK set-ups do) is one key.
+fn presented_key<'a>(headers: &'a HeaderMap, policy: &AuthPolicy) -> Result<&'a [u8], AuthFailure> {
+    let mut keys = presented_keys(headers, policy);
+    let first = keys.next().ok_or(AuthFailure::Missing)?;
+    if keys.any(|k| k != first) {
+        return Err(AuthFailure::Ambiguous);
     }
-    let auth = headers.get(AUTHORIZATION)?.as_bytes();
-    let (scheme, rest) = auth.split_at_checked(7)?;
-    if !scheme.eq_ignore_ascii_case(b"bearer ") {
-        return None;
-    }
-    let token = rest.trim_ascii();
-    (!token.is_empty()).then_some(token)
+    Ok(first)
 }
 
 pub fn authenticate(headers: &HeaderMap, policy: &AuthPolicy) -> Result<Principal, AuthFailure> {
-    let key = presented_key(headers, policy).ok_or(AuthFailure::Missing)?;
+    let key = presented_key(headers, policy)?;
     let d = digest(key);
     let mut found: Option<usize> = None;
     for (i, k) in policy.keys.iter().enumerate() {
@@ -137,5 +153,31 @@ mod tests {
             authenticate(&HeaderMap::new(), &p),
             Err(AuthFailure::Missing)
         );
+    }
+
+    #[test]
+    fn two_different_keys_are_ambiguous_the_same_key_twice_is_not() {
+        let p = policy();
+        let both = |header: &str, bearer: &str| {
+            let mut m = h("x-api-key", header);
+            m.append(AUTHORIZATION, HeaderValue::from_str(bearer).unwrap());
+            authenticate(&m, &p).map(|p| p.key_id().to_string())
+        };
+        // A valid header key must not win over a different Bearer token, nor the reverse.
+        assert_eq!(
+            both("key-aaaa", "Bearer key-bbbb"),
+            Err(AuthFailure::Ambiguous)
+        );
+        assert_eq!(
+            both("key-aaaa", "Bearer wrong-one"),
+            Err(AuthFailure::Ambiguous)
+        );
+        assert_eq!(both("key-aaaa", "Bearer key-aaaa"), Ok("a".into()));
+        let mut twice = h("x-api-key", "key-aaaa");
+        twice.append(
+            HeaderName::from_static("x-api-key"),
+            HeaderValue::from_static("key-bbbb"),
+        );
+        assert_eq!(authenticate(&twice, &p), Err(AuthFailure::Ambiguous));
     }
 }

@@ -20,6 +20,8 @@ use crate::ratelimit::Decision;
 pub enum GatewayError {
     #[error("invalid api key")]
     InvalidApiKey,
+    #[error("two different api keys")]
+    AmbiguousApiKey,
     #[error("too many failed authentication attempts")]
     AuthThrottled { retry_after: Duration },
     #[error("client address not allowed")]
@@ -84,6 +86,7 @@ impl GatewayError {
     pub fn code(&self) -> &'static str {
         match self {
             GatewayError::InvalidApiKey => "invalid_api_key",
+            GatewayError::AmbiguousApiKey => "ambiguous_api_key",
             GatewayError::AuthThrottled { .. } => "auth_throttled",
             GatewayError::IpNotAllowed => "ip_not_allowed",
             GatewayError::ModelNotAllowed { .. } => "model_not_allowed",
@@ -109,7 +112,7 @@ impl GatewayError {
     /// OpenAI's error `type` field.
     fn kind(&self) -> &'static str {
         match self {
-            GatewayError::InvalidApiKey => "authentication_error",
+            GatewayError::InvalidApiKey | GatewayError::AmbiguousApiKey => "authentication_error",
             GatewayError::IpNotAllowed | GatewayError::ModelNotAllowed { .. } => "permission_error",
             GatewayError::AuthThrottled { .. } | GatewayError::RateLimited(_) => "rate_limit_error",
             GatewayError::PromptTooLong { .. }
@@ -133,6 +136,10 @@ impl GatewayError {
     pub fn message(&self) -> String {
         match self {
             GatewayError::InvalidApiKey => "invalid api key".to_owned(),
+            GatewayError::AmbiguousApiKey => {
+                "two different api keys were sent (in two headers, or one header twice); send one"
+                    .to_owned()
+            }
             GatewayError::AuthThrottled { .. } => {
                 "too many failed authentication attempts, try again later".to_owned()
             }
@@ -219,7 +226,7 @@ pub fn ceil_secs(d: Duration) -> u64 {
 impl ResponseError for GatewayError {
     fn status_code(&self) -> StatusCode {
         match self {
-            GatewayError::InvalidApiKey => StatusCode::UNAUTHORIZED,
+            GatewayError::InvalidApiKey | GatewayError::AmbiguousApiKey => StatusCode::UNAUTHORIZED,
             GatewayError::IpNotAllowed | GatewayError::ModelNotAllowed { .. } => {
                 StatusCode::FORBIDDEN
             }

@@ -394,7 +394,7 @@ thread_local! {
 /// Reason label for a refused request, from its error code.
 pub fn rejection_reason(code: &str) -> Option<&'static str> {
     Some(match code {
-        "invalid_api_key" | "auth_throttled" | "model_not_allowed" => "auth",
+        "invalid_api_key" | "ambiguous_api_key" | "auth_throttled" | "model_not_allowed" => "auth",
         "ip_not_allowed" => "ip",
         "rate_limit_exceeded" => "rate",
         "prompt_too_long" | "request_too_large" => "size",

@@ -19,8 +19,17 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, reload};
 
 fn stderr_filter(level: &str) -> EnvFilter {
-    // Noisy dependencies stay at warn.
-    EnvFilter::new(format!("warn,qwen_gateway={level}"))
+    // Noisy dependencies stay at warn. actix-http reports a client's malformed request (a bad
+    // request line, headers too large) as an ERROR per request: a client's mistake is not the
+    // gateway's error, so it shows only at debug and trace.
+    let client_errors = if matches!(level, "debug" | "trace") {
+        "error"
+    } else {
+        "off"
+    };
+    EnvFilter::new(format!(
+        "warn,actix_http::h1::dispatcher={client_errors},qwen_gateway={level}"
+    ))
 }
 
 /// Changes the stderr log level at run time.

@@ -362,6 +362,19 @@ fn nginx_in_front_of_the_gateway_end_to_end() {
         &format!("{base}/v1/models"),
     ]);
     assert_eq!(s, 403, "a spoofed X-Forwarded-For got through: {body}");
+    // A client cannot choose the audit line's user_id: Nginx clears X-User-Id.
+    let (s, _, body) = curl(&[
+        "--cacert",
+        ca_s,
+        "--interface",
+        "127.0.0.3",
+        "-H",
+        "X-Api-Key: sdk-key-e2e-000",
+        "-H",
+        "X-User-Id: mallory",
+        &format!("{base}/v1/models"),
+    ]);
+    assert_eq!(s, 200, "{body}");
     let r = sdk(
         &v1,
         "sdk-key-e2e-000",
@@ -389,6 +402,10 @@ fn nginx_in_front_of_the_gateway_end_to_end() {
     assert!(
         !lines.iter().any(|l| l["client_ip"] == "127.0.0.1"),
         "the gateway saw Nginx, not the client"
+    );
+    assert!(
+        !lines.iter().any(|l| l["user_id"] == "mallory"),
+        "a client chose its own user_id"
     );
     // Nginx's request id reaches the gateway's audit line.
     assert!(

@@ -663,3 +663,64 @@ fn running_out_of_descriptors_is_the_gateways_503_and_never_opens_the_breaker() 
     assert!(m.contains("kind=\"local_resources\""), "{m}");
     assert!(!m.contains("kind=\"connect\""), "{m}");
 }
+
+// ---- 6. smaller items ----
+
+#[test]
+fn trailing_garbage_and_two_keys_are_refused() {
+    let fake = Fake::start(&[]);
+    let gw = Gateway::start(article_policy(), &fake.url());
+    let one = hello("qwen3:32b").to_string();
+    for body in [format!("{one}xyz"), format!("{one}{one}")] {
+        let r = request(
+            gw.addr,
+            "POST",
+            "/v1/chat/completions",
+            &[("X-Api-Key", KEY), ("Content-Type", "application/json")],
+            Some(body.as_bytes()),
+        );
+        assert_eq!(r.status, 400, "{}", r.text());
+        assert!(r.error_message().contains("not valid JSON"), "{}", r.text());
+    }
+    // A valid header key must not win over a different Bearer token (nor the reverse).
+    let r = request(
+        gw.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[
+            ("X-Api-Key", KEY),
+            ("Authorization", "Bearer someone-elses-key"),
+        ],
+        Some(one.as_bytes()),
+    );
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "ambiguous_api_key");
+    // The same key twice is one key.
+    let r = request(
+        gw.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[
+            ("X-Api-Key", KEY),
+            ("Authorization", &format!("Bearer {KEY}")),
+        ],
+        Some(one.as_bytes()),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(fake.chat_requests(), 1);
+}
+
+#[test]
+fn a_malformed_request_line_is_not_an_error_in_the_log() {
+    let fake = Fake::start(&[]);
+    let gw = Gateway::start(article_policy(), &fake.url());
+    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+    s.write_all(b"GARBAGE\r\n\r\n").unwrap();
+    let answer = read_to_end(&mut s);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    // The next request is served and logged; the garbage left no ERROR line before it.
+    let mark = gw.log_len();
+    assert_eq!(gw.chat(KEY, &hello("test/error500")).status, 502);
+    gw.wait_log("Request failed.", mark);
+    assert!(!gw.stderr_text().contains("ERROR"), "{}", gw.stderr_text());
+}

@@ -19,7 +19,7 @@ use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 
 use crate::app::{AppState, RequestCtx};
-use crate::auth::{Principal, authenticate};
+use crate::auth::{AuthFailure, Principal, authenticate};
 use crate::errors::GatewayError;
 use crate::metrics::ResultLabels;
 use crate::policy::{LimitBackend, Limits};
@@ -82,7 +82,10 @@ async fn guard(
                 Err(why) => {
                     state.auth_failures.record(&bucket, auth.failures);
                     tracing::debug!(request_id = %ctx.request_id, client_ip = %ctx.client_ip, ?why, "Rejected an API key.");
-                    return Err(GatewayError::InvalidApiKey);
+                    return Err(match why {
+                        AuthFailure::Ambiguous => GatewayError::AmbiguousApiKey,
+                        AuthFailure::Missing | AuthFailure::Invalid => GatewayError::InvalidApiKey,
+                    });
                 }
             }
         }
@@ -204,7 +207,15 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, GatewayE
         return Ok(v);
     }
     let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize::<_, T>(de).map_err(|e| {
+    let parsed = serde_path_to_error::deserialize::<_, T>(&mut *de);
+    if let Ok(v) = parsed {
+        // One valid object followed by more (`{...}xyz`, two objects) is refused, as the
+        // fast path did.
+        return de.end().map(|()| v).map_err(|e| GatewayError::BadRequest {
+            message: format!("the request body is not valid JSON: {e}"),
+        });
+    }
+    parsed.map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let message = if inner.is_syntax() || inner.is_eof() {
