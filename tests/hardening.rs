@@ -543,6 +543,16 @@ fn an_endless_line_is_cut_and_a_stream_that_never_ends_is_bounded() {
 }
 
 #[test]
+fn a_huge_non_streamed_answer_is_refused_not_buffered() {
+    let fake = Fake::start(&[]);
+    let gw = Gateway::start(&hostile_policy(), &fake.url());
+    let r = gw.chat(KEY, &hello("test/huge:9"));
+    assert_eq!(r.status, 502, "{:.200}", r.text());
+    let r = gw.chat(KEY, &hello("test/huge:1"));
+    assert_eq!(r.status, 200);
+}
+
+#[test]
 fn retry_after_from_ollama_is_clamped() {
     let fake = Fake::start(&[]);
     let gw = Gateway::start(&hostile_policy(), &fake.url());

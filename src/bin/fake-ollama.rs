@@ -9,7 +9,8 @@
 //! chunk, then an error line), `test/busy` (503), `test/error500`, `test/tools`, `test/think`,
 //! and hostile ones: `test/error-stall` (500 headers, then a body that never comes),
 //! `test/busy-retry:S` (503 with `Retry-After: S`), `test/endless-line` (bytes without a
-//! newline, forever), `test/forever:MS` (a token every MS, never done).
+//! newline, forever), `test/forever:MS` (a token every MS, never done), `test/huge:MIB` (a
+//! non-streamed answer of MIB mebibytes).
 //! Any other name must be in `--models`, or the answer is Ollama's 404.
 //! `--mode dead` accepts connections and never answers anything.
 //! `GET /_fake/stats` reports what reached it (request count, last body and headers, and how
@@ -351,6 +352,12 @@ async fn chat(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -> 
                 .streaming(body);
         }
         "endless-line" | "forever" => return hostile_stream(&model, &behaviour, param, active),
+        "huge" if !stream => {
+            // A non-streamed answer of `param` MiB.
+            let mut fin = final_line(&model, "stop", 1, 1);
+            fin["message"]["content"] = Value::from("x".repeat((param as usize) << 20));
+            return HttpResponse::Ok().json(fin);
+        }
         _ => {}
     }
 
