@@ -23,20 +23,19 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, Sender, channel};
-use std::time::{Duration, SystemTime};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::time::{Duration, Instant, SystemTime};
 
-use notify::RecursiveMode;
 use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
-use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
+use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
 
 use crate::app::{AppState, ReloadStatus};
 use crate::metrics::ResultLabels;
 use crate::policy::source::{self, FileIdentity};
 use crate::policy::{Policy, PolicyError, sha256_hex};
 
-/// Short enough that a rename is live well within 50 ms, long enough to fold the burst of
-/// events one save produces.
+/// Quiet time that ends a burst of events: short enough that a rename is live well within
+/// 50 ms, long enough to fold the burst of events one save produces.
 const DEBOUNCE: Duration = Duration::from_millis(20);
 
 /// Bytes must read the same twice this far apart before they are applied: an editor or a
@@ -70,7 +69,7 @@ impl Trigger {
 /// Keeps the watcher alive; dropping it stops watching.
 pub struct Reloader {
     pub trigger: Sender<Trigger>,
-    _watcher: Option<Debouncer<notify::RecommendedWatcher, RecommendedCache>>,
+    _watcher: Option<RecommendedWatcher>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -219,17 +218,28 @@ fn apply(
     }
 }
 
+/// A burst of events keeps a reload waiting this long at most, however busy the directory.
+const MAX_DEBOUNCE: Duration = Duration::from_secs(1);
+
 fn reload_loop(state: Arc<AppState>, rx: Receiver<Trigger>, mut reload: Reload) {
     while let Ok(first) = rx.recv() {
-        // Fold a burst of triggers into one reload: a signal wins (it always reads), and a
-        // write anywhere in the burst means the file must settle.
+        // Fold a burst of triggers (one save makes several events) into one reload, once
+        // DEBOUNCE has passed without another: a signal wins (it always reads), and a write
+        // anywhere in the burst means the file must settle.
         let mut trigger = first;
-        while let Ok(t) = rx.try_recv() {
-            trigger = match (trigger, t) {
-                (Trigger::Signal, _) | (_, Trigger::Signal) => Trigger::Signal,
-                (Trigger::File, _) | (_, Trigger::File) => Trigger::File,
-                _ => Trigger::Renamed,
-            };
+        let started = Instant::now();
+        while started.elapsed() < MAX_DEBOUNCE {
+            match rx.recv_timeout(DEBOUNCE) {
+                Ok(t) => {
+                    trigger = match (trigger, t) {
+                        (Trigger::Signal, _) | (_, Trigger::Signal) => Trigger::Signal,
+                        (Trigger::File, _) | (_, Trigger::File) => Trigger::File,
+                        _ => Trigger::Renamed,
+                    };
+                }
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
         }
         reload.run(&state, trigger);
     }
@@ -274,10 +284,7 @@ pub fn spawn(state: Arc<AppState>, loaded: FileIdentity, watch: bool) -> anyhow:
     })
 }
 
-fn watch_policy(
-    path: &Path,
-    tx: Sender<Trigger>,
-) -> anyhow::Result<Debouncer<notify::RecommendedWatcher, RecommendedCache>> {
+fn watch_policy(path: &Path, tx: Sender<Trigger>) -> anyhow::Result<RecommendedWatcher> {
     let path = path.to_path_buf();
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -297,43 +304,35 @@ fn watch_policy(
         }
     }
 
-    let file_tx = tx;
-    let mut debouncer = new_debouncer(DEBOUNCE, None, move |res: DebounceEventResult| match res {
-        Ok(events) => {
-            for e in &events {
+    // Raw events, debounced by the reload thread: a debouncer that merges "created, then
+    // renamed" into one creation would hide that a complete file was moved into place.
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        match res {
+            Ok(e) => {
                 tracing::trace!(kind = ?e.kind, paths = ?e.paths, "Policy directory event.");
+                if e.need_rescan() {
+                    let _ = tx.send(Trigger::File);
+                } else if changes(&e.kind) && e.paths.iter().any(|p| relevant(&names, p)) {
+                    // A rename onto the path: a finished file was moved into place.
+                    let renamed = matches!(e.kind, EventKind::Modify(ModifyKind::Name(_)));
+                    let _ = tx.send(if renamed {
+                        Trigger::Renamed
+                    } else {
+                        Trigger::File
+                    });
+                }
             }
-            let hits: Vec<_> = events
-                .iter()
-                .filter(|e| {
-                    e.need_rescan()
-                        || (changes(&e.kind) && e.paths.iter().any(|p| relevant(&names, p)))
-                })
-                .collect();
-            if !hits.is_empty() {
-                // Only renames: a finished file was moved into place, nothing is mid-write.
-                let renamed_only = hits
-                    .iter()
-                    .all(|e| matches!(e.kind, EventKind::Modify(ModifyKind::Name(_))));
-                let _ = file_tx.send(if renamed_only {
-                    Trigger::Renamed
-                } else {
-                    Trigger::File
-                });
-            }
-        }
-        Err(errors) => {
-            for e in errors {
+            Err(e) => {
                 tracing::warn!(error = %e, "Policy watcher error.");
+                let _ = tx.send(Trigger::File);
             }
-            let _ = file_tx.send(Trigger::File);
         }
     })?;
     for d in &dirs {
-        debouncer
+        watcher
             .watch(d, RecursiveMode::NonRecursive)
             .map_err(|e| anyhow::anyhow!("cannot watch {}: {e}", d.display()))?;
     }
     tracing::info!(dirs = ?dirs, "Watching the policy file for changes (SIGHUP also reloads).");
-    Ok(debouncer)
+    Ok(watcher)
 }

@@ -383,6 +383,12 @@ fn reload_by_rename_over() {
     std::fs::write(&tmp, Gateway::render(RELOAD_B, &fake.url(), gw.dir.path())).unwrap();
     std::fs::rename(&tmp, &gw.policy_path).unwrap();
     assert_switched_to_b(&gw);
+    // A complete file moved into place is read at once, without the settle time.
+    assert!(
+        gw.stderr_text().contains("trigger=\"file renamed over\""),
+        "{}",
+        gw.stderr_text()
+    );
 }
 
 #[test]
