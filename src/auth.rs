@@ -33,6 +33,11 @@ impl Principal {
     pub fn models(&self) -> Option<&BTreeSet<String>> {
         self.key.models.as_ref()
     }
+
+    /// May manage models (`admin: true` in the policy).
+    pub fn is_admin(&self) -> bool {
+        self.key.admin
+    }
 }
 
 /// Why a request carries no usable key. `Missing` and `Invalid` answer the same 401

@@ -1,8 +1,10 @@
 //! The one client-facing error type, and the one place it becomes an HTTP answer.
 //!
 //! Every rejection and failure the gateway reports to a client is a [`GatewayError`]. Its
-//! status, OpenAI error `type`, `code` and message are decided in exhaustive matches below, so
-//! a new variant cannot ship without an answer. Messages are written for a person using a chat
+//! status, error `type`, `code` and message are decided in exhaustive matches below, so a new
+//! variant cannot ship without an answer. Each surface reads errors in its own [`Dialect`]:
+//! OpenAI's envelope, Anthropic's `{"type":"error",...}`, Ollama's `{"error":"..."}`; the
+//! statuses and messages are the same in all three. Messages are written for a person using a chat
 //! UI: they never carry upstream text, addresses, library names or `Debug` output. The cause of
 //! a 5xx goes to the operational log under the request id instead.
 
@@ -39,7 +41,14 @@ pub enum GatewayError {
     #[error("request body too slow")]
     RequestTimeout { seconds: f64 },
     #[error("unknown route")]
-    RouteNotFound,
+    RouteNotFound { method: String, path: String },
+    /// A model-management route (pull, push, create, copy, delete, blobs) without an admin key.
+    #[error("admin only")]
+    AdminOnly,
+    /// The Ollama behind the gateway does not have this route (it answered 404 for the route
+    /// itself, not for a model): it is older than the version that added it.
+    #[error("upstream too old")]
+    UpstreamTooOld { needs: &'static str },
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("model not found")]
@@ -95,7 +104,9 @@ impl GatewayError {
             GatewayError::BodyTooLarge { .. } => "request_too_large",
             GatewayError::BadRequest { .. } => "invalid_request",
             GatewayError::RequestTimeout { .. } => "request_timeout",
-            GatewayError::RouteNotFound => "not_found",
+            GatewayError::RouteNotFound { .. } => "not_found",
+            GatewayError::AdminOnly => "admin_only",
+            GatewayError::UpstreamTooOld { .. } => "upstream_unsupported",
             GatewayError::MethodNotAllowed => "method_not_allowed",
             GatewayError::ModelNotFound { .. } => "model_not_found",
             GatewayError::UpstreamUnavailable { .. } => "upstream_unavailable",
@@ -113,14 +124,19 @@ impl GatewayError {
     fn kind(&self) -> &'static str {
         match self {
             GatewayError::InvalidApiKey | GatewayError::AmbiguousApiKey => "authentication_error",
-            GatewayError::IpNotAllowed | GatewayError::ModelNotAllowed { .. } => "permission_error",
+            GatewayError::IpNotAllowed
+            | GatewayError::ModelNotAllowed { .. }
+            | GatewayError::AdminOnly => "permission_error",
             GatewayError::AuthThrottled { .. } | GatewayError::RateLimited(_) => "rate_limit_error",
             GatewayError::PromptTooLong { .. }
             | GatewayError::BodyTooLarge { .. }
             | GatewayError::BadRequest { .. }
             | GatewayError::RequestTimeout { .. }
             | GatewayError::MethodNotAllowed => "invalid_request_error",
-            GatewayError::RouteNotFound | GatewayError::ModelNotFound { .. } => "not_found_error",
+            GatewayError::RouteNotFound { .. } | GatewayError::ModelNotFound { .. } => {
+                "not_found_error"
+            }
+            GatewayError::UpstreamTooOld { .. } => "invalid_request_error",
             GatewayError::UpstreamUnavailable { .. }
             | GatewayError::UpstreamBusy { .. }
             | GatewayError::UpstreamTimeout
@@ -156,7 +172,16 @@ impl GatewayError {
             GatewayError::RequestTimeout { seconds } => {
                 format!("the request body did not arrive in time, max {seconds} seconds")
             }
-            GatewayError::RouteNotFound => "unknown route".to_owned(),
+            GatewayError::RouteNotFound { method, path } => {
+                format!("Invalid URL ({method} {})", crate::audit::clip(path, 256))
+            }
+            GatewayError::AdminOnly => {
+                "model management (pull, push, create, copy, delete) needs an admin api key"
+                    .to_owned()
+            }
+            GatewayError::UpstreamTooOld { needs } => format!(
+                "the model server does not offer this API; it needs Ollama {needs} or newer"
+            ),
             GatewayError::MethodNotAllowed => "method not allowed for this route".to_owned(),
             GatewayError::ModelNotFound { model } => format!("model '{model}' not found"),
             GatewayError::UpstreamUnavailable { .. } => {
@@ -227,9 +252,10 @@ impl ResponseError for GatewayError {
     fn status_code(&self) -> StatusCode {
         match self {
             GatewayError::InvalidApiKey | GatewayError::AmbiguousApiKey => StatusCode::UNAUTHORIZED,
-            GatewayError::IpNotAllowed | GatewayError::ModelNotAllowed { .. } => {
-                StatusCode::FORBIDDEN
-            }
+            GatewayError::IpNotAllowed
+            | GatewayError::ModelNotAllowed { .. }
+            | GatewayError::AdminOnly => StatusCode::FORBIDDEN,
+            GatewayError::UpstreamTooOld { .. } => StatusCode::NOT_IMPLEMENTED,
             GatewayError::AuthThrottled { .. } | GatewayError::RateLimited(_) => {
                 StatusCode::TOO_MANY_REQUESTS
             }
@@ -238,7 +264,7 @@ impl ResponseError for GatewayError {
             }
             GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
-            GatewayError::RouteNotFound | GatewayError::ModelNotFound { .. } => {
+            GatewayError::RouteNotFound { .. } | GatewayError::ModelNotFound { .. } => {
                 StatusCode::NOT_FOUND
             }
             GatewayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -254,6 +280,65 @@ impl ResponseError for GatewayError {
     }
 
     fn error_response(&self) -> HttpResponse {
+        self.response(Dialect::OpenAi)
+    }
+}
+
+/// Which API's conventions an error follows. Decided by the route, in one place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dialect {
+    /// `{"error":{"message","type","param","code"}}`; SSE `data: {...}` mid-stream.
+    #[default]
+    OpenAi,
+    /// `{"type":"error","error":{"type","message"}}`; SSE `event: error` mid-stream.
+    Anthropic,
+    /// `{"error":"message"}`; an NDJSON `{"error":...}` line mid-stream.
+    Ollama,
+}
+
+impl Dialect {
+    pub fn for_path(path: &str) -> Dialect {
+        if path.starts_with("/api/") || path == "/api" {
+            Dialect::Ollama
+        } else if path == "/v1/messages" || path.starts_with("/v1/messages/") {
+            Dialect::Anthropic
+        } else {
+            Dialect::OpenAi
+        }
+    }
+}
+
+impl GatewayError {
+    /// Anthropic's error `type` for the same status.
+    fn anthropic_kind(&self) -> &'static str {
+        match self.status_code().as_u16() {
+            400 | 405 | 408 | 501 => "invalid_request_error",
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            503 => "overloaded_error",
+            504 => "timeout_error",
+            _ => "api_error",
+        }
+    }
+
+    /// The error body in a surface's dialect.
+    pub fn body(&self, dialect: Dialect) -> String {
+        match dialect {
+            Dialect::OpenAi => self.envelope_json(),
+            Dialect::Anthropic => serde_json::json!({
+                "type": "error",
+                "error": {"type": self.anthropic_kind(), "message": self.message()},
+            })
+            .to_string(),
+            Dialect::Ollama => serde_json::json!({ "error": self.message() }).to_string(),
+        }
+    }
+
+    /// The whole answer: status, `Retry-After` and rate-limit headers, body in `dialect`.
+    pub fn response(&self, dialect: Dialect) -> HttpResponse {
         let mut resp = HttpResponse::build(self.status_code());
         resp.content_type("application/json");
         if let Some(wait) = self.retry_after() {
@@ -264,7 +349,29 @@ impl ResponseError for GatewayError {
                 resp.insert_header((name, value));
             }
         }
-        resp.body(self.envelope_json())
+        resp.body(self.body(dialect))
+    }
+
+    /// What ends a stream that already began, in its surface's way: an SSE `data:` event
+    /// (OpenAI), an SSE `event: error` (Anthropic), an NDJSON error line (Ollama).
+    pub fn stream_event(&self, dialect: Dialect, out: &mut bytes::BytesMut) {
+        use bytes::BufMut as _;
+        match dialect {
+            Dialect::OpenAi => {
+                out.put_slice(b"data: ");
+                out.put_slice(self.envelope_json().as_bytes());
+                out.put_slice(b"\n\n");
+            }
+            Dialect::Anthropic => {
+                out.put_slice(b"event: error\ndata: ");
+                out.put_slice(self.body(dialect).as_bytes());
+                out.put_slice(b"\n\n");
+            }
+            Dialect::Ollama => {
+                out.put_slice(self.body(dialect).as_bytes());
+                out.put_slice(b"\n");
+            }
+        }
     }
 }
 

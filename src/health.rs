@@ -9,13 +9,13 @@ use actix_web::http::header::CONTENT_TYPE;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Serialize;
 
-use crate::app::{AppState, RequestCtx};
+use crate::context::{RequestCtx, request_ctx};
+use crate::state::AppState;
 use std::sync::atomic::Ordering;
 
 use crate::audit::rfc3339;
 use crate::breaker::BreakerState;
 use crate::errors::GatewayError;
-use crate::proxy::request_ctx;
 use crate::proxy::upstream::Upstream;
 
 fn observer(ctx: &RequestCtx) -> Result<(), GatewayError> {

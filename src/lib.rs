@@ -6,6 +6,7 @@
 //! `proxy::stream` back to SSE). `policy` is the validated file, `reload` swaps it live,
 //! `audit`/`telemetry`/`metrics`/`health` are what operators see, `errors` is what clients see.
 
+pub mod admission;
 pub mod app;
 pub mod audit;
 pub mod auth;
@@ -13,6 +14,7 @@ pub mod backends;
 pub mod breaker;
 pub mod cli;
 pub mod client_ip;
+pub mod context;
 pub mod errors;
 pub mod health;
 pub mod ids;
@@ -22,5 +24,7 @@ pub mod policy;
 pub mod proxy;
 pub mod ratelimit;
 pub mod reload;
+pub mod routes;
 pub mod shutdown;
+pub mod state;
 pub mod telemetry;

@@ -6,9 +6,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser as _;
-use qwen_gateway::app::{self, AppState};
+use qwen_gateway::app;
 use qwen_gateway::cli::{Cli, Command};
 use qwen_gateway::policy::{Policy, hash_key};
+use qwen_gateway::state::AppState;
 use qwen_gateway::{reload, telemetry};
 
 fn main() -> ExitCode {

@@ -29,10 +29,10 @@ use std::time::{Duration, Instant, SystemTime};
 use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
 
-use crate::app::{AppState, ReloadStatus};
 use crate::metrics::ResultLabels;
 use crate::policy::source::{self, FileIdentity};
 use crate::policy::{Policy, PolicyError, sha256_hex};
+use crate::state::{AppState, ReloadStatus};
 
 /// Quiet time that ends a burst of events: short enough that a rename is live well within
 /// 50 ms, long enough to fold the burst of events one save produces.

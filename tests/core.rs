@@ -108,12 +108,11 @@ fn non_stream_translation_both_ways() {
 fn tools_and_reasoning_round_trip() {
     let fake = Fake::start(&[]);
     let gw = Gateway::start(POLICY, &fake.url());
+    let tools = json!([{"type":"function","function":{"name":"get_weather","parameters":{"type":"object"}}}]);
+    // First turn: the model calls the tool.
     let r = chat(
         &gw,
-        json!({"model":"test/tools","tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object"}}}],
-               "messages":[{"role":"user","content":"weather?"},
-                 {"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}}]},
-                 {"role":"tool","tool_call_id":"call_1","content":"rain"}]}),
+        json!({"model":"test/tools","tools":tools,"messages":[{"role":"user","content":"weather?"}]}),
     );
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
@@ -125,6 +124,17 @@ fn tools_and_reasoning_round_trip() {
         serde_json::from_str::<Value>(call["function"]["arguments"].as_str().unwrap()).unwrap(),
         json!({"city":"Tokyo"})
     );
+    // Second turn, with the tool's result: the model answers in text (an agent loop ends).
+    let r = chat(
+        &gw,
+        json!({"model":"test/tools","tools":tools,
+               "messages":[{"role":"user","content":"weather?"},
+                 {"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}}]},
+                 {"role":"tool","tool_call_id":"call_1","content":"rain"}]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["choices"][0]["finish_reason"], "stop");
+    assert_eq!(r.json()["choices"][0]["message"]["content"], "It is sunny in Tokyo.");
     let sent = &fake.stats()["last_chat"];
     assert_eq!(
         sent["messages"][1]["tool_calls"][0]["function"]["arguments"],

@@ -54,6 +54,10 @@ struct Args {
     /// HTTP worker threads.
     #[arg(long, default_value_t = 1)]
     workers: usize,
+    /// Comma-separated routes to answer with gin's plain "404 page not found", as an Ollama
+    /// too old to have them does (e.g. `/v1/completions`).
+    #[arg(long, default_value = "")]
+    missing: String,
     /// Benchmark mode: canned answers (`--chunks` words, default 50) built once, no request
     /// parsing or recording, so the stand-in is never the bottleneck.
     #[arg(long)]
@@ -94,6 +98,12 @@ impl Canned {
 #[derive(Default)]
 struct Stats {
     chat_requests: u64,
+    /// Requests to the other model routes (generate, embeddings, completions, show).
+    model_requests: u64,
+    /// Model-management requests (pull, push, create, copy, delete, blobs).
+    admin_requests: u64,
+    /// The last body a model or admin route received, and its path.
+    last_model: Value,
     tags_requests: u64,
     last_chat: Value,
     last_headers: BTreeMap<String, String>,
@@ -169,6 +179,19 @@ fn main() -> std::io::Result<()> {
                 .route("/api/tags", web::get().to(tags))
                 .route("/api/chat", web::post().to(chat))
                 .route("/api/embed", web::post().to(embed))
+                .route("/api/embeddings", web::post().to(legacy_embeddings))
+                .route("/api/generate", web::post().to(generate))
+                .route("/api/show", web::post().to(show))
+                .route("/api/ps", web::get().to(ps))
+                .route("/api/pull", web::post().to(admin))
+                .route("/api/push", web::post().to(admin))
+                .route("/api/create", web::post().to(admin))
+                .route("/api/copy", web::post().to(admin))
+                .route("/api/delete", web::delete().to(admin))
+                .route("/api/blobs/{digest}", web::post().to(admin))
+                .route("/api/blobs/{digest}", web::head().to(admin))
+                .route("/v1/embeddings", web::post().to(v1_embeddings))
+                .route("/v1/completions", web::post().to(v1_completions))
                 .route("/_fake/stats", web::get().to(stats))
                 .default_service(web::to(other))
         })
@@ -197,6 +220,9 @@ async fn stats(shared: web::Data<Shared>) -> HttpResponse {
     HttpResponse::Ok().json(json!({
         "chat_requests": s.chat_requests,
         "tags_requests": s.tags_requests,
+        "model_requests": s.model_requests,
+        "admin_requests": s.admin_requests,
+        "last_model": s.last_model,
         "last_chat": s.last_chat,
         "last_headers": s.last_headers,
         "last_other": s.last_other,
@@ -260,16 +286,7 @@ fn answer_words(args: &Args, body: &Value) -> Vec<String> {
         .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
         .and_then(|m| m["content"].as_str())
         .unwrap_or("");
-    let text = format!("You said: {last_user}");
-    let mut words: Vec<String> = text
-        .split_inclusive(' ')
-        .take(64)
-        .map(str::to_owned)
-        .collect();
-    if words.len() < 2 {
-        words.push(" ok".to_owned());
-    }
-    words
+    words_of(last_user)
 }
 
 fn line(model: &str, message: Value, done: bool) -> Value {
@@ -385,12 +402,19 @@ async fn chat(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -> 
     }
     let mut lines: Vec<Value> = Vec::new();
     match behaviour.as_str() {
-        "tools" => lines.push(line(
+        // Calls the tool until the conversation holds its result, then answers in text (an
+        // agent loop through the stand-in ends).
+        "tools" if !has_tool_result(&body) => lines.push(line(
             &model,
             json!({"role": "assistant", "content": "", "tool_calls": [{"id": "call_k3j9x0qa",
                    "function": {"index": 0, "name": "get_weather", "arguments": {"city": "Tokyo"}}}]}),
             false,
         )),
+        "tools" => {
+            for w in ["It ", "is ", "sunny ", "in ", "Tokyo."] {
+                lines.push(line(&model, json!({"role": "assistant", "content": w}), false));
+            }
+        }
         "think" => {
             lines.push(line(&model, json!({"role": "assistant", "content": "", "thinking": "Let me think."}), false));
             for w in &words {
@@ -503,6 +527,311 @@ fn hostile_stream(model: &str, behaviour: &str, param: u64, active: Active) -> H
         .streaming(body)
 }
 
+fn has_tool_result(body: &Value) -> bool {
+    body["messages"]
+        .as_array()
+        .is_some_and(|m| m.iter().any(|m| m["role"] == "tool"))
+}
+
+/// Records a request to a model route; answers 404 (plain text, like gin) for a route listed
+/// in `--missing`, or Ollama's JSON 404 for a model it does not serve.
+fn model_route(
+    req: &HttpRequest,
+    shared: &Shared,
+    body: &Value,
+) -> Result<String, Box<HttpResponse>> {
+    if shared.args.missing.split(',').any(|m| m == req.path()) {
+        return Err(Box::new(
+            HttpResponse::NotFound()
+                .content_type("text/plain")
+                .body("404 page not found"),
+        ));
+    }
+    {
+        let mut s = shared.stats.lock().unwrap_or_else(|p| p.into_inner());
+        s.model_requests += 1;
+        s.last_model = json!({"path": req.path(), "body": body});
+        s.last_headers = headers_of(req);
+    }
+    let model = body["model"].as_str().unwrap_or("").to_owned();
+    if model.starts_with("test/") || shared.args.models.split(',').any(|m| m == model) {
+        Ok(model)
+    } else {
+        let answer = err(StatusCode::NOT_FOUND, &format!("model '{model}' not found"));
+        Err(Box::new(answer))
+    }
+}
+
+fn words_of(text: &str) -> Vec<String> {
+    let mut words: Vec<String> = format!("You said: {text}")
+        .split_inclusive(' ')
+        .take(64)
+        .map(str::to_owned)
+        .collect();
+    if words.len() < 2 {
+        words.push(" ok".to_owned());
+    }
+    words
+}
+
+/// NDJSON lines, one per read, as Ollama streams them.
+fn ndjson_stream(lines: Vec<Value>, delay: Duration) -> HttpResponse {
+    let body = futures_util::stream::unfold(
+        (lines.into_iter(), true),
+        move |(mut it, first)| async move {
+            let l = it.next()?;
+            if !first && !delay.is_zero() {
+                actix_web::rt::time::sleep(delay).await;
+            }
+            Some((Ok::<Bytes, actix_web::Error>(ndjson(&l)), (it, false)))
+        },
+    );
+    HttpResponse::Ok()
+        .content_type("application/x-ndjson")
+        .streaming(body)
+}
+
+/// `POST /api/generate`: completion of `prompt` (echoed), fill-in-the-middle with `suffix`,
+/// and the unload request Open WebUI sends (`keep_alive: 0`, no prompt).
+async fn generate(
+    req: HttpRequest,
+    body: web::Json<Value>,
+    shared: web::Data<Shared>,
+) -> HttpResponse {
+    let model = match model_route(&req, &shared, &body) {
+        Ok(m) => m,
+        Err(resp) => return *resp,
+    };
+    let prompt = body["prompt"].as_str().unwrap_or("");
+    let created = "2025-07-07T20:22:19.184789Z";
+    if prompt.is_empty() {
+        let reason = if body["keep_alive"] == 0 {
+            "unload"
+        } else {
+            "load"
+        };
+        return HttpResponse::Ok().json(json!({"model": model, "created_at": created,
+            "response": "", "done": true, "done_reason": reason}));
+    }
+    let words = words_of(prompt);
+    let fin = json!({"model": model, "created_at": created, "response": "", "done": true,
+        "done_reason": "stop", "context": [1, 2, 3], "total_duration": 182242375u64,
+        "load_duration": 41295167u64, "prompt_eval_count": prompt.split_whitespace().count(),
+        "prompt_eval_duration": 24573166u64, "eval_count": words.len(),
+        "eval_duration": 115959084u64});
+    if body["stream"] == false {
+        let mut one = fin;
+        one["response"] = Value::from(words.concat());
+        return HttpResponse::Ok().json(one);
+    }
+    let mut lines: Vec<Value> = words
+        .iter()
+        .map(|w| json!({"model": model, "created_at": created, "response": w, "done": false}))
+        .collect();
+    lines.push(fin);
+    ndjson_stream(lines, Duration::from_millis(shared.args.chunk_delay_ms))
+}
+
+/// `POST /api/show`: a model's details, in Ollama's shape (the Modelfile names the model).
+async fn show(req: HttpRequest, body: web::Json<Value>, shared: web::Data<Shared>) -> HttpResponse {
+    let mut body = body.into_inner();
+    if body["model"].is_null() {
+        body["model"] = body["name"].clone();
+    }
+    let model = match model_route(&req, &shared, &body) {
+        Ok(m) => m,
+        Err(resp) => return *resp,
+    };
+    HttpResponse::Ok().json(json!({
+        "modelfile": format!("# Modelfile generated by \"ollama show\"\nFROM {model}\n"),
+        "parameters": "num_ctx 40960",
+        "template": "{{ .Prompt }}{{ if .Suffix }}<fim>{{ .Suffix }}{{ end }}",
+        "details": {"format": "gguf", "family": "qwen3", "parameter_size": "32B",
+                    "quantization_level": "Q4_K_M"},
+        "model_info": {"general.architecture": "qwen3", "qwen3.context_length": 40960},
+        "capabilities": ["completion", "tools", "thinking"],
+        "modified_at": "2025-05-04T17:37:44.706015396-07:00"
+    }))
+}
+
+/// `GET /api/ps`: every served model, as if loaded.
+async fn ps(shared: web::Data<Shared>) -> HttpResponse {
+    let models: Vec<Value> = shared
+        .args
+        .models
+        .split(',')
+        .filter(|m| !m.is_empty())
+        .map(|m| {
+            json!({"name": m, "model": m, "size": 21_000_000_000u64, "digest": "a80c4f17acd5",
+                   "details": {"format": "gguf", "family": "qwen3"},
+                   "expires_at": "2026-12-01T23:59:59Z", "size_vram": 21_000_000_000u64})
+        })
+        .collect();
+    HttpResponse::Ok().json(json!({ "models": models }))
+}
+
+/// Model management: recorded, answered as Ollama does (a progress stream for pull/push).
+async fn admin(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -> HttpResponse {
+    {
+        let mut s = shared.stats.lock().unwrap_or_else(|p| p.into_inner());
+        s.admin_requests += 1;
+        s.last_model = json!({"path": req.path(), "method": req.method().as_str(),
+                              "body": String::from_utf8_lossy(&body)});
+    }
+    match req.path() {
+        "/api/pull" | "/api/push" => ndjson_stream(
+            vec![
+                json!({"status": "pulling manifest"}),
+                json!({"status": "success"}),
+            ],
+            Duration::ZERO,
+        ),
+        "/api/create" => HttpResponse::Ok().json(json!({"status": "success"})),
+        p if p.starts_with("/api/blobs/") && req.method() == actix_web::http::Method::POST => {
+            HttpResponse::Created().finish()
+        }
+        _ => HttpResponse::Ok().finish(),
+    }
+}
+
+/// A deterministic 8-dimensional embedding of a string's bytes.
+fn embedding_of(s: &str) -> Vec<f64> {
+    let mut v = [0f64; 8];
+    for (i, b) in s.bytes().enumerate() {
+        v[i % 8] += f64::from(b) / 255.0;
+    }
+    let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-9);
+    v.iter().map(|x| x / norm).collect()
+}
+
+fn inputs_of(v: &Value) -> Vec<String> {
+    match v {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(a) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `POST /api/embeddings` (legacy): one `prompt`, one `embedding`.
+async fn legacy_embeddings(
+    req: HttpRequest,
+    body: web::Json<Value>,
+    shared: web::Data<Shared>,
+) -> HttpResponse {
+    if let Err(resp) = model_route(&req, &shared, &body) {
+        return *resp;
+    }
+    HttpResponse::Ok()
+        .json(json!({"embedding": embedding_of(body["prompt"].as_str().unwrap_or(""))}))
+}
+
+/// `POST /v1/embeddings`, with `encoding_format: base64` (the OpenAI SDKs' default): little
+/// endian f32s, base64-encoded.
+async fn v1_embeddings(
+    req: HttpRequest,
+    body: web::Json<Value>,
+    shared: web::Data<Shared>,
+) -> HttpResponse {
+    let model = match model_route(&req, &shared, &body) {
+        Ok(m) => m,
+        Err(resp) => return *resp,
+    };
+    let inputs = inputs_of(&body["input"]);
+    if inputs.is_empty() {
+        return HttpResponse::BadRequest().json(json!({"error": {"message": "invalid input",
+            "type": "invalid_request_error", "param": null, "code": null}}));
+    }
+    let base64 = body["encoding_format"] == "base64";
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let e = embedding_of(s);
+            let embedding = if base64 {
+                let bytes: Vec<u8> = e.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect();
+                Value::from(b64(&bytes))
+            } else {
+                json!(e)
+            };
+            json!({"object": "embedding", "embedding": embedding, "index": i})
+        })
+        .collect();
+    let tokens: usize = inputs.iter().map(|s| s.split_whitespace().count()).sum();
+    HttpResponse::Ok().json(json!({"object": "list", "data": data, "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}))
+}
+
+fn b64(bytes: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in bytes.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// `POST /v1/completions`: the legacy completion of `prompt` (echoed), streamed as OpenAI
+/// SSE or whole, as Ollama's compatibility layer answers.
+async fn v1_completions(
+    req: HttpRequest,
+    body: web::Json<Value>,
+    shared: web::Data<Shared>,
+) -> HttpResponse {
+    let model = match model_route(&req, &shared, &body) {
+        Ok(m) => m,
+        Err(resp) => return *resp,
+    };
+    let prompt = body["prompt"].as_str().unwrap_or("");
+    let words = words_of(prompt);
+    let usage = json!({"prompt_tokens": prompt.split_whitespace().count(),
+        "completion_tokens": words.len(),
+        "total_tokens": prompt.split_whitespace().count() + words.len()});
+    let (id, created) = ("cmpl-527", 1_751_919_739u64);
+    if body["stream"] != true {
+        return HttpResponse::Ok().json(json!({"id": id, "object": "text_completion",
+            "created": created, "model": model, "system_fingerprint": "fp_ollama",
+            "choices": [{"text": words.concat(), "index": 0, "finish_reason": "stop"}],
+            "usage": usage}));
+    }
+    let chunk = |text: &str, finish: Value| {
+        json!({"id": id, "object": "text_completion", "created": created,
+               "choices": [{"text": text, "index": 0, "finish_reason": finish}],
+               "model": model, "system_fingerprint": "fp_ollama"})
+    };
+    let mut events: Vec<String> = words
+        .iter()
+        .map(|w| format!("data: {}\n\n", chunk(w, Value::Null)))
+        .collect();
+    events.push(format!("data: {}\n\n", chunk("", Value::from("stop"))));
+    if body["stream_options"]["include_usage"] == true {
+        let mut u = chunk("", Value::Null);
+        u["choices"] = json!([]);
+        u["usage"] = usage;
+        events.push(format!("data: {u}\n\n"));
+    }
+    events.push("data: [DONE]\n\n".to_owned());
+    let body = futures_util::stream::iter(
+        events
+            .into_iter()
+            .map(|e| Ok::<Bytes, actix_web::Error>(Bytes::from(e))),
+    );
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .streaming(body)
+}
+
 fn fast_chat(body: &[u8], shared: &Shared) -> HttpResponse {
     let stream = memchr::memmem::find(body, b"\"stream\":true").is_some();
     if !stream {
@@ -527,30 +856,19 @@ fn fast_chat(body: &[u8], shared: &Shared) -> HttpResponse {
         .streaming(body)
 }
 
-async fn embed(body: web::Json<Value>) -> HttpResponse {
-    let inputs: Vec<String> = match &body["input"] {
-        Value::String(s) => vec![s.clone()],
-        Value::Array(a) => a
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect(),
-        _ => Vec::new(),
-    };
+async fn embed(
+    req: HttpRequest,
+    body: web::Json<Value>,
+    shared: web::Data<Shared>,
+) -> HttpResponse {
+    if let Err(resp) = model_route(&req, &shared, &body) {
+        return *resp;
+    }
+    let inputs = inputs_of(&body["input"]);
     if inputs.is_empty() {
         return err(StatusCode::BAD_REQUEST, "invalid input");
     }
-    // A deterministic 8-dimensional embedding of each input's bytes.
-    let embeddings: Vec<Vec<f64>> = inputs
-        .iter()
-        .map(|s| {
-            let mut v = [0f64; 8];
-            for (i, b) in s.bytes().enumerate() {
-                v[i % 8] += f64::from(b) / 255.0;
-            }
-            let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-9);
-            v.iter().map(|x| x / norm).collect()
-        })
-        .collect();
+    let embeddings: Vec<Vec<f64>> = inputs.iter().map(|s| embedding_of(s)).collect();
     let tokens: usize = inputs.iter().map(|s| s.split_whitespace().count()).sum();
     HttpResponse::Ok().json(json!({"model": body["model"], "embeddings": embeddings,
         "total_duration": 14143917u64, "load_duration": 1019500u64, "prompt_eval_count": tokens}))

@@ -73,6 +73,7 @@ pub struct NamedKeyFile {
     pub key: String,
     pub rate_limit: Option<KeyLimitFile>,
     pub models: Option<Vec<String>>,
+    pub admin: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -44,6 +44,8 @@ pub struct ApiKey {
     pub rate_limit: Option<Quota>,
     /// Public model names this key may use; `None` means any.
     pub models: Option<BTreeSet<String>>,
+    /// May manage models (pull, push, create, copy, delete) through Ollama's native API.
+    pub admin: bool,
 }
 
 impl ApiKey {
@@ -59,6 +61,7 @@ impl ApiKey {
             digest,
             rate_limit,
             models,
+            admin: false,
         }
     }
 }

@@ -540,7 +540,9 @@ fn validate_auth(
                 Some(set)
             }
         };
-        keys.push(ApiKey::new(k.id, d, rate_limit, allowed));
+        let mut key = ApiKey::new(k.id, d, rate_limit, allowed);
+        key.admin = k.admin.unwrap_or(false);
+        keys.push(key);
     }
 
     let mut ids = HashSet::new();

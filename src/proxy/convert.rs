@@ -546,10 +546,14 @@ impl SseTranslator {
 }
 
 /// An SSE event carrying an OpenAI error envelope, for failures after the 200 went out.
-pub fn error_event(err: &GatewayError, out: &mut BytesMut) {
-    out.put_slice(b"data: ");
-    out.put_slice(err.envelope_json().as_bytes());
-    out.put_slice(b"\n\n");
+impl super::stream::Lines for SseTranslator {
+    fn on_line(&mut self, line: &[u8], out: &mut BytesMut) -> LineOutcome {
+        SseTranslator::on_line(self, line, out)
+    }
+
+    fn dialect(&self) -> crate::errors::Dialect {
+        crate::errors::Dialect::OpenAi
+    }
 }
 
 #[cfg(test)]

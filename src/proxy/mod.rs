@@ -1,162 +1,41 @@
-//! The `/v1/` handlers: orchestration only.
+//! The handlers of the model routes: orchestration only.
 //!
-//! Order for every `/v1/` request, so a rejected request never reaches Ollama and costs no
-//! upstream connection: client IP allowlist, then API key (with per-IP throttling of failed
-//! keys), then the rate limit, then the body (size, JSON, prompt length, model access).
+//! Admission (IP allowlist, key, rate limit) has run before any of them (`admission.rs`);
+//! here come the body-level guards (size, JSON, prompt length, model access), then the
+//! upstream call. Chat completions keep the gateway's own OpenAI -> native translation
+//! (`convert.rs`); the other model routes go through one forwarding pipeline (`forward.rs`)
+//! to Ollama's own implementation, and the listing routes are answered from every backend's
+//! model list (`native.rs`).
 
 pub mod convert;
+pub mod forward;
+pub mod native;
 pub mod ollama;
 pub mod openai;
 pub mod stream;
 pub mod upstream;
 
-use std::net::IpAddr;
-use std::rc::Rc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use actix_web::http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HeaderName};
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 
-use crate::app::{AppState, RequestCtx};
-use crate::auth::{AuthFailure, Principal, authenticate};
+use crate::admission::Admitted;
+use crate::auth::Principal;
+use crate::backends::Lease;
+use crate::context::{RequestCtx, request_ctx};
 use crate::errors::GatewayError;
-use crate::metrics::ResultLabels;
-use crate::policy::{LimitBackend, Limits};
+use crate::policy::Limits;
 use crate::ratelimit::Decision;
-use crate::ratelimit::redis::{RedisLimiter, RedisTrouble};
+use crate::state::AppState;
 use openai::{ChatRequest, ModelEntry, ModelList};
-use upstream::Upstream;
-
-/// The identity a failed-key counter is kept under: the address, or its /64 for IPv6, where
-/// one client typically owns the whole prefix.
-fn ip_bucket(ip: IpAddr) -> String {
-    match ip {
-        // Once or twice per request, so not through `format!`.
-        IpAddr::V4(v4) => {
-            let mut s = Vec::with_capacity(18);
-            s.extend_from_slice(b"ip:");
-            crate::client_ip::push_ipv4(&mut s, v4);
-            // Only ASCII was written.
-            String::from_utf8(s).unwrap_or_default()
-        }
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            format!("ip6:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-        }
-    }
-}
-
-pub fn request_ctx(req: &HttpRequest) -> Result<Rc<RequestCtx>, GatewayError> {
-    req.extensions()
-        .get::<Rc<RequestCtx>>()
-        .cloned()
-        .ok_or(GatewayError::Internal)
-}
-
-/// The guards every `/v1/` route passes: IP, key, rate limit.
-async fn guard(
-    req: &HttpRequest,
-    ctx: &RequestCtx,
-    state: &AppState,
-    redis: &RedisLimiter,
-) -> Result<(Option<Principal>, Option<Decision>), GatewayError> {
-    let policy = &ctx.policy;
-    if let Some(allow) = &policy.whitelist
-        && !allow.contains(ctx.client_ip)
-    {
-        return Err(GatewayError::IpNotAllowed);
-    }
-    let principal = match &policy.auth {
-        None => None,
-        Some(auth) => {
-            let bucket = ip_bucket(ctx.client_ip);
-            let throttle = state.auth_failures.peek(&bucket, auth.failures);
-            if !throttle.allowed {
-                return Err(GatewayError::AuthThrottled {
-                    retry_after: throttle.retry_after(),
-                });
-            }
-            match authenticate(req.headers(), auth) {
-                Ok(p) => Some(p),
-                Err(why) => {
-                    state.auth_failures.record(&bucket, auth.failures);
-                    tracing::debug!(request_id = %ctx.request_id, client_ip = %ctx.client_ip, ?why, "Rejected an API key.");
-                    return Err(match why {
-                        AuthFailure::Ambiguous => GatewayError::AmbiguousApiKey,
-                        AuthFailure::Missing | AuthFailure::Invalid => GatewayError::InvalidApiKey,
-                    });
-                }
-            }
-        }
-    };
-    let user_id = req
-        .headers()
-        .get(&policy.audit.user_id_header)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 256)
-        .map(str::to_owned);
-    ctx.audit.update(|r| {
-        r.key_id = principal.as_ref().map(|p| p.key_id().clone());
-        r.user_id = user_id;
-    });
-
-    let quota = principal
-        .as_ref()
-        .and_then(Principal::rate_limit)
-        .or(policy.rate_limit);
-    let decision = match quota {
-        None => None,
-        Some(q) => {
-            let by_ip;
-            let identity = match &principal {
-                Some(p) => p.key.limit_identity.as_str(),
-                None => {
-                    by_ip = ip_bucket(ctx.client_ip);
-                    by_ip.as_str()
-                }
-            };
-            let decided = match &policy.limit_backend {
-                LimitBackend::Memory => Some(state.limiter.check(identity, q)),
-                LimitBackend::Redis(cfg) => match redis.check(cfg, identity, q).await {
-                    Ok(d) => Some(d),
-                    Err(trouble) => {
-                        let result = if cfg.fail_open {
-                            "fail_open"
-                        } else {
-                            "fail_closed"
-                        };
-                        state
-                            .metrics
-                            .ratelimit_backend_errors
-                            .get_or_create(&ResultLabels { result })
-                            .inc();
-                        if !matches!(trouble, RedisTrouble::Backoff) {
-                            tracing::warn!(request_id = %ctx.request_id, ?trouble, result,
-                                "Redis could not check the rate limit.");
-                        }
-                        if !cfg.fail_open {
-                            return Err(GatewayError::RateLimiterUnavailable);
-                        }
-                        None
-                    }
-                },
-            };
-            if let Some(d) = decided
-                && !d.allowed
-            {
-                return Err(GatewayError::RateLimited(d));
-            }
-            decided
-        }
-    };
-    Ok((principal, decision))
-}
+use upstream::{Call, Upstream};
 
 /// Reads the body within `limits.body_timeout_seconds` (a slow-drip client otherwise holds a
 /// connection and its buffer for as long as it likes; Nginx in front buffers bodies, so only
 /// direct clients meet this), refusing more than `limits.max_body_bytes` before buffering.
-async fn read_body(
+pub(crate) async fn read_body(
     req: &HttpRequest,
     payload: web::Payload,
     limits: &Limits,
@@ -195,7 +74,7 @@ async fn read_body_unbounded(
     Ok(body)
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, GatewayError> {
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, GatewayError> {
     if body.is_empty() {
         return Err(GatewayError::BadRequest {
             message: "the request body is empty; send a JSON object".to_owned(),
@@ -229,6 +108,23 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, GatewayE
     })
 }
 
+/// What every relayed stream holds besides its body and line handler.
+pub(crate) fn stream_parts(
+    state: &AppState,
+    ctx: &RequestCtx,
+    lease: Lease,
+) -> stream::StreamParts {
+    let policy = &ctx.policy;
+    stream::StreamParts {
+        idle: policy.upstream.stream_idle_timeout,
+        max_duration: policy.upstream.max_stream,
+        audit: ctx.audit.clone(),
+        metrics: state.metrics.clone(),
+        lease,
+        shutdown: state.shutdown.clone(),
+    }
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -236,7 +132,10 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-fn with_rate_headers(resp: &mut actix_web::HttpResponseBuilder, decision: Option<Decision>) {
+pub(crate) fn with_rate_headers(
+    resp: &mut actix_web::HttpResponseBuilder,
+    decision: Option<Decision>,
+) {
     if let Some(d) = decision {
         for (name, value) in d.headers() {
             resp.insert_header((name, value));
@@ -250,11 +149,14 @@ pub async fn chat_completions(
     payload: web::Payload,
     state: web::Data<AppState>,
     upstream: web::Data<Upstream>,
-    redis: web::Data<RedisLimiter>,
+    admitted: Admitted,
 ) -> Result<HttpResponse, GatewayError> {
     let ctx = request_ctx(&req)?;
     let policy = &ctx.policy;
-    let (principal, decision) = guard(&req, &ctx, &state, &redis).await?;
+    let Admitted {
+        principal,
+        decision,
+    } = admitted;
 
     let body = read_body(&req, payload, &policy.limits).await?;
     let chat: ChatRequest = parse_json(&body)?;
@@ -288,16 +190,14 @@ pub async fn chat_completions(
     let native_body = serde_json::to_vec(&native).map_err(|_| GatewayError::Internal)?;
 
     let sent = Instant::now();
-    let (mut resp, lease) = upstream
-        .send(
-            &state,
-            policy,
-            "/api/chat",
-            Some(native_body.into()),
-            &ctx.request_id,
-            Some(&chat.model),
-        )
-        .await?;
+    let call = Call {
+        method: actix_web::http::Method::POST,
+        path: "/api/chat",
+        body: Some(native_body.into()),
+        request_id: &ctx.request_id,
+        model: Some(&chat.model),
+    };
+    let (mut resp, lease) = upstream.send(&state, policy, &call).await?;
     ctx.audit.update(|r| r.upstream = Some(sent.elapsed()));
 
     let id = convert::completion_id();
@@ -311,15 +211,10 @@ pub async fn chat_completions(
         let translator = convert::SseTranslator::new(id, created, chat.model, include_usage);
         // Only the body stream is kept for the life of the stream: the response head (its
         // header map, ~3 KB) would otherwise be held by every open stream.
-        let body = stream::sse(
+        let body = stream::relay(
             resp.take_payload(),
             translator,
-            policy.upstream.stream_idle_timeout,
-            policy.upstream.max_stream,
-            ctx.audit.clone(),
-            state.metrics.clone(),
-            lease,
-            state.shutdown.clone(),
+            stream_parts(&state, &ctx, lease),
         );
         let mut out = HttpResponse::Ok();
         out.insert_header((CONTENT_TYPE, "text/event-stream"))
@@ -354,85 +249,72 @@ pub async fn chat_completions(
     Ok(out.body(json))
 }
 
-/// `GET /v1/models`: every backend's `/api/tags` under public names, filtered by the key's
+/// `GET /v1/models`: every backend's models under their public names, filtered by the key's
 /// `models`. Backends that do not answer are left out; none answering is a 503.
 pub async fn models(
     req: HttpRequest,
     state: web::Data<AppState>,
     upstream: web::Data<Upstream>,
-    redis: web::Data<RedisLimiter>,
+    admitted: Admitted,
 ) -> Result<HttpResponse, GatewayError> {
     let ctx = request_ctx(&req)?;
     let policy = &ctx.policy;
-    let (principal, decision) = guard(&req, &ctx, &state, &redis).await?;
-    let mut tags: Vec<ollama::TagModel> = Vec::new();
-    let mut last_err = None;
-    for (backend, _) in state.backends.all(policy) {
-        let fetched = async {
-            let mut resp = upstream
-                .send_to(
-                    &state,
-                    policy,
-                    &backend,
-                    "/api/tags",
-                    None,
-                    &ctx.request_id,
-                    None,
-                )
-                .await?;
-            upstream::read_json::<ollama::Tags>(
-                &mut resp,
-                policy.upstream.timeout,
-                upstream::TAGS_LIMIT,
-            )
-            .await
-            .map_err(|e| e.into_gateway_error(&state))
-        }
-        .await;
-        match fetched {
-            Ok(t) => {
-                backend.set_models(t.models.iter().map(|m| m.name.clone()));
-                tags.extend(t.models);
-            }
-            Err(e) => last_err = Some(e),
-        }
-    }
-    if tags.is_empty()
-        && let Some(e) = last_err
-    {
-        return Err(e);
-    }
-    let allowed = principal.as_ref().and_then(Principal::models);
-    let mut data = Vec::new();
-    for m in &tags {
-        for public in policy.models.public_names(&m.name) {
-            if allowed.is_some_and(|a| !a.contains(public)) {
-                continue;
-            }
-            data.push(ModelEntry {
-                id: public.to_owned(),
-                object: "model",
-                created: m
-                    .modified_at
-                    .as_deref()
-                    .and_then(parse_rfc3339)
-                    .unwrap_or(0),
-                owned_by: public
-                    .rsplit_once('/')
-                    .map_or("library", |(ns, _)| ns.rsplit('/').next().unwrap_or(ns))
-                    .to_owned(),
-            });
-        }
-    }
-    data.sort_by(|a, b| a.id.cmp(&b.id));
-    data.dedup_by(|a, b| a.id == b.id);
+    let listed = native::gather(&state, policy, &upstream, &ctx.request_id, "/api/tags").await?;
+    let data: Vec<ModelEntry> = native::visible(&listed, policy, admitted.principal.as_ref())
+        .into_iter()
+        .map(|(public, l)| model_entry(public, l))
+        .collect();
     let mut out = HttpResponse::Ok();
     out.insert_header((CONTENT_TYPE, "application/json"));
-    with_rate_headers(&mut out, decision);
+    with_rate_headers(&mut out, admitted.decision);
     Ok(out.json(ModelList {
         object: "list",
         data,
     }))
+}
+
+/// `GET /v1/models/{model}`: one model the key may use, as `/v1/models` lists it; 404 for
+/// any other (a model the key may not use is not shown to exist).
+pub async fn model(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+    upstream: web::Data<Upstream>,
+    admitted: Admitted,
+) -> Result<HttpResponse, GatewayError> {
+    let ctx = request_ctx(&req)?;
+    let policy = &ctx.policy;
+    let wanted = path.into_inner();
+    ctx.audit
+        .update(|r| r.model = Some(crate::audit::clip(&wanted, convert::MAX_MODEL_CHARS)));
+    let listed = native::gather(&state, policy, &upstream, &ctx.request_id, "/api/tags").await?;
+    let entry = native::visible(&listed, policy, admitted.principal.as_ref())
+        .into_iter()
+        .find(|(public, _)| *public == wanted)
+        .map(|(public, l)| model_entry(public, l))
+        .ok_or(GatewayError::ModelNotFound { model: wanted })?;
+    let mut out = HttpResponse::Ok();
+    out.insert_header((CONTENT_TYPE, "application/json"));
+    with_rate_headers(&mut out, admitted.decision);
+    Ok(out.json(entry))
+}
+
+/// OpenAI's model object: `owned_by` is the namespace, `created` the modification time.
+fn model_entry(public: &str, l: &native::Listed) -> ModelEntry {
+    ModelEntry {
+        id: public.to_owned(),
+        object: "model",
+        created: l
+            .entry
+            .get("modified_at")
+            .and_then(serde_json::Value::as_str)
+            .and_then(parse_rfc3339)
+            .unwrap_or(0),
+        owned_by: public
+            .rsplit_once('/')
+            .map_or("library", |(ns, _)| ns.rsplit('/').next().unwrap_or(ns))
+            .to_owned(),
+    }
 }
 
 /// Seconds since the epoch of `2025-05-04T17:37:44.706015396-07:00` (offset applied).
@@ -477,13 +359,5 @@ mod tests {
             Some(1_746_405_464)
         );
         assert_eq!(parse_rfc3339("garbage"), None);
-    }
-
-    #[test]
-    fn v6_failures_bucket_per_64() {
-        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
-        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
-        assert_eq!(ip_bucket(a), ip_bucket(b));
-        assert_eq!(ip_bucket("10.0.255.1".parse().unwrap()), "ip:10.0.255.1");
     }
 }

@@ -17,10 +17,11 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 
-use super::convert::{LineOutcome, SseTranslator, error_event};
+use super::convert::LineOutcome;
+use super::openai::Usage;
 use crate::audit::{AuditCell, CLIENT_CLOSED};
 use crate::backends::Lease;
-use crate::errors::GatewayError;
+use crate::errors::{Dialect, GatewayError};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
@@ -49,12 +50,41 @@ pub const MAX_LINE: usize = 1024 * 1024;
 /// How long to wait for the end of Ollama's body after its `done` line.
 const DRAIN_LIMIT: Duration = Duration::from_millis(200);
 
-struct State<S> {
+/// What a relayed stream does with each complete line from Ollama: translate it (chat
+/// completions), or pass it on with public model names (the forwarded routes).
+pub trait Lines {
+    fn on_line(&mut self, line: &[u8], out: &mut BytesMut) -> LineOutcome;
+
+    /// The upstream body ended without a `Done` line: `Some(usage)` when that end is the
+    /// answer's end (an SSE stream that already sent its last event), `None` when the stream
+    /// was cut short.
+    fn at_end(&mut self) -> Option<Usage> {
+        None
+    }
+
+    /// How this surface ends a stream with an error.
+    fn dialect(&self) -> Dialect;
+}
+
+/// Everything a relayed stream holds besides its upstream body and its line handler.
+pub struct StreamParts {
+    /// Longest silence between two upstream reads.
+    pub idle: Duration,
+    /// Longest the whole stream may last.
+    pub max_duration: Duration,
+    pub audit: Rc<AuditCell>,
+    pub metrics: Arc<Metrics>,
+    /// Keeps the stream counted against its backend until it ends.
+    pub lease: Lease,
+    pub shutdown: Arc<Shutdown>,
+}
+
+struct State<S, L> {
     upstream: S,
     pending: BytesMut,
     /// Bytes of `pending` already known to hold no newline.
     scanned: usize,
-    translator: SseTranslator,
+    translator: L,
     idle: Duration,
     /// When the stream must end, however busy it is.
     deadline: Instant,
@@ -72,7 +102,7 @@ struct State<S> {
     _lease: Lease,
 }
 
-impl<S> State<S> {
+impl<S, L: Lines> State<S, L> {
     /// Translates every complete line in `pending` into `out`.
     fn drain_lines(&mut self, out: &mut BytesMut) {
         while !self.finished {
@@ -119,14 +149,7 @@ impl<S> State<S> {
     fn on_line(&mut self, line: &[u8], out: &mut BytesMut) {
         match self.translator.on_line(line, out) {
             LineOutcome::Continue => self.lines_seen += 1,
-            LineOutcome::Done(usage) => {
-                self.finished = true;
-                self.complete = true;
-                self.audit.update(|r| {
-                    r.prompt_tokens = Some(usage.prompt_tokens);
-                    r.completion_tokens = Some(usage.completion_tokens);
-                });
-            }
+            LineOutcome::Done(usage) => self.done(usage),
             LineOutcome::Failed => self.fail(GatewayError::UpstreamFailed, "stream_error", out),
             LineOutcome::Invalid => self.fail(GatewayError::UpstreamFailed, "stream_invalid", out),
         }
@@ -144,7 +167,16 @@ impl<S> State<S> {
             r.error = Some(err.code());
             r.completion_tokens = r.completion_tokens.or(Some(seen));
         });
-        error_event(&err, out);
+        err.stream_event(self.translator.dialect(), out);
+    }
+
+    fn done(&mut self, usage: Usage) {
+        self.finished = true;
+        self.complete = true;
+        self.audit.update(|r| {
+            r.prompt_tokens = Some(usage.prompt_tokens);
+            r.completion_tokens = Some(usage.completion_tokens);
+        });
     }
 }
 
@@ -152,7 +184,7 @@ impl<S> State<S> {
 /// connection closes). Audited as 499 with the tokens generated so far, so hanging up before
 /// the last chunk does not escape metering. Dropping it also drops the upstream response,
 /// which closes that connection: Ollama stops generating.
-impl<S> Drop for State<S> {
+impl<S, L> Drop for State<S, L> {
     fn drop(&mut self) {
         if !self.finished {
             let seen = self.lines_seen;
@@ -170,20 +202,24 @@ enum Step<T> {
     Cut,
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn sse<S, E>(
+/// Relays Ollama's body to the client line by line through `translator`.
+pub fn relay<S, E, L>(
     upstream: S,
-    translator: SseTranslator,
-    idle: Duration,
-    max_duration: Duration,
-    audit: Rc<AuditCell>,
-    metrics: Arc<Metrics>,
-    lease: Lease,
-    shutdown: Arc<Shutdown>,
+    translator: L,
+    parts: StreamParts,
 ) -> impl Stream<Item = Result<Bytes, actix_web::Error>>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin + 'static,
+    L: Lines + 'static,
 {
+    let StreamParts {
+        idle,
+        max_duration,
+        audit,
+        metrics,
+        lease,
+        shutdown,
+    } = parts;
     let state = State {
         upstream,
         pending: BytesMut::new(),
@@ -256,7 +292,12 @@ where
                         st.on_line(&rest, &mut out);
                     }
                     if !st.finished {
-                        st.fail(GatewayError::UpstreamFailed, "stream_truncated", &mut out);
+                        match st.translator.at_end() {
+                            Some(usage) => st.done(usage),
+                            None => {
+                                st.fail(GatewayError::UpstreamFailed, "stream_truncated", &mut out);
+                            }
+                        }
                     }
                 }
                 Err(_) if Instant::now() >= st.deadline => {
@@ -289,6 +330,7 @@ mod tests {
     use super::*;
     use crate::audit::{AuditRecord, AuditSink};
     use crate::backends::BackendState;
+    use crate::proxy::convert::SseTranslator;
 
     /// Collects what the client would receive for the given upstream reads.
     async fn run(reads: Vec<&'static str>) -> String {
@@ -304,15 +346,17 @@ mod tests {
         );
         let lease = Arc::new(BackendState::new("http://x")).lease();
         let translator = SseTranslator::new("c".into(), 1, "m".into(), false);
-        let body = sse(
+        let body = relay(
             upstream,
             translator,
-            Duration::from_secs(5),
-            Duration::from_secs(60),
-            audit,
-            metrics,
-            lease,
-            Arc::new(Shutdown::default()),
+            StreamParts {
+                idle: Duration::from_secs(5),
+                max_duration: Duration::from_secs(60),
+                audit,
+                metrics,
+                lease,
+                shutdown: Arc::new(Shutdown::default()),
+            },
         );
         let parts: Vec<Bytes> = body.map(|r| r.unwrap()).collect().await;
         String::from_utf8(parts.concat()).unwrap()

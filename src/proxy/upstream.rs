@@ -14,15 +14,16 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use actix_web::http::header::{CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
-use actix_web::http::{StatusCode, Uri};
+use actix_web::http::{Method, StatusCode, Uri};
 use awc::error::{ConnectError, SendRequestError};
 use bytes::Bytes;
 
-use crate::app::{AppState, X_REQUEST_ID};
 use crate::backends::{BackendState, Lease};
 use crate::breaker::Admit;
+use crate::context::X_REQUEST_ID;
 use crate::errors::GatewayError;
 use crate::policy::Policy;
+use crate::state::AppState;
 
 /// The response type awc hands back; its body is read (non-stream) or streamed (SSE).
 /// (awc is built without decompression: Ollama does not compress, and the gateway must not
@@ -131,29 +132,16 @@ impl Upstream {
         &self,
         state: &AppState,
         policy: &Policy,
-        path: &str,
-        body: Option<Bytes>,
-        request_id: &str,
-        model: Option<&str>,
+        call: &Call<'_>,
     ) -> Result<(UpstreamResponse, Lease), GatewayError> {
+        let (request_id, model) = (call.request_id, call.model);
         let candidates = state
             .backends
             .candidates(policy, model.and_then(|m| policy.models.to_upstream(m)));
         let mut last: Option<GatewayError> = None;
         for backend in candidates {
             let lease = backend.lease();
-            match self
-                .send_to(
-                    state,
-                    policy,
-                    &backend,
-                    path,
-                    body.clone(),
-                    request_id,
-                    model,
-                )
-                .await
-            {
+            match self.send_to(state, policy, &backend, call).await {
                 Ok(resp) => return Ok((resp, lease)),
                 Err(e) if retryable(&e) => {
                     tracing::debug!(request_id, backend = %backend.url, code = e.code(), "Trying the next backend.");
@@ -172,17 +160,14 @@ impl Upstream {
 
     /// One attempt on one backend, under its breaker and the time budgets. Only a 200 comes
     /// back as `Ok`; everything else is already the client-facing error.
-    #[allow(clippy::too_many_arguments)]
     pub async fn send_to(
         &self,
         state: &AppState,
         policy: &Policy,
         backend: &BackendState,
-        path: &str,
-        body: Option<Bytes>,
-        request_id: &str,
-        model: Option<&str>,
+        call: &Call<'_>,
     ) -> Result<UpstreamResponse, GatewayError> {
+        let (path, request_id, model) = (call.path, call.request_id, call.model);
         let breaker = &backend.breaker;
         let base = backend.url.as_str();
         let bp = policy.upstream.breaker;
@@ -195,23 +180,17 @@ impl Upstream {
             Some(uri) if path == "/api/chat" => uri.clone(),
             _ => Uri::try_from(format!("{base}{path}")).map_err(|_| GatewayError::Internal)?,
         };
-        let head = match body {
+        let req = self
+            .client
+            .request(call.method.clone(), uri)
+            .insert_header((X_REQUEST_ID, request_id));
+        let head = match &call.body {
             Some(body) => {
-                let req = self
-                    .client
-                    .post(uri)
-                    .insert_header((CONTENT_TYPE, "application/json"))
-                    .insert_header((X_REQUEST_ID, request_id));
-                self.wait_for_head(req.send_body(body), policy, base, started)
+                let req = req.insert_header((CONTENT_TYPE, "application/json"));
+                self.wait_for_head(req.send_body(body.clone()), policy, base, started)
                     .await
             }
-            None => {
-                let req = self
-                    .client
-                    .get(uri)
-                    .insert_header((X_REQUEST_ID, request_id));
-                self.wait_for_head(req.send(), policy, base, started).await
-            }
+            None => self.wait_for_head(req.send(), policy, base, started).await,
         };
         let fail = |kind: &'static str| {
             state.metrics.upstream_error(kind);
@@ -278,6 +257,14 @@ impl Upstream {
         match status {
             StatusCode::NOT_FOUND => {
                 breaker.on_success();
+                // Ollama answers a missing model with a JSON error, and a route it does not
+                // have with gin's plain-text "404 page not found": an older Ollama.
+                if !detail.trim_start().starts_with('{') {
+                    state.metrics.upstream_error("route_missing");
+                    return Err(GatewayError::UpstreamTooOld {
+                        needs: "a newer version",
+                    });
+                }
                 state.metrics.upstream_error("model_not_found");
                 Err(GatewayError::ModelNotFound {
                     model: model.unwrap_or_default().to_owned(),
@@ -371,6 +358,18 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 /// Model lists are small; anything near this is not a model list.
 pub const TAGS_LIMIT: usize = 8 << 20;
 
+/// One request to Ollama: what to send, and for which public model (routing and messages).
+pub struct Call<'a> {
+    pub method: Method,
+    /// Path and query at Ollama (`/api/chat`).
+    pub path: &'a str,
+    /// A JSON body; `None` sends no body.
+    pub body: Option<Bytes>,
+    pub request_id: &'a str,
+    /// The public model name the request is for, when it is for one.
+    pub model: Option<&'a str>,
+}
+
 /// Failures after which another backend may still answer: nothing reached the client yet.
 /// A first-token timeout is not retried (the budget is spent, and the model was alive).
 fn retryable(e: &GatewayError) -> bool {
@@ -380,6 +379,7 @@ fn retryable(e: &GatewayError) -> bool {
             | GatewayError::UpstreamBusy { .. }
             | GatewayError::UpstreamFailed
             | GatewayError::ModelNotFound { .. }
+            | GatewayError::UpstreamTooOld { .. }
     )
 }
 

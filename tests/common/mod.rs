@@ -479,10 +479,10 @@ pub fn request_from(
         // The server may answer (413) and close before reading a large body.
         let _ = s.write_all(b);
     }
-    read_response(s, started)
+    read_response(s, started, method == "HEAD")
 }
 
-fn read_response(s: TcpStream, started: Instant) -> Response {
+fn read_response(s: TcpStream, started: Instant, head_only: bool) -> Response {
     let mut r = BufReader::new(s);
     let mut status_line = String::new();
     r.read_line(&mut status_line).expect("status line");
@@ -531,6 +531,8 @@ fn read_response(s: TcpStream, started: Instant) -> Response {
             pieces.push((Instant::now(), chunk.clone()));
             body.extend_from_slice(&chunk);
         }
+    } else if head_only {
+        // A HEAD answer has its GET's headers and no body.
     } else if let Some(len) = find("content-length").and_then(|v| v.parse::<usize>().ok()) {
         body.resize(len, 0);
         r.read_exact(&mut body).expect("body");

@@ -1,0 +1,225 @@
+//! Admission: the guards every route except the open ones passes before its handler runs.
+//!
+//! They are applied by the route table (`routes.rs`) as middleware on every guarded resource,
+//! never by a call a handler must remember: client IP allowlist, then API key (with per-IP
+//! throttling of failed keys), then the rate limit, and for model-management routes an admin
+//! key. What they decide travels to the handler as an [`Admitted`] extractor, which fails
+//! closed: a handler reached without admission (a route added outside the table's guarded
+//! classes) answers 500, never serves.
+//!
+//! Body-level guards (size, JSON, prompt length, model access) need the body and run in the
+//! handler's pipeline (`proxy::forward`, `proxy::chat_completions`).
+
+use std::future::{Ready, ready};
+use std::net::IpAddr;
+
+use actix_web::body::BoxBody;
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
+
+use crate::auth::{AuthFailure, Principal, authenticate};
+use crate::context::{RequestCtx, request_ctx};
+use crate::errors::GatewayError;
+use crate::metrics::ResultLabels;
+use crate::policy::LimitBackend;
+use crate::ratelimit::Decision;
+use crate::ratelimit::redis::{RedisLimiter, RedisTrouble};
+use crate::state::AppState;
+
+/// What admission decided: who is asking (when auth is on) and the rate-limit headers to send.
+#[derive(Clone, Debug)]
+pub struct Admitted {
+    pub principal: Option<Principal>,
+    pub decision: Option<Decision>,
+}
+
+impl FromRequest for Admitted {
+    type Error = GatewayError;
+    type Future = Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(req.extensions().get::<Admitted>().cloned().ok_or_else(|| {
+            tracing::error!(
+                path = req.path(),
+                "A guarded handler was reached without admission."
+            );
+            GatewayError::Internal
+        }))
+    }
+}
+
+/// Middleware for routes that need a valid key (when auth is on).
+pub async fn key(
+    req: ServiceRequest,
+    next: Next<BoxBody>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    admit(req, next, false).await
+}
+
+/// Middleware for model-management routes: a valid key marked `admin: true`.
+pub async fn admin(
+    req: ServiceRequest,
+    next: Next<BoxBody>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    admit(req, next, true).await
+}
+
+async fn admit(
+    req: ServiceRequest,
+    next: Next<BoxBody>,
+    needs_admin: bool,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let ctx = request_ctx(req.request())?;
+    let state = req
+        .app_data::<web::Data<AppState>>()
+        .cloned()
+        .ok_or(GatewayError::Internal)?;
+    let redis = req
+        .app_data::<web::Data<RedisLimiter>>()
+        .cloned()
+        .ok_or(GatewayError::Internal)?;
+    let (principal, decision) = guard(&req, &ctx, &state, &redis).await?;
+    if needs_admin && !principal.as_ref().is_some_and(Principal::is_admin) {
+        return Err(GatewayError::AdminOnly.into());
+    }
+    req.extensions_mut().insert(Admitted {
+        principal,
+        decision,
+    });
+    next.call(req).await
+}
+
+/// The identity a failed-key counter is kept under: the address, or its /64 for IPv6, where
+/// one client typically owns the whole prefix.
+fn ip_bucket(ip: IpAddr) -> String {
+    match ip {
+        // Once or twice per request, so not through `format!`.
+        IpAddr::V4(v4) => {
+            let mut s = Vec::with_capacity(18);
+            s.extend_from_slice(b"ip:");
+            crate::client_ip::push_ipv4(&mut s, v4);
+            // Only ASCII was written.
+            String::from_utf8(s).unwrap_or_default()
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("ip6:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+    }
+}
+
+/// IP allowlist, key (with the failed-key throttle), rate limit: in this order, so a refused
+/// request costs no upstream connection and a request from a refused address learns nothing
+/// about keys.
+async fn guard(
+    req: &ServiceRequest,
+    ctx: &RequestCtx,
+    state: &AppState,
+    redis: &RedisLimiter,
+) -> Result<(Option<Principal>, Option<Decision>), GatewayError> {
+    let policy = &ctx.policy;
+    if let Some(allow) = &policy.whitelist
+        && !allow.contains(ctx.client_ip)
+    {
+        return Err(GatewayError::IpNotAllowed);
+    }
+    let principal = match &policy.auth {
+        None => None,
+        Some(auth) => {
+            let bucket = ip_bucket(ctx.client_ip);
+            let throttle = state.auth_failures.peek(&bucket, auth.failures);
+            if !throttle.allowed {
+                return Err(GatewayError::AuthThrottled {
+                    retry_after: throttle.retry_after(),
+                });
+            }
+            match authenticate(req.headers(), auth) {
+                Ok(p) => Some(p),
+                Err(why) => {
+                    state.auth_failures.record(&bucket, auth.failures);
+                    tracing::debug!(request_id = %ctx.request_id, client_ip = %ctx.client_ip, ?why, "Rejected an API key.");
+                    return Err(match why {
+                        AuthFailure::Ambiguous => GatewayError::AmbiguousApiKey,
+                        AuthFailure::Missing | AuthFailure::Invalid => GatewayError::InvalidApiKey,
+                    });
+                }
+            }
+        }
+    };
+    let user_id = req
+        .headers()
+        .get(&policy.audit.user_id_header)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 256)
+        .map(str::to_owned);
+    ctx.audit.update(|r| {
+        r.key_id = principal.as_ref().map(|p| p.key_id().clone());
+        r.user_id = user_id;
+    });
+
+    let quota = principal
+        .as_ref()
+        .and_then(Principal::rate_limit)
+        .or(policy.rate_limit);
+    let decision = match quota {
+        None => None,
+        Some(q) => {
+            let by_ip;
+            let identity = match &principal {
+                Some(p) => p.key.limit_identity.as_str(),
+                None => {
+                    by_ip = ip_bucket(ctx.client_ip);
+                    by_ip.as_str()
+                }
+            };
+            let decided = match &policy.limit_backend {
+                LimitBackend::Memory => Some(state.limiter.check(identity, q)),
+                LimitBackend::Redis(cfg) => match redis.check(cfg, identity, q).await {
+                    Ok(d) => Some(d),
+                    Err(trouble) => {
+                        let result = if cfg.fail_open {
+                            "fail_open"
+                        } else {
+                            "fail_closed"
+                        };
+                        state
+                            .metrics
+                            .ratelimit_backend_errors
+                            .get_or_create(&ResultLabels { result })
+                            .inc();
+                        if !matches!(trouble, RedisTrouble::Backoff) {
+                            tracing::warn!(request_id = %ctx.request_id, ?trouble, result,
+                                "Redis could not check the rate limit.");
+                        }
+                        if !cfg.fail_open {
+                            return Err(GatewayError::RateLimiterUnavailable);
+                        }
+                        None
+                    }
+                },
+            };
+            if let Some(d) = decided
+                && !d.allowed
+            {
+                return Err(GatewayError::RateLimited(d));
+            }
+            decided
+        }
+    };
+    Ok((principal, decision))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn v6_failures_bucket_per_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        assert_eq!(ip_bucket(a), ip_bucket(b));
+        assert_eq!(ip_bucket("10.0.255.1".parse().unwrap()), "ip:10.0.255.1");
+    }
+}

@@ -1,0 +1,487 @@
+//! One pipeline for every model route the gateway forwards to Ollama's own implementation:
+//! native `/api/chat`, `/api/generate`, `/api/embed`, `/api/embeddings`, and OpenAI's
+//! `/v1/embeddings`, `/v1/completions`.
+//!
+//! The path is the same for all: read the body (size limit), parse it, find the model, check it
+//! against the key's models, count what the model will read against the prompt limit, rename
+//! the model to Ollama's name, send, then stream the answer back line by line (or read it
+//! whole) with the public name in place of Ollama's, metering the usage it reports. What
+//! differs per route is a small description, [`Forward`].
+
+use actix_web::http::Method;
+use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderName};
+use actix_web::{HttpMessage as _, HttpRequest, HttpResponse, web};
+use bytes::{BufMut, BytesMut};
+use serde_json::Value;
+
+use super::convert::LineOutcome;
+use super::native::requested_model;
+use super::openai::Usage;
+use super::stream::{self, Lines};
+use super::upstream::{self, Call, Upstream};
+use super::{parse_json, read_body, stream_parts, with_rate_headers};
+use crate::admission::Admitted;
+use crate::context::request_ctx;
+use crate::errors::{Dialect, GatewayError};
+use crate::state::AppState;
+
+/// How a streamed answer comes from Ollama on this route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// Native NDJSON, one JSON object per line, the last with `"done":true`.
+    Ndjson,
+    /// OpenAI SSE: `data: {...}` events, ending with `data: [DONE]`.
+    Sse,
+}
+
+/// What differs between forwarded routes.
+pub struct Forward {
+    /// The route at Ollama (the same as ours).
+    pub path: &'static str,
+    pub framing: Framing,
+    /// Whether an answer is streamed when the request does not say (`stream` absent): true on
+    /// Ollama's native routes, false on OpenAI's.
+    pub stream_default: bool,
+    /// Whether the route can stream at all.
+    pub streams: bool,
+    /// Characters of text the model reads in this route's request body.
+    pub prompt: fn(&Value) -> usize,
+    /// Largest whole (non-streamed) answer accepted.
+    pub answer_limit: usize,
+    /// The Ollama release that added the route, for the error when it is missing.
+    pub since: &'static str,
+}
+
+pub static API_CHAT: Forward = Forward {
+    path: "/api/chat",
+    framing: Framing::Ndjson,
+    stream_default: true,
+    streams: true,
+    prompt: prompt_native_chat,
+    answer_limit: upstream::ANSWER_LIMIT,
+    since: "0.1.14",
+};
+
+pub static API_GENERATE: Forward = Forward {
+    path: "/api/generate",
+    framing: Framing::Ndjson,
+    stream_default: true,
+    streams: true,
+    prompt: prompt_generate,
+    answer_limit: upstream::ANSWER_LIMIT,
+    since: "0.1.0",
+};
+
+pub static API_EMBED: Forward = Forward {
+    path: "/api/embed",
+    framing: Framing::Ndjson,
+    stream_default: false,
+    streams: false,
+    prompt: prompt_input,
+    answer_limit: EMBED_LIMIT,
+    since: "0.3.0",
+};
+
+pub static API_EMBEDDINGS: Forward = Forward {
+    path: "/api/embeddings",
+    framing: Framing::Ndjson,
+    stream_default: false,
+    streams: false,
+    prompt: prompt_legacy_embeddings,
+    answer_limit: EMBED_LIMIT,
+    since: "0.1.26",
+};
+
+pub static V1_EMBEDDINGS: Forward = Forward {
+    path: "/v1/embeddings",
+    framing: Framing::Sse,
+    stream_default: false,
+    streams: false,
+    prompt: prompt_input,
+    answer_limit: EMBED_LIMIT,
+    since: "0.2.0",
+};
+
+pub static V1_COMPLETIONS: Forward = Forward {
+    path: "/v1/completions",
+    framing: Framing::Sse,
+    stream_default: false,
+    streams: true,
+    prompt: prompt_completions,
+    answer_limit: upstream::ANSWER_LIMIT,
+    since: "0.2.0",
+};
+
+/// Embeddings of a large batch are big (1,000 inputs x 1,024 floats is ~10 MB as JSON).
+const EMBED_LIMIT: usize = 64 << 20;
+
+/// Characters of every string in a JSON value (object keys included), leaving out the fields
+/// that hold no text for the model (base64 images).
+pub fn text_chars(v: &Value) -> usize {
+    match v {
+        Value::String(s) => s.chars().count(),
+        Value::Array(items) => items.iter().map(text_chars).sum(),
+        Value::Object(map) => map
+            .iter()
+            .filter(|(k, _)| k.as_str() != "images")
+            .map(|(k, v)| k.chars().count() + text_chars(v))
+            .sum(),
+        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+    }
+}
+
+fn fields_chars(v: &Value, fields: &[&str]) -> usize {
+    fields
+        .iter()
+        .filter_map(|f| v.get(*f))
+        .map(text_chars)
+        .sum()
+}
+
+/// Native chat: each message's text (content, thinking, tool name, tool calls with their
+/// arguments), the tool definitions and a JSON schema in `format`.
+fn prompt_native_chat(v: &Value) -> usize {
+    let messages: usize = v
+        .get("messages")
+        .and_then(Value::as_array)
+        .map(|ms| {
+            ms.iter()
+                .map(|m| fields_chars(m, &["content", "thinking", "tool_name", "tool_calls"]))
+                .sum()
+        })
+        .unwrap_or(0);
+    messages + fields_chars(v, &["tools", "format"])
+}
+
+/// Native generate: prompt, suffix (fill-in-the-middle), system prompt, template, schema.
+fn prompt_generate(v: &Value) -> usize {
+    fields_chars(v, &["prompt", "suffix", "system", "template", "format"])
+}
+
+/// Embeddings: every input string.
+fn prompt_input(v: &Value) -> usize {
+    fields_chars(v, &["input"])
+}
+
+fn prompt_legacy_embeddings(v: &Value) -> usize {
+    fields_chars(v, &["prompt"])
+}
+
+/// Legacy completions: prompt, suffix and stop strings.
+fn prompt_completions(v: &Value) -> usize {
+    fields_chars(v, &["prompt", "suffix", "stop"])
+}
+
+/// `"model":"<name>"` as Go's encoder writes it, for renaming in answers without parsing them.
+fn model_field(name: &str) -> Vec<u8> {
+    let mut out = b"\"model\":".to_vec();
+    crate::json_out::json_str(&mut out, name);
+    out
+}
+
+/// Replaces every `from` in `line` with `to`, writing into `out`.
+fn put_renamed(line: &[u8], from: &[u8], to: &[u8], out: &mut BytesMut) {
+    let mut rest = line;
+    while let Some(i) = memchr::memmem::find(rest, from) {
+        out.put_slice(&rest[..i]);
+        out.put_slice(to);
+        rest = &rest[i + from.len()..];
+    }
+    out.put_slice(rest);
+}
+
+/// Token counts in one answer object, wherever the surface puts them: native
+/// `prompt_eval_count`/`eval_count`, OpenAI `usage.prompt_tokens`/`completion_tokens`.
+fn usage_in(v: &Value, usage: &mut Usage) {
+    let num = |v: &Value, k: &str| v.get(k).and_then(Value::as_u64);
+    let mut seen = |p: Option<u64>, c: Option<u64>| {
+        if let Some(p) = p {
+            usage.prompt_tokens = usage.prompt_tokens.max(p);
+        }
+        if let Some(c) = c {
+            usage.completion_tokens = usage.completion_tokens.max(c);
+        }
+    };
+    seen(num(v, "prompt_eval_count"), num(v, "eval_count"));
+    if let Some(u) = v.get("usage") {
+        seen(num(u, "prompt_tokens"), num(u, "completion_tokens"));
+    }
+    usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
+}
+
+/// Passes Ollama's lines on with the public model name, watching for the end, errors and
+/// usage.
+struct PassThrough {
+    from: Vec<u8>,
+    to: Vec<u8>,
+    framing: Framing,
+    dialect: Dialect,
+    usage: Usage,
+    /// The answer's last line or event has been seen.
+    ended: bool,
+}
+
+impl Lines for PassThrough {
+    fn on_line(&mut self, line: &[u8], out: &mut BytesMut) -> LineOutcome {
+        let json = match self.framing {
+            Framing::Ndjson => line.trim_ascii(),
+            Framing::Sse => match line.strip_prefix(b"data:") {
+                Some(data) => data.trim_ascii(),
+                None => {
+                    // Blank separators and `event:`/`id:` lines go through as they are.
+                    out.put_slice(line);
+                    out.put_u8(b'\n');
+                    return LineOutcome::Continue;
+                }
+            },
+        };
+        if json.is_empty() {
+            out.put_slice(line);
+            out.put_u8(b'\n');
+            return LineOutcome::Continue;
+        }
+        if self.framing == Framing::Sse && json == b"[DONE]" {
+            self.ended = true;
+            out.put_slice(line);
+            out.put_u8(b'\n');
+            return LineOutcome::Continue;
+        }
+        // Ollama's own error (its text can carry paths and library detail): never passed on;
+        // the stream ends with the gateway's error event instead.
+        if json.starts_with(b"{\"error\"") {
+            return LineOutcome::Failed;
+        }
+        let last = self.framing == Framing::Ndjson
+            && memchr::memmem::find(json, b"\"done\":true").is_some();
+        if last || memchr::memmem::find(json, b"\"usage\"").is_some() {
+            match serde_json::from_slice::<Value>(json) {
+                Ok(v) => usage_in(&v, &mut self.usage),
+                Err(_) => return LineOutcome::Invalid,
+            }
+        }
+        if self.from == self.to {
+            out.put_slice(line);
+        } else {
+            put_renamed(line, &self.from, &self.to, out);
+        }
+        out.put_u8(b'\n');
+        if self.framing == Framing::Sse {
+            // An SSE event ends with a blank line, which arrives as its own line.
+            return LineOutcome::Continue;
+        }
+        if last {
+            self.ended = true;
+            return LineOutcome::Done(self.usage);
+        }
+        LineOutcome::Continue
+    }
+
+    fn at_end(&mut self) -> Option<Usage> {
+        self.ended.then_some(self.usage)
+    }
+
+    fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+}
+
+/// The actix route (POST) of a forwarded route.
+pub fn route(spec: &'static Forward) -> actix_web::Route {
+    web::post().to(
+        move |req: HttpRequest,
+              payload: web::Payload,
+              state: web::Data<AppState>,
+              upstream: web::Data<Upstream>,
+              admitted: Admitted| forward(req, payload, state, upstream, admitted, spec),
+    )
+}
+
+/// The forwarded-route handler; `spec` says what differs per route.
+pub async fn forward(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    upstream: web::Data<Upstream>,
+    admitted: Admitted,
+    spec: &'static Forward,
+) -> Result<HttpResponse, GatewayError> {
+    let ctx = request_ctx(&req)?;
+    let policy = &ctx.policy;
+    let body = read_body(&req, payload, &policy.limits).await?;
+    let mut v: Value = parse_json(&body)?;
+    if !v.is_object() {
+        return Err(GatewayError::BadRequest {
+            message: "the request body must be a JSON object".to_owned(),
+        });
+    }
+    let stream = spec.streams
+        && v.get("stream")
+            .and_then(Value::as_bool)
+            .unwrap_or(spec.stream_default);
+    ctx.audit.update(|r| r.stream = stream);
+    let chars = (spec.prompt)(&v);
+    ctx.audit.update(|r| r.prompt_chars = Some(chars));
+    // Model first (its access is a 403 whatever the prompt), then the prompt limit.
+    let (public, up) = requested_model(&v, &ctx, policy, admitted.principal.as_ref())?;
+    if chars > policy.limits.max_prompt_chars {
+        return Err(GatewayError::PromptTooLong {
+            max: policy.limits.max_prompt_chars,
+        });
+    }
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("model".to_owned(), Value::from(up.as_str()));
+        if spec.streams {
+            // Explicit: the native routes stream unless told not to.
+            obj.insert("stream".to_owned(), Value::from(stream));
+        }
+    }
+    let call = Call {
+        method: Method::POST,
+        path: spec.path,
+        body: Some(
+            serde_json::to_vec(&v)
+                .map_err(|_| GatewayError::Internal)?
+                .into(),
+        ),
+        request_id: &ctx.request_id,
+        model: Some(&public),
+    };
+    let sent = std::time::Instant::now();
+    let (mut resp, lease) = match upstream.send(&state, policy, &call).await {
+        Err(GatewayError::UpstreamTooOld { .. }) => {
+            return Err(GatewayError::UpstreamTooOld { needs: spec.since });
+        }
+        other => other?,
+    };
+    ctx.audit.update(|r| r.upstream = Some(sent.elapsed()));
+
+    if stream {
+        let lines = PassThrough {
+            from: model_field(&up),
+            to: model_field(&public),
+            framing: spec.framing,
+            dialect: ctx.dialect,
+            usage: Usage::default(),
+            ended: false,
+        };
+        let content_type = match spec.framing {
+            Framing::Ndjson => "application/x-ndjson",
+            Framing::Sse => "text/event-stream",
+        };
+        let body = stream::relay(
+            resp.take_payload(),
+            lines,
+            stream_parts(&state, &ctx, lease),
+        );
+        let mut out = HttpResponse::Ok();
+        out.insert_header((CONTENT_TYPE, content_type))
+            .insert_header((CACHE_CONTROL, "no-cache"))
+            .insert_header((HeaderName::from_static("x-accel-buffering"), "no"));
+        with_rate_headers(&mut out, admitted.decision);
+        return Ok(out.streaming(body));
+    }
+
+    let mut answer: Value = upstream::read_json(
+        &mut resp,
+        policy.upstream.first_token_timeout,
+        spec.answer_limit,
+    )
+    .await
+    .map_err(|e| e.into_gateway_error(&state))?;
+    drop(lease);
+    ctx.audit.update(|r| r.upstream = Some(sent.elapsed()));
+    if answer.get("error").is_some() {
+        state.metrics.upstream_error("error_body");
+        return Err(GatewayError::UpstreamFailed);
+    }
+    let mut usage = Usage::default();
+    usage_in(&answer, &mut usage);
+    ctx.audit.update(|r| {
+        r.prompt_tokens = Some(usage.prompt_tokens);
+        r.completion_tokens = Some(usage.completion_tokens);
+    });
+    if let Some(m) = answer.get_mut("model") {
+        *m = Value::from(public);
+    }
+    let mut out = HttpResponse::Ok();
+    out.insert_header((CONTENT_TYPE, "application/json; charset=utf-8"));
+    with_rate_headers(&mut out, admitted.decision);
+    Ok(out.body(answer.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(lines: &[&str], framing: Framing) -> (String, Vec<LineOutcome>, Usage) {
+        let mut p = PassThrough {
+            from: model_field("up/m:1"),
+            to: model_field("pub"),
+            framing,
+            dialect: Dialect::Ollama,
+            usage: Usage::default(),
+            ended: false,
+        };
+        let mut out = BytesMut::new();
+        let outcomes = lines
+            .iter()
+            .map(|l| p.on_line(l.as_bytes(), &mut out))
+            .collect();
+        (
+            String::from_utf8(out.to_vec()).unwrap_or_default(),
+            outcomes,
+            p.usage,
+        )
+    }
+
+    #[test]
+    fn native_lines_are_renamed_and_metered() {
+        let (out, outcomes, usage) = run(
+            &[
+                r#"{"model":"up/m:1","message":{"content":"hi"},"done":false}"#,
+                r#"{"model":"up/m:1","done":true,"prompt_eval_count":7,"eval_count":3}"#,
+            ],
+            Framing::Ndjson,
+        );
+        assert!(!out.contains("up/m:1"), "{out}");
+        assert_eq!(out.matches("\"model\":\"pub\"").count(), 2);
+        assert_eq!(outcomes[0], LineOutcome::Continue);
+        assert!(matches!(outcomes[1], LineOutcome::Done(_)));
+        assert_eq!((usage.prompt_tokens, usage.completion_tokens), (7, 3));
+    }
+
+    #[test]
+    fn upstream_errors_are_never_passed_on() {
+        let (out, outcomes, _) = run(
+            &[r#"{"error":"CUDA error at /srv/ollama/x.cu"}"#],
+            Framing::Ndjson,
+        );
+        assert!(out.is_empty());
+        assert_eq!(outcomes[0], LineOutcome::Failed);
+    }
+
+    #[test]
+    fn sse_events_keep_their_framing_and_usage_is_read() {
+        let (out, _, usage) = run(
+            &[
+                r#"data: {"id":"c","model":"up/m:1","choices":[{"text":"a"}]}"#,
+                "",
+                r#"data: {"id":"c","model":"up/m:1","choices":[],"usage":{"prompt_tokens":4,"completion_tokens":2,"total_tokens":6}}"#,
+                "",
+                "data: [DONE]",
+                "",
+            ],
+            Framing::Sse,
+        );
+        assert_eq!(out.matches("\n\n").count(), 3, "{out}");
+        assert!(out.ends_with("data: [DONE]\n\n"));
+        assert!(!out.contains("up/m:1"));
+        assert_eq!((usage.prompt_tokens, usage.completion_tokens), (4, 2));
+    }
+
+    #[test]
+    fn prompt_counts_leave_images_out() {
+        let v: Value = serde_json::json!({"messages":[{"role":"user","content":"abc","images":["QUJD".repeat(1000)]}]});
+        assert_eq!(prompt_native_chat(&v), 3);
+    }
+}

@@ -1,0 +1,177 @@
+//! The route table: every route the gateway serves, with its access class, in one list.
+//!
+//! The access class decides which admission middleware wraps the route (`admission.rs`), so a
+//! route cannot be added without saying who may call it, and the open ones are listed here by
+//! name. `tests/routes.rs` walks this table and proves that every route but the open ones
+//! refuses a request without a valid key. Unknown paths answer 404 naming the method and path
+//! (`Invalid URL (POST /v1/xyz)`); a known path with another method, 405.
+
+use std::collections::BTreeMap;
+
+use actix_web::http::Method;
+use actix_web::middleware::from_fn;
+use actix_web::{HttpRequest, HttpResponse, Route, web};
+
+use crate::admission;
+use crate::errors::GatewayError;
+use crate::health;
+use crate::proxy::{self, forward, native};
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone: `/healthz` only.
+    Open,
+    /// Trusted proxies and allowed addresses, no key: `/readyz`, `/metrics`.
+    Observer,
+    /// A valid key (when auth is on), after the IP allowlist and the rate limit.
+    Key,
+    /// A valid key marked `admin: true`: model management.
+    Admin,
+}
+
+pub struct RouteDef {
+    pub method: Method,
+    pub path: &'static str,
+    pub access: Access,
+    /// Builds the actix route (method and handler).
+    pub route: fn() -> Route,
+}
+
+fn def(method: Method, path: &'static str, access: Access, route: fn() -> Route) -> RouteDef {
+    RouteDef {
+        method,
+        path,
+        access,
+        route,
+    }
+}
+
+/// Every route. Paths with `{...}` take a path parameter.
+pub fn table() -> Vec<RouteDef> {
+    use Access::{Admin, Key, Observer, Open};
+    vec![
+        def(Method::GET, "/healthz", Open, || {
+            web::get().to(health::healthz)
+        }),
+        def(Method::GET, "/readyz", Observer, || {
+            web::get().to(health::readyz)
+        }),
+        def(Method::GET, "/metrics", Observer, || {
+            web::get().to(health::metrics)
+        }),
+        // OpenAI surface.
+        def(Method::POST, "/v1/chat/completions", Key, || {
+            web::post().to(proxy::chat_completions)
+        }),
+        def(Method::GET, "/v1/models", Key, || {
+            web::get().to(proxy::models)
+        }),
+        def(Method::GET, "/v1/models/{model}", Key, || {
+            web::get().to(proxy::model)
+        }),
+        def(Method::POST, "/v1/embeddings", Key, || {
+            forward::route(&forward::V1_EMBEDDINGS)
+        }),
+        def(Method::POST, "/v1/completions", Key, || {
+            forward::route(&forward::V1_COMPLETIONS)
+        }),
+        // Ollama's native API.
+        def(Method::GET, "/api/version", Key, || {
+            web::get().to(native::version)
+        }),
+        def(Method::HEAD, "/api/version", Key, || {
+            web::head().to(native::version)
+        }),
+        def(Method::GET, "/api/tags", Key, || {
+            web::get().to(native::tags)
+        }),
+        def(Method::HEAD, "/api/tags", Key, || {
+            web::head().to(native::tags)
+        }),
+        def(Method::GET, "/api/ps", Key, || web::get().to(native::ps)),
+        def(Method::POST, "/api/show", Key, || {
+            web::post().to(native::show)
+        }),
+        def(Method::POST, "/api/chat", Key, || {
+            forward::route(&forward::API_CHAT)
+        }),
+        def(Method::POST, "/api/generate", Key, || {
+            forward::route(&forward::API_GENERATE)
+        }),
+        def(Method::POST, "/api/embed", Key, || {
+            forward::route(&forward::API_EMBED)
+        }),
+        def(Method::POST, "/api/embeddings", Key, || {
+            forward::route(&forward::API_EMBEDDINGS)
+        }),
+        // Model management: admin keys only, passed to Ollama as they are.
+        def(Method::POST, "/api/pull", Admin, || {
+            web::post().to(native::admin)
+        }),
+        def(Method::POST, "/api/push", Admin, || {
+            web::post().to(native::admin)
+        }),
+        def(Method::POST, "/api/create", Admin, || {
+            web::post().to(native::admin)
+        }),
+        def(Method::POST, "/api/copy", Admin, || {
+            web::post().to(native::admin)
+        }),
+        def(Method::DELETE, "/api/delete", Admin, || {
+            web::delete().to(native::admin)
+        }),
+        def(Method::POST, "/api/blobs/{digest}", Admin, || {
+            web::post().to(native::admin)
+        }),
+        def(Method::HEAD, "/api/blobs/{digest}", Admin, || {
+            web::head().to(native::admin)
+        }),
+    ]
+}
+
+/// Registers the table: one resource per path, its routes, its admission, and 405 for the
+/// methods it does not serve.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    let mut by_path: BTreeMap<&'static str, Vec<RouteDef>> = BTreeMap::new();
+    for d in table() {
+        by_path.entry(d.path).or_default().push(d);
+    }
+    for (path, defs) in by_path {
+        let access = defs[0].access;
+        debug_assert!(defs.iter().all(|d| d.access == access), "{path}");
+        let mut resource = web::resource(path).default_service(web::to(method_not_allowed));
+        for d in &defs {
+            resource = resource.route((d.route)());
+        }
+        match access {
+            Access::Open | Access::Observer => cfg.service(resource),
+            Access::Key => cfg.service(resource.wrap(from_fn(admission::key))),
+            Access::Admin => cfg.service(resource.wrap(from_fn(admission::admin))),
+        };
+    }
+}
+
+/// Unknown paths: 404 naming the method and path (clients report a bare 404 as "model not
+/// found").
+pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, GatewayError> {
+    Err(GatewayError::RouteNotFound {
+        method: req.method().to_string(),
+        path: req.path().to_owned(),
+    })
+}
+
+async fn method_not_allowed() -> Result<HttpResponse, GatewayError> {
+    Err(GatewayError::MethodNotAllowed)
+}
+
+/// Body-extractor errors (never used with our handlers, but any future `web::Json`) answer as
+/// a `GatewayError`, not actix's plain text.
+pub fn json_config() -> web::JsonConfig {
+    web::JsonConfig::default().error_handler(|err, _| {
+        GatewayError::BadRequest {
+            message: format!("invalid JSON body: {err}"),
+        }
+        .into()
+    })
+}

@@ -1,0 +1,108 @@
+//! Process-wide state, built once before the server starts and shared by every worker.
+//!
+//! The policy (`ArcSwap`), the rate limiters, the backends' breakers and the metrics. State
+//! created inside the per-worker app factory would be multiplied by the worker count (and so
+//! would every limit); only the awc client and the Redis connection are per worker, by design.
+//! Handlers and the upstream client depend on this module, never on the one that builds routes.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+
+use crate::audit::AuditSink;
+use crate::backends::Backends;
+use crate::metrics::{BackendLabels, Metrics};
+use crate::policy::Policy;
+use crate::ratelimit::RateLimiter;
+use crate::shutdown::Shutdown;
+use crate::telemetry::{AuditWriter, LogLevel};
+
+/// The outcome of the latest reload attempt, for `/readyz`.
+#[derive(Debug, Clone)]
+pub struct ReloadStatus {
+    pub ok: bool,
+    pub at: SystemTime,
+    pub error: Option<String>,
+    /// When the running policy was loaded.
+    pub loaded_at: SystemTime,
+    /// Set while a reload reads and checks the file: one that stays set is stuck.
+    pub in_progress_since: Option<SystemTime>,
+}
+
+pub struct AppState {
+    pub policy: ArcSwap<Policy>,
+    pub policy_path: PathBuf,
+    pub limiter: RateLimiter,
+    pub auth_failures: RateLimiter,
+    /// Per-backend state (breaker, load, models), surviving reloads.
+    pub backends: Backends,
+    pub metrics: Arc<Metrics>,
+    /// Metrics and audit file, for every finished request.
+    pub audit: Arc<AuditSink>,
+    pub reload: Mutex<ReloadStatus>,
+    pub log_level: LogLevel,
+    /// Fires when the shutdown grace period is over.
+    pub shutdown: Arc<Shutdown>,
+}
+
+impl AppState {
+    pub fn new(
+        policy: Policy,
+        policy_path: PathBuf,
+        log_level: LogLevel,
+        audit: Option<AuditWriter>,
+    ) -> Self {
+        let metrics = Arc::new(Metrics::new());
+        metrics.set_policy(&policy.sha256);
+        let now = SystemTime::now();
+        AppState {
+            limiter: RateLimiter::with_counters(
+                policy.max_tracked_clients,
+                metrics.limiter_counters("requests"),
+            ),
+            auth_failures: RateLimiter::with_counters(
+                policy.max_tracked_clients,
+                metrics.limiter_counters("auth_failures"),
+            ),
+            policy: ArcSwap::from_pointee(policy),
+            policy_path,
+            backends: Backends::default(),
+            audit: Arc::new(AuditSink::new(metrics.clone(), audit)),
+            metrics,
+            reload: Mutex::new(ReloadStatus {
+                ok: true,
+                at: now,
+                error: None,
+                loaded_at: now,
+                in_progress_since: None,
+            }),
+            log_level,
+            shutdown: Arc::new(Shutdown::default()),
+        }
+    }
+
+    /// Brings the per-backend gauges up to date (called when metrics are read).
+    pub fn backend_gauges(&self) {
+        let policy = self.policy.load();
+        let mut worst = 0;
+        for (b, _) in self.backends.all(&policy) {
+            let labels = BackendLabels {
+                backend: b.url.clone(),
+            };
+            let st = b.breaker.state().as_gauge();
+            worst = worst.max(st);
+            self.metrics.backend_breaker.get_or_create(&labels).set(st);
+            self.metrics
+                .backend_in_flight
+                .get_or_create(&labels)
+                .set(i64::try_from(b.in_flight()).unwrap_or(i64::MAX));
+            self.metrics
+                .backend_up
+                .get_or_create(&labels)
+                .set(i64::from(b.up.load(std::sync::atomic::Ordering::Relaxed)));
+        }
+        self.metrics.breaker_state.set(worst);
+    }
+}

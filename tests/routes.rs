@@ -1,0 +1,461 @@
+//! Every API a client speaks, guarded: the route table walked without a key, and each
+//! forwarded surface (Ollama's native API, OpenAI embeddings and completions) against the
+//! real binary and the stand-in, in its own error dialect.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use qwen_gateway::routes::{Access, table};
+use serde_json::{Value, json};
+
+const POLICY: &str = r#"
+ollama_api: "{OLLAMA}"
+whitelist: {enabled: false}
+rate_limit: {enabled: false}
+auth:
+  enabled: true
+  # The route walk sends many keyless requests from one address.
+  max_failures: 1000
+  keys:
+    - {id: all, key: "key-all-000001"}
+    - {id: llama-only, key: "key-llama-0001", models: ["llama"]}
+    - {id: ops, key: "key-admin-0001", admin: true}
+models:
+  "qwen3:32b": "registry.internal/qwen3:32b"
+  "llama": "llama3.2:latest"
+  "test/hang": "test/hang"
+audit: {dir: "{DIR}/audit"}
+"#;
+
+const ALL: &str = "key-all-000001";
+const LLAMA: &str = "key-llama-0001";
+const ADMIN: &str = "key-admin-0001";
+
+fn bearer(key: &str) -> String {
+    format!("Bearer {key}")
+}
+
+fn post(gw: &Gateway, path: &str, key: &str, body: &Value) -> Response {
+    let auth = bearer(key);
+    request(
+        gw.addr,
+        "POST",
+        path,
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        Some(body.to_string().as_bytes()),
+    )
+}
+
+fn get(gw: &Gateway, path: &str, key: &str) -> Response {
+    let auth = bearer(key);
+    request(gw.addr, "GET", path, &[("Authorization", &auth)], None)
+}
+
+fn ndjson(r: &Response) -> Vec<Value> {
+    r.text()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect()
+}
+
+fn upstream_counts(fake: &Fake) -> (u64, u64, u64) {
+    let s = fake.stats();
+    (
+        s["chat_requests"].as_u64().unwrap(),
+        s["model_requests"].as_u64().unwrap(),
+        s["admin_requests"].as_u64().unwrap(),
+    )
+}
+
+/// Asserts the error body is in the dialect of `path` and returns its message.
+fn dialect_message(path: &str, r: &Response) -> String {
+    let v = r.json();
+    if path.starts_with("/api/") {
+        assert!(v["error"].is_string(), "not Ollama's dialect: {v}");
+        v["error"].as_str().unwrap().to_owned()
+    } else {
+        r.error_message()
+    }
+}
+
+#[test]
+fn every_route_but_the_open_ones_refuses_a_request_without_a_key() {
+    let fake = Fake::start(&[]);
+    let gw = Gateway::start(POLICY, &fake.url());
+    let routes = table();
+    assert!(routes.len() >= 20, "the table lost routes");
+    for r in &routes {
+        let path = r
+            .path
+            .replace("{model}", "qwen3:32b")
+            .replace("{digest}", "sha256:0123");
+        let method = r.method.as_str();
+        let body = (method == "POST").then(|| br#"{"model":"qwen3:32b"}"#.as_slice());
+        let resp = request(gw.addr, method, &path, &[], body);
+        match r.access {
+            Access::Open | Access::Observer => {
+                assert_ne!(resp.status, 401, "{method} {path} asked for a key");
+            }
+            Access::Key | Access::Admin => {
+                assert_eq!(resp.status, 401, "{method} {path} served without a key");
+                if method != "HEAD" {
+                    assert_eq!(
+                        dialect_message(&path, &resp),
+                        "invalid api key",
+                        "{method} {path}"
+                    );
+                }
+                // A wrong key too.
+                let auth = bearer("wrong-key-0000");
+                let resp = request(gw.addr, method, &path, &[("Authorization", &auth)], body);
+                assert_eq!(resp.status, 401, "{method} {path} served with a wrong key");
+            }
+        }
+        if r.access == Access::Admin {
+            let auth = bearer(ALL);
+            let resp = request(gw.addr, method, &path, &[("Authorization", &auth)], body);
+            assert_eq!(resp.status, 403, "{method} {path} served a non-admin key");
+        }
+    }
+    assert_eq!(
+        upstream_counts(&fake),
+        (0, 0, 0),
+        "a refused request reached Ollama"
+    );
+}
+
+#[test]
+fn native_chat_streams_ndjson_under_public_names_and_is_metered() {
+    let fake = Fake::start(&[]);
+    let gw = Gateway::start(POLICY, &fake.url());
+    let body = json!({"model": "qwen3:32b", "messages": [{"role": "user", "content": "hello native"}],
+                      "options": {"num_ctx": 8192}, "keep_alive": "5m", "think": false});
+    let r = post(&gw, "/api/chat", ALL, &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/x-ndjson"));
+    let lines = ndjson(&r);
+    assert!(lines.len() >= 3, "{}", r.text());
+    assert!(
+        lines.iter().all(|l| l["model"] == "qwen3:32b"),
+        "{}",
+        r.text()
+    );
+    assert!(
+        !r.text().contains("registry.internal"),
+        "an Ollama name leaked"
+    );
+    assert_eq!(lines.last().unwrap()["done"], true);
+    // Timing fields stay: clients show tokens per second from them.
+    assert!(lines.last().unwrap()["eval_duration"].is_u64());
+    let content: String = lines
+        .iter()
+        .filter_map(|l| l["message"]["content"].as_str())
+        .collect();
+    assert_eq!(content, "You said: hello native");
+    let sent = &fake.stats()["last_chat"];
+    assert_eq!(sent["model"], "registry.internal/qwen3:32b");
+    assert_eq!(sent["options"]["num_ctx"], 8192);
+    assert_eq!(sent["stream"], true);
+
+    let r = post(
+        &gw,
+        "/api/chat",
+        ALL,
+        &json!({"model": "qwen3:32b", "stream": false,
+        "messages": [{"role": "user", "content": "one two"}]}),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["model"], "qwen3:32b");
+    assert_eq!(r.json()["message"]["content"], "You said: one two");
+
+    let audit = wait_for(Duration::from_secs(5), "audit lines", || {
+        let l = gw.audit_lines();
+        (l.len() >= 2).then_some(l)
+    });
+    for l in &audit {
+        assert_eq!(l["path"], "/api/chat");
+        assert!(l["completion_tokens"].as_u64().unwrap_or(0) > 0, "{l}");
+        assert!(l["prompt_tokens"].as_u64().is_some(), "{l}");
+        assert_eq!(l["key_id"], "all");
+    }
+    let m = request(gw.addr, "GET", "/metrics", &[], None).text();
+    assert!(m.contains("route=\"/api/chat\""), "{m}");
+}
+
+#[test]
+fn native_generate_embed_show_and_lists() {
+    let fake = Fake::start(&[]);
+    let gw = Gateway::start(POLICY, &fake.url());
+    let r = post(
+        &gw,
+        "/api/generate",
+        ALL,
+        &json!({"model": "qwen3:32b", "prompt": "def f(",
+        "suffix": "return x", "raw": true, "keep_alive": 1800}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let lines = ndjson(&r);
+    assert!(lines.iter().all(|l| l["model"] == "qwen3:32b"));
+    assert_eq!(lines.last().unwrap()["done"], true);
+    assert_eq!(
+        fake.stats()["last_model"]["body"]["model"],
+        "registry.internal/qwen3:32b"
+    );
+
+    let r = post(
+        &gw,
+        "/api/embed",
+        ALL,
+        &json!({"model": "llama", "input": ["a", "b"]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["model"], "llama");
+    assert_eq!(r.json()["embeddings"].as_array().unwrap().len(), 2);
+    let r = post(
+        &gw,
+        "/api/embeddings",
+        ALL,
+        &json!({"model": "llama", "prompt": "a"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["embedding"].as_array().unwrap().len(), 8);
+
+    let r = post(&gw, "/api/show", ALL, &json!({"model": "qwen3:32b"}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let modelfile = r.json()["modelfile"].as_str().unwrap().to_owned();
+    assert!(modelfile.contains("FROM qwen3:32b"), "{modelfile}");
+    assert!(!r.text().contains("registry.internal"));
+
+    let names = |r: &Response| -> Vec<String> {
+        r.json()["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let r = get(&gw, "/api/tags", ALL);
+    assert_eq!(names(&r), ["llama", "qwen3:32b"], "{}", r.text());
+    assert!(r.json()["models"][0]["details"].is_object(), "fields kept");
+    let r = get(&gw, "/api/tags", LLAMA);
+    assert_eq!(names(&r), ["llama"]);
+    let r = get(&gw, "/api/ps", LLAMA);
+    assert_eq!(names(&r), ["llama"], "{}", r.text());
+    assert_eq!(r.json()["models"][0]["model"], "llama");
+    let r = get(&gw, "/api/version", LLAMA);
+    assert_eq!(r.json()["version"], "0.0.0-stand-in");
+}
+
+#[test]
+fn openai_embeddings_completions_and_model_lookup() {
+    let fake = Fake::start(&[]);
+    let gw = Gateway::start(POLICY, &fake.url());
+    let r = post(
+        &gw,
+        "/v1/embeddings",
+        ALL,
+        &json!({"model": "llama", "input": "hello",
+        "encoding_format": "float"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["model"], "llama");
+    assert_eq!(
+        r.json()["data"][0]["embedding"].as_array().unwrap().len(),
+        8
+    );
+
+    let r = post(
+        &gw,
+        "/v1/completions",
+        ALL,
+        &json!({"model": "qwen3:32b", "prompt": "two words",
+        "suffix": "end", "max_tokens": 20}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["model"], "qwen3:32b");
+    assert_eq!(r.json()["choices"][0]["text"], "You said: two words");
+    assert!(r.json()["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+
+    let r = post(
+        &gw,
+        "/v1/completions",
+        ALL,
+        &json!({"model": "qwen3:32b", "prompt": "a b",
+        "stream": true, "stream_options": {"include_usage": true}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("text/event-stream"));
+    let events = r.events();
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("[DONE]"),
+        "{}",
+        r.text()
+    );
+    assert!(!r.text().contains("registry.internal"));
+    let text: String = events
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .filter_map(|v| v["choices"][0]["text"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(text, "You said: a b");
+
+    let r = get(&gw, "/v1/models/qwen3:32b", ALL);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["id"], "qwen3:32b");
+    assert_eq!(r.json()["object"], "model");
+    // A model the key may not use does not exist for it.
+    let r = get(&gw, "/v1/models/qwen3:32b", LLAMA);
+    assert_eq!(r.status, 404);
+    assert!(r.error_message().contains("not found"));
+}
+
+#[test]
+fn each_surface_refuses_in_its_own_dialect() {
+    let fake = Fake::start(&[]);
+    let gw = Gateway::start(POLICY, &fake.url());
+    // A model the key may not use: 403, and nothing reaches Ollama.
+    for path in [
+        "/api/chat",
+        "/api/generate",
+        "/api/embed",
+        "/api/show",
+        "/v1/completions",
+        "/v1/embeddings",
+    ] {
+        let body = json!({"model": "qwen3:32b", "prompt": "x", "input": "x",
+                          "messages": [{"role": "user", "content": "x"}]});
+        let r = post(&gw, path, LLAMA, &body);
+        assert_eq!(r.status, 403, "{path}: {}", r.text());
+        assert_eq!(
+            dialect_message(path, &r),
+            "this api key may not use the model 'qwen3:32b'",
+            "{path}"
+        );
+    }
+    assert_eq!(upstream_counts(&fake), (0, 0, 0));
+    // Over-long prompts, counted the same way on every route.
+    let long = "p".repeat(40_000);
+    for (path, body) in [
+        ("/api/generate", json!({"model": "llama", "prompt": long})),
+        (
+            "/api/chat",
+            json!({"model": "llama", "messages": [{"role": "user", "content": long}]}),
+        ),
+        ("/api/embed", json!({"model": "llama", "input": [long]})),
+        (
+            "/v1/completions",
+            json!({"model": "llama", "prompt": "a", "suffix": long}),
+        ),
+        ("/v1/embeddings", json!({"model": "llama", "input": long})),
+    ] {
+        let r = post(&gw, path, ALL, &body);
+        assert_eq!(r.status, 400, "{path}: {}", r.text());
+        assert_eq!(
+            dialect_message(path, &r),
+            "prompt too long, max 32768 chars",
+            "{path}"
+        );
+    }
+    assert_eq!(upstream_counts(&fake), (0, 0, 0));
+    // Unknown routes name the method and path.
+    let r = post(&gw, "/v1/xyz", ALL, &json!({}));
+    assert_eq!(r.status, 404);
+    assert_eq!(r.error_message(), "Invalid URL (POST /v1/xyz)");
+    let r = get(&gw, "/api/xyz", ALL);
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        dialect_message("/api/xyz", &r),
+        "Invalid URL (GET /api/xyz)"
+    );
+    // An unknown model.
+    let r = post(
+        &gw,
+        "/api/chat",
+        ALL,
+        &json!({"model": "nope", "messages": []}),
+    );
+    assert_eq!(r.status, 404);
+    assert_eq!(dialect_message("/api/chat", &r), "model 'nope' not found");
+}
+
+#[test]
+fn ollama_down_or_too_old_is_said_in_each_dialect() {
+    let fake = Fake::start(&["--missing", "/v1/completions"]);
+    let policy = format!("{POLICY}upstream: {{timeout_seconds: 0.5}}\n");
+    let gw = Gateway::start(&policy, &fake.url());
+    let r = post(
+        &gw,
+        "/v1/completions",
+        ALL,
+        &json!({"model": "llama", "prompt": "a"}),
+    );
+    assert_eq!(r.status, 501, "{}", r.text());
+    assert!(
+        r.error_message().contains("needs Ollama 0.2.0 or newer"),
+        "{}",
+        r.text()
+    );
+    let mut fake = fake;
+    fake.kill();
+    let r = post(
+        &gw,
+        "/api/chat",
+        ALL,
+        &json!({"model": "llama", "messages": [{"role": "user", "content": "a"}]}),
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.header("retry-after").is_some());
+    let msg = dialect_message("/api/chat", &r);
+    assert!(msg.contains("not reachable"), "{msg}");
+    assert_no_internals(&r.text(), &fake.addr.to_string());
+    let r = post(
+        &gw,
+        "/v1/embeddings",
+        ALL,
+        &json!({"model": "llama", "input": "a"}),
+    );
+    assert_eq!(r.status, 503);
+    assert!(r.error_message().contains("not reachable"));
+}
+
+#[test]
+fn model_management_needs_an_admin_key_and_then_reaches_ollama() {
+    let fake = Fake::start(&[]);
+    let gw = Gateway::start(POLICY, &fake.url());
+    let r = post(&gw, "/api/pull", ALL, &json!({"model": "qwen3:32b"}));
+    assert_eq!(r.status, 403);
+    assert!(dialect_message("/api/pull", &r).contains("admin"));
+    let auth = bearer(ALL);
+    let r = request(
+        gw.addr,
+        "DELETE",
+        "/api/delete",
+        &[("Authorization", &auth)],
+        Some(br#"{"model":"x"}"#),
+    );
+    assert_eq!(r.status, 403);
+    assert_eq!(upstream_counts(&fake).2, 0);
+
+    let r = post(&gw, "/api/pull", ADMIN, &json!({"model": "qwen3:32b"}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(ndjson(&r).last().unwrap()["status"], "success");
+    let auth = bearer(ADMIN);
+    let r = request(
+        gw.addr,
+        "DELETE",
+        "/api/delete",
+        &[("Authorization", &auth)],
+        Some(br#"{"model":"x"}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(upstream_counts(&fake).2, 2);
+    assert_eq!(fake.stats()["last_model"]["method"], "DELETE");
+}
