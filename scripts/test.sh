@@ -2,7 +2,8 @@
 # Runs every check and test, exactly as CI does: format, clippy (warnings are errors), unit and
 # integration tests (real binaries, real sockets, real Nginx). Installs what the tests need
 # when it is missing: Debian's nginx, redis-server, openssl, nftables, curl, wrk and systemd's
-# analyzer, plus a Python venv with the official OpenAI SDK for the end-to-end client checks.
+# analyzer, plus a Python venv with the official OpenAI, Ollama and Anthropic clients for the
+# end-to-end client checks.
 # Ends with a seconds-long smoke run of the benchmark.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,10 +30,12 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 VENV="${QWEN_TEST_VENV:-$PWD/target/test-venv}"
-if ! "$VENV/bin/python" -c 'import openai' >/dev/null 2>&1; then
-  say "creating the Python venv with the OpenAI SDK ($VENV)"
+# The official clients, unmodified: OpenAI's, Ollama's and Anthropic's Python libraries.
+if ! "$VENV/bin/python" -c 'import openai, ollama, anthropic' >/dev/null 2>&1; then
+  say "creating the Python venv with the OpenAI, Ollama and Anthropic clients ($VENV)"
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check 'openai>=1.40,<3'
+  "$VENV/bin/pip" install -q --disable-pip-version-check \
+    'openai>=1.66,<3' 'ollama>=0.4,<1' 'anthropic>=0.40,<3'
 fi
 export QWEN_TEST_PYTHON="$VENV/bin/python"
 export PATH="$PATH:/usr/sbin:/sbin"

@@ -18,9 +18,9 @@ use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 
-use crate::auth::{AuthFailure, Principal, authenticate};
+use crate::auth::{AuthFailure, Principal, X_API_KEY, authenticate};
 use crate::context::{RequestCtx, request_ctx};
-use crate::errors::GatewayError;
+use crate::errors::{Dialect, GatewayError};
 use crate::metrics::ResultLabels;
 use crate::policy::LimitBackend;
 use crate::ratelimit::Decision;
@@ -134,7 +134,9 @@ async fn guard(
                     retry_after: throttle.retry_after(),
                 });
             }
-            match authenticate(req.headers(), auth) {
+            // Anthropic clients send the key in `x-api-key`, whatever `auth.header_key` is.
+            let also = (ctx.dialect == Dialect::Anthropic).then_some(&X_API_KEY);
+            match authenticate(req.headers(), auth, also) {
                 Ok(p) => Some(p),
                 Err(why) => {
                     state.auth_failures.record(&bucket, auth.failures);

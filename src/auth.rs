@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use actix_web::http::header::{AUTHORIZATION, HeaderMap};
+use actix_web::http::header::{AUTHORIZATION, HeaderMap, HeaderName};
 use subtle::{Choice, ConstantTimeEq};
 
 use crate::policy::{ApiKey, AuthPolicy, Quota, digest};
@@ -51,14 +51,20 @@ pub enum AuthFailure {
     Ambiguous,
 }
 
-/// Every non-empty key the request presents: each value of the configured header, and each
-/// `Authorization: Bearer` token.
+/// Anthropic's key header: Anthropic clients put the key there whatever the policy says.
+pub static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+
+/// Every non-empty key the request presents: each value of the configured header (and of
+/// `also`, when given and different), and each `Authorization: Bearer` token.
 fn presented_keys<'a>(
     headers: &'a HeaderMap,
     policy: &AuthPolicy,
+    also: Option<&HeaderName>,
 ) -> impl Iterator<Item = &'a [u8]> {
+    let also = also.filter(|h| **h != policy.header);
     let from_header = headers
         .get_all(&policy.header)
+        .chain(also.into_iter().flat_map(|h| headers.get_all(h)))
         .map(|v| v.as_bytes().trim_ascii());
     let from_bearer = headers.get_all(AUTHORIZATION).filter_map(|v| {
         let (scheme, rest) = v.as_bytes().split_at_checked(7)?;
@@ -71,8 +77,12 @@ fn presented_keys<'a>(
 
 /// The one key presented. The same key sent twice (the header and a Bearer token, as some
 /// SDK set-ups do) is one key.
-fn presented_key<'a>(headers: &'a HeaderMap, policy: &AuthPolicy) -> Result<&'a [u8], AuthFailure> {
-    let mut keys = presented_keys(headers, policy);
+fn presented_key<'a>(
+    headers: &'a HeaderMap,
+    policy: &AuthPolicy,
+    also: Option<&HeaderName>,
+) -> Result<&'a [u8], AuthFailure> {
+    let mut keys = presented_keys(headers, policy, also);
     let first = keys.next().ok_or(AuthFailure::Missing)?;
     if keys.any(|k| k != first) {
         return Err(AuthFailure::Ambiguous);
@@ -80,8 +90,14 @@ fn presented_key<'a>(headers: &'a HeaderMap, policy: &AuthPolicy) -> Result<&'a 
     Ok(first)
 }
 
-pub fn authenticate(headers: &HeaderMap, policy: &AuthPolicy) -> Result<Principal, AuthFailure> {
-    let key = presented_key(headers, policy)?;
+/// The principal behind the request's key. `also` names one more header a key may come in
+/// (Anthropic's `x-api-key` on `/v1/messages`).
+pub fn authenticate(
+    headers: &HeaderMap,
+    policy: &AuthPolicy,
+    also: Option<&HeaderName>,
+) -> Result<Principal, AuthFailure> {
+    let key = presented_key(headers, policy, also)?;
     let d = digest(key);
     let mut found: Option<usize> = None;
     for (i, k) in policy.keys.iter().enumerate() {
@@ -133,29 +149,29 @@ mod tests {
     fn header_and_bearer() {
         let p = policy();
         assert_eq!(
-            authenticate(&h("x-api-key", "key-bbbb"), &p).map(|p| p.key_id().to_string()),
+            authenticate(&h("x-api-key", "key-bbbb"), &p, None).map(|p| p.key_id().to_string()),
             Ok("b".into())
         );
         assert_eq!(
-            authenticate(&h("authorization", "Bearer key-aaaa"), &p)
+            authenticate(&h("authorization", "Bearer key-aaaa"), &p, None)
                 .map(|p| p.key_id().to_string()),
             Ok("a".into())
         );
         assert_eq!(
-            authenticate(&h("authorization", "bearer  key-aaaa "), &p)
+            authenticate(&h("authorization", "bearer  key-aaaa "), &p, None)
                 .map(|p| p.key_id().to_string()),
             Ok("a".into())
         );
         assert_eq!(
-            authenticate(&h("x-api-key", "wrong"), &p),
+            authenticate(&h("x-api-key", "wrong"), &p, None),
             Err(AuthFailure::Invalid)
         );
         assert_eq!(
-            authenticate(&h("authorization", "Basic a2V5"), &p),
+            authenticate(&h("authorization", "Basic a2V5"), &p, None),
             Err(AuthFailure::Missing)
         );
         assert_eq!(
-            authenticate(&HeaderMap::new(), &p),
+            authenticate(&HeaderMap::new(), &p, None),
             Err(AuthFailure::Missing)
         );
     }
@@ -166,7 +182,7 @@ mod tests {
         let both = |header: &str, bearer: &str| {
             let mut m = h("x-api-key", header);
             m.append(AUTHORIZATION, HeaderValue::from_str(bearer).unwrap());
-            authenticate(&m, &p).map(|p| p.key_id().to_string())
+            authenticate(&m, &p, None).map(|p| p.key_id().to_string())
         };
         // A valid header key must not win over a different Bearer token, nor the reverse.
         assert_eq!(
@@ -183,6 +199,6 @@ mod tests {
             HeaderName::from_static("x-api-key"),
             HeaderValue::from_static("key-bbbb"),
         );
-        assert_eq!(authenticate(&twice, &p), Err(AuthFailure::Ambiguous));
+        assert_eq!(authenticate(&twice, &p, None), Err(AuthFailure::Ambiguous));
     }
 }

@@ -76,6 +76,13 @@ pub fn table() -> Vec<RouteDef> {
         def(Method::POST, "/v1/completions", Key, || {
             forward::route(&forward::V1_COMPLETIONS)
         }),
+        def(Method::POST, "/v1/responses", Key, || {
+            forward::route(&forward::V1_RESPONSES)
+        }),
+        // Anthropic surface (the key may also come in Anthropic's own `x-api-key`).
+        def(Method::POST, "/v1/messages", Key, || {
+            forward::route(&forward::V1_MESSAGES)
+        }),
         // Ollama's native API.
         def(Method::GET, "/api/version", Key, || {
             web::get().to(native::version)

@@ -134,7 +134,10 @@ fn tools_and_reasoning_round_trip() {
     );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["choices"][0]["finish_reason"], "stop");
-    assert_eq!(r.json()["choices"][0]["message"]["content"], "It is sunny in Tokyo.");
+    assert_eq!(
+        r.json()["choices"][0]["message"]["content"],
+        "It is sunny in Tokyo."
+    );
     let sent = &fake.stats()["last_chat"];
     assert_eq!(
         sent["messages"][1]["tool_calls"][0]["function"]["arguments"],

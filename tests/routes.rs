@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -80,6 +82,13 @@ fn dialect_message(path: &str, r: &Response) -> String {
     if path.starts_with("/api/") {
         assert!(v["error"].is_string(), "not Ollama's dialect: {v}");
         v["error"].as_str().unwrap().to_owned()
+    } else if path.starts_with("/v1/messages") {
+        assert_eq!(v["type"], "error", "not Anthropic's dialect: {v}");
+        assert!(
+            v["error"]["type"].is_string(),
+            "not Anthropic's dialect: {v}"
+        );
+        v["error"]["message"].as_str().unwrap().to_owned()
     } else {
         r.error_message()
     }
@@ -458,4 +467,174 @@ fn model_management_needs_an_admin_key_and_then_reaches_ollama() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(upstream_counts(&fake).2, 2);
     assert_eq!(fake.stats()["last_model"]["method"], "DELETE");
+}
+
+#[test]
+fn responses_and_messages_stream_and_refuse_in_their_dialects() {
+    let fake = Fake::start(&[]);
+    let gw = Gateway::start(POLICY, &fake.url());
+    let r = post(
+        &gw,
+        "/v1/responses",
+        ALL,
+        &json!({"model": "qwen3:32b", "input": "two words",
+        "instructions": "Be brief.", "store": false}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["model"], "qwen3:32b");
+    assert_eq!(
+        r.json()["output"][0]["content"][0]["text"],
+        "You said: two words"
+    );
+    let r = post(
+        &gw,
+        "/v1/responses",
+        ALL,
+        &json!({"model": "qwen3:32b", "input": "a b", "stream": true}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.text().contains("event: response.completed\n"),
+        "{}",
+        r.text()
+    );
+    assert!(!r.text().contains("registry.internal"));
+
+    // Anthropic's client puts the key in x-api-key.
+    let msg = json!({"model": "qwen3:32b", "max_tokens": 50, "stream": true,
+                     "messages": [{"role": "user", "content": "hi there"}]});
+    let r = request(
+        gw.addr,
+        "POST",
+        "/v1/messages",
+        &[("x-api-key", ALL), ("anthropic-version", "2023-06-01")],
+        Some(msg.to_string().as_bytes()),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("event: message_stop\n"), "{}", r.text());
+    assert!(r.text().contains("\"model\":\"qwen3:32b\""));
+    let r = request(
+        gw.addr,
+        "POST",
+        "/v1/messages",
+        &[("x-api-key", LLAMA)],
+        Some(msg.to_string().as_bytes()),
+    );
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        r.json()["error"]["type"],
+        "permission_error",
+        "{}",
+        r.text()
+    );
+    let r = request(
+        gw.addr,
+        "POST",
+        "/v1/messages",
+        &[],
+        Some(msg.to_string().as_bytes()),
+    );
+    assert_eq!(r.status, 401);
+    assert_eq!(dialect_message("/v1/messages", &r), "invalid api key");
+    assert_eq!(r.json()["error"]["type"], "authentication_error");
+
+    let audit = wait_for(Duration::from_secs(5), "audit lines", || {
+        let l = gw.audit_lines();
+        (l.len() >= 5).then_some(l)
+    });
+    let metered: Vec<&Value> = audit.iter().filter(|l| l["status"] == 200).collect();
+    assert_eq!(metered.len(), 3);
+    for l in metered {
+        assert!(
+            l["completion_tokens"].as_u64().unwrap_or(0) > 0,
+            "not metered: {l}"
+        );
+        assert!(
+            l["prompt_tokens"].as_u64().unwrap_or(0) > 0,
+            "not metered: {l}"
+        );
+    }
+}
+
+fn python() -> PathBuf {
+    let p = std::env::var("QWEN_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-venv/bin/python")
+        });
+    let ok = Command::new(&p)
+        .args(["-c", "import openai, ollama, anthropic"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "{} lacks the client libraries; scripts/test.sh installs them",
+        p.display()
+    );
+    p
+}
+
+fn client(gw: &Gateway, mode: &str, key: &str) -> Value {
+    let out = Command::new(python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/clients.py"))
+        .args([&format!("http://{}", gw.addr), key, mode, "qwen3:32b"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|_| panic!("{mode}: {text} {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(v["ok"], true, "{mode}: {v}");
+    v
+}
+
+#[test]
+fn real_clients_unmodified_through_the_gateway() {
+    let fake = Fake::start(&[]);
+    let gw = Gateway::start(POLICY, &fake.url());
+
+    let o = client(&gw, "ollama", ALL);
+    assert_eq!(o["chat"]["content"], "You said: hello ollama", "{o}");
+    assert_eq!(o["chat"]["model"], "qwen3:32b");
+    assert_eq!(o["stream"]["content"], "You said: stream please");
+    assert_eq!(o["stream"]["done"], true);
+    assert_eq!(o["list"], json!(["llama", "qwen3:32b"]));
+    assert_eq!(o["embed"], json!({"count": 2, "dims": 8}));
+    assert_eq!(o["generate"]["response"], "You said: complete this");
+    assert_eq!(o["ps"], json!(["llama", "qwen3:32b"]));
+
+    let o = client(&gw, "openai", ALL);
+    assert_eq!(
+        o["embeddings"],
+        json!({"count": 2, "dims": 8, "model": "qwen3:32b"}),
+        "{o}"
+    );
+    assert_eq!(o["completions"]["text"], "You said: say it");
+    assert_eq!(o["completions"]["model"], "qwen3:32b");
+    assert_eq!(o["completions_stream"], "You said: stream it");
+    assert_eq!(o["responses"]["text"], "You said: respond to me");
+    assert_eq!(o["responses"]["model"], "qwen3:32b");
+    assert_eq!(o["responses_stream"]["text"], "You said: stream a response");
+    assert!(o["responses_stream"]["output_tokens"].as_u64().unwrap_or(0) > 0);
+
+    let o = client(&gw, "anthropic", ALL);
+    assert_eq!(o["messages"]["text"], "You said: hello claude", "{o}");
+    assert_eq!(o["messages"]["model"], "qwen3:32b");
+    assert_eq!(o["messages"]["stop"], "end_turn");
+    assert_eq!(o["messages_stream"]["text"], "You said: stream a message");
+    assert!(o["messages_stream"]["output_tokens"].as_u64().unwrap_or(0) > 0);
+
+    // The same clients with a key that may use only "llama" see qwen3:32b refused.
+    let out = Command::new(python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/clients.py"))
+        .args([
+            &format!("http://{}", gw.addr),
+            LLAMA,
+            "anthropic",
+            "qwen3:32b",
+        ])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["status"], 403, "{v}");
 }

@@ -10,7 +10,11 @@
 //! and hostile ones: `test/error-stall` (500 headers, then a body that never comes),
 //! `test/busy-retry:S` (503 with `Retry-After: S`), `test/endless-line` (bytes without a
 //! newline, forever), `test/forever:MS` (a token every MS, never done), `test/huge:MIB` (a
-//! non-streamed answer of MIB mebibytes).
+//! non-streamed answer of MIB mebibytes). Besides `/api/chat`, it serves `/api/generate`,
+//! `/api/show`, `/api/ps`, `/api/embed`, `/api/embeddings`, the model-management routes, and
+//! Ollama's OpenAI and Anthropic layers (`/v1/embeddings`, `/v1/completions`,
+//! `/v1/responses`, `/v1/messages`) in their documented shapes; `--missing` makes it an Ollama
+//! too old for some of them.
 //! Any other name must be in `--models`, or the answer is Ollama's 404.
 //! `--mode dead` accepts connections and never answers anything.
 //! `GET /_fake/stats` reports what reached it (request count, last body and headers, and how
@@ -192,6 +196,8 @@ fn main() -> std::io::Result<()> {
                 .route("/api/blobs/{digest}", web::head().to(admin))
                 .route("/v1/embeddings", web::post().to(v1_embeddings))
                 .route("/v1/completions", web::post().to(v1_completions))
+                .route("/v1/responses", web::post().to(v1_responses))
+                .route("/v1/messages", web::post().to(v1_messages))
                 .route("/_fake/stats", web::get().to(stats))
                 .default_service(web::to(other))
         })
@@ -830,6 +836,190 @@ async fn v1_completions(
     HttpResponse::Ok()
         .content_type("text/event-stream")
         .streaming(body)
+}
+
+/// SSE events `event: NAME` + `data: JSON`, one per read.
+fn sse_events(events: Vec<(String, Value)>) -> HttpResponse {
+    let body = futures_util::stream::iter(events.into_iter().map(|(name, data)| {
+        Ok::<Bytes, actix_web::Error>(Bytes::from(format!("event: {name}\ndata: {data}\n\n")))
+    }));
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .streaming(body)
+}
+
+/// The text of the last user turn in a Responses `input` (a string, or items whose content
+/// is a string or `input_text` parts) or a Messages `messages` list.
+fn last_user_text(items: &Value) -> String {
+    if let Some(s) = items.as_str() {
+        return s.to_owned();
+    }
+    let Some(last) = items
+        .as_array()
+        .and_then(|a| a.iter().rev().find(|m| m["role"] == "user"))
+    else {
+        return String::new();
+    };
+    match &last["content"] {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p["text"].as_str())
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => String::new(),
+    }
+}
+
+/// `POST /v1/responses` (stateless), in the shape of Ollama's Responses layer: a response
+/// object, or its SSE event sequence ending with `response.completed`.
+async fn v1_responses(
+    req: HttpRequest,
+    body: web::Json<Value>,
+    shared: web::Data<Shared>,
+) -> HttpResponse {
+    let model = match model_route(&req, &shared, &body) {
+        Ok(m) => m,
+        Err(resp) => return *resp,
+    };
+    let text = last_user_text(&body["input"]);
+    let words = words_of(&text);
+    let input_tokens = text.split_whitespace().count();
+    let usage = json!({"input_tokens": input_tokens, "output_tokens": words.len(),
+        "total_tokens": input_tokens + words.len(),
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens_details": {"reasoning_tokens": 0}});
+    let message = |text: &str, status: &str| {
+        json!({"type": "message", "id": "msg_7", "status": status, "role": "assistant",
+               "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]})
+    };
+    let response = |status: &str, output: Value, usage: Value| {
+        json!({"id": "resp_7", "object": "response", "created_at": 1_751_919_739u64,
+               "status": status, "model": model, "output": output, "error": null,
+               "incomplete_details": null, "instructions": body["instructions"],
+               "tools": [], "tool_choice": "auto", "parallel_tool_calls": true,
+               "text": {"format": {"type": "text"}}, "temperature": 1.0, "top_p": 1.0,
+               "truncation": "disabled", "metadata": {}, "store": false, "usage": usage})
+    };
+    if body["stream"] != true {
+        return HttpResponse::Ok().json(response(
+            "completed",
+            json!([message(&words.concat(), "completed")]),
+            usage,
+        ));
+    }
+    let mut seq = 0u64;
+    let mut ev = |name: &str, mut data: Value| {
+        data["type"] = Value::from(name);
+        data["sequence_number"] = Value::from(seq);
+        seq += 1;
+        (name.to_owned(), data)
+    };
+    let mut events = vec![
+        ev(
+            "response.created",
+            json!({"response": response("in_progress", json!([]), Value::Null)}),
+        ),
+        ev(
+            "response.in_progress",
+            json!({"response": response("in_progress", json!([]), Value::Null)}),
+        ),
+        ev(
+            "response.output_item.added",
+            json!({"output_index": 0, "item": message("", "in_progress")}),
+        ),
+        ev(
+            "response.content_part.added",
+            json!({"output_index": 0, "item_id": "msg_7", "content_index": 0,
+            "part": {"type": "output_text", "text": "", "annotations": []}}),
+        ),
+    ];
+    for w in &words {
+        events.push(ev(
+            "response.output_text.delta",
+            json!({"output_index": 0, "item_id": "msg_7",
+            "content_index": 0, "delta": w, "logprobs": []}),
+        ));
+    }
+    let full = words.concat();
+    events.push(ev(
+        "response.output_text.done",
+        json!({"output_index": 0, "item_id": "msg_7",
+        "content_index": 0, "text": full, "logprobs": []}),
+    ));
+    events.push(ev(
+        "response.content_part.done",
+        json!({"output_index": 0, "item_id": "msg_7",
+        "content_index": 0, "part": {"type": "output_text", "text": full, "annotations": []}}),
+    ));
+    events.push(ev(
+        "response.output_item.done",
+        json!({"output_index": 0, "item": message(&full, "completed")}),
+    ));
+    events.push(ev(
+        "response.completed",
+        json!({"response": response("completed", json!([message(&full, "completed")]), usage)}),
+    ));
+    sse_events(events)
+}
+
+/// `POST /v1/messages`, in the shape of Ollama's Anthropic layer: a message, or its SSE event
+/// sequence from `message_start` to `message_stop`.
+async fn v1_messages(
+    req: HttpRequest,
+    body: web::Json<Value>,
+    shared: web::Data<Shared>,
+) -> HttpResponse {
+    let model = match model_route(&req, &shared, &body) {
+        Ok(m) => m,
+        Err(resp) => return *resp,
+    };
+    let text = last_user_text(&body["messages"]);
+    let words = words_of(&text);
+    let input_tokens = text.split_whitespace().count();
+    let message = |content: Value, stop: Value, output_tokens: usize| {
+        json!({"id": "msg_01", "type": "message", "role": "assistant", "model": model,
+               "content": content, "stop_reason": stop, "stop_sequence": null,
+               "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens}})
+    };
+    if body["stream"] != true {
+        return HttpResponse::Ok().json(message(
+            json!([{"type": "text", "text": words.concat()}]),
+            Value::from("end_turn"),
+            words.len(),
+        ));
+    }
+    let mut events = vec![
+        (
+            "message_start".to_owned(),
+            json!({"type": "message_start", "message": message(json!([]), Value::Null, 1)}),
+        ),
+        (
+            "content_block_start".to_owned(),
+            json!({"type": "content_block_start", "index": 0,
+            "content_block": {"type": "text", "text": ""}}),
+        ),
+        ("ping".to_owned(), json!({"type": "ping"})),
+    ];
+    for w in &words {
+        events.push((
+            "content_block_delta".to_owned(),
+            json!({"type": "content_block_delta",
+            "index": 0, "delta": {"type": "text_delta", "text": w}}),
+        ));
+    }
+    events.push((
+        "content_block_stop".to_owned(),
+        json!({"type": "content_block_stop", "index": 0}),
+    ));
+    events.push((
+        "message_delta".to_owned(),
+        json!({"type": "message_delta",
+        "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+        "usage": {"input_tokens": input_tokens, "output_tokens": words.len()}}),
+    ));
+    events.push(("message_stop".to_owned(), json!({"type": "message_stop"})));
+    sse_events(events)
 }
 
 fn fast_chat(body: &[u8], shared: &Shared) -> HttpResponse {

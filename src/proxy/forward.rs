@@ -50,6 +50,20 @@ pub struct Forward {
     pub answer_limit: usize,
     /// The Ollama release that added the route, for the error when it is missing.
     pub since: &'static str,
+    /// What marks a streamed answer's end (in an event or data line): what tells a complete
+    /// answer from one cut short when Ollama's body ends.
+    pub end_marker: &'static [u8],
+    /// How the route ends a stream with an error.
+    pub stream_errors: StreamErrors,
+}
+
+/// How a route's stream reports an error after it began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamErrors {
+    /// The surface's dialect (`GatewayError::stream_event`).
+    Dialect,
+    /// The Responses API's `event: error` with `{"type":"error","code","message","param"}`.
+    Responses,
 }
 
 pub static API_CHAT: Forward = Forward {
@@ -60,6 +74,8 @@ pub static API_CHAT: Forward = Forward {
     prompt: prompt_native_chat,
     answer_limit: upstream::ANSWER_LIMIT,
     since: "0.1.14",
+    end_marker: b"\"done\":true",
+    stream_errors: StreamErrors::Dialect,
 };
 
 pub static API_GENERATE: Forward = Forward {
@@ -70,6 +86,8 @@ pub static API_GENERATE: Forward = Forward {
     prompt: prompt_generate,
     answer_limit: upstream::ANSWER_LIMIT,
     since: "0.1.0",
+    end_marker: b"\"done\":true",
+    stream_errors: StreamErrors::Dialect,
 };
 
 pub static API_EMBED: Forward = Forward {
@@ -80,6 +98,8 @@ pub static API_EMBED: Forward = Forward {
     prompt: prompt_input,
     answer_limit: EMBED_LIMIT,
     since: "0.3.0",
+    end_marker: b"",
+    stream_errors: StreamErrors::Dialect,
 };
 
 pub static API_EMBEDDINGS: Forward = Forward {
@@ -90,6 +110,8 @@ pub static API_EMBEDDINGS: Forward = Forward {
     prompt: prompt_legacy_embeddings,
     answer_limit: EMBED_LIMIT,
     since: "0.1.26",
+    end_marker: b"",
+    stream_errors: StreamErrors::Dialect,
 };
 
 pub static V1_EMBEDDINGS: Forward = Forward {
@@ -100,6 +122,8 @@ pub static V1_EMBEDDINGS: Forward = Forward {
     prompt: prompt_input,
     answer_limit: EMBED_LIMIT,
     since: "0.2.0",
+    end_marker: b"",
+    stream_errors: StreamErrors::Dialect,
 };
 
 pub static V1_COMPLETIONS: Forward = Forward {
@@ -110,6 +134,32 @@ pub static V1_COMPLETIONS: Forward = Forward {
     prompt: prompt_completions,
     answer_limit: upstream::ANSWER_LIMIT,
     since: "0.2.0",
+    end_marker: b"[DONE]",
+    stream_errors: StreamErrors::Dialect,
+};
+
+pub static V1_RESPONSES: Forward = Forward {
+    path: "/v1/responses",
+    framing: Framing::Sse,
+    stream_default: false,
+    streams: true,
+    prompt: prompt_responses,
+    answer_limit: upstream::ANSWER_LIMIT,
+    since: "0.13.3",
+    end_marker: b"response.completed",
+    stream_errors: StreamErrors::Responses,
+};
+
+pub static V1_MESSAGES: Forward = Forward {
+    path: "/v1/messages",
+    framing: Framing::Sse,
+    stream_default: false,
+    streams: true,
+    prompt: prompt_messages,
+    answer_limit: upstream::ANSWER_LIMIT,
+    since: "0.14.0",
+    end_marker: b"message_stop",
+    stream_errors: StreamErrors::Dialect,
 };
 
 /// Embeddings of a large batch are big (1,000 inputs x 1,024 floats is ~10 MB as JSON).
@@ -123,8 +173,30 @@ pub fn text_chars(v: &Value) -> usize {
         Value::Array(items) => items.iter().map(text_chars).sum(),
         Value::Object(map) => map
             .iter()
-            .filter(|(k, _)| k.as_str() != "images")
+            .filter(|(k, _)| !MEDIA.contains(&k.as_str()))
             .map(|(k, v)| k.chars().count() + text_chars(v))
+            .sum(),
+        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+    }
+}
+
+/// Keys whose values are media, not text: base64 images in every surface's spelling.
+const MEDIA: [&str; 4] = ["images", "image_url", "source", "file_data"];
+
+/// Characters of the string *values* in a conversation (keys such as `role` and `type` are
+/// structure, not text the model reads as such), leaving media out.
+pub fn conversation_chars(v: &Value) -> usize {
+    match v {
+        Value::String(s) => s.chars().count(),
+        Value::Array(items) => items.iter().map(conversation_chars).sum(),
+        Value::Object(map) => map
+            .iter()
+            .filter(|(k, _)| !MEDIA.contains(&k.as_str()))
+            .map(|(k, v)| match k.as_str() {
+                // Structure: which kind of block, whose turn, ids the model never reads.
+                "type" | "role" | "id" | "status" | "cache_control" => 0,
+                _ => conversation_chars(v),
+            })
             .sum(),
         Value::Null | Value::Bool(_) | Value::Number(_) => 0,
     }
@@ -167,6 +239,28 @@ fn prompt_legacy_embeddings(v: &Value) -> usize {
     fields_chars(v, &["prompt"])
 }
 
+/// Responses: instructions and input items (text, function calls and their outputs) as
+/// conversation text, tool definitions in full.
+fn prompt_responses(v: &Value) -> usize {
+    ["instructions", "input"]
+        .iter()
+        .filter_map(|f| v.get(*f))
+        .map(conversation_chars)
+        .sum::<usize>()
+        + fields_chars(v, &["tools", "text"])
+}
+
+/// Anthropic Messages: the system prompt and messages (text, tool use and results,
+/// thinking) as conversation text, tool definitions in full, stop sequences.
+fn prompt_messages(v: &Value) -> usize {
+    ["system", "messages"]
+        .iter()
+        .filter_map(|f| v.get(*f))
+        .map(conversation_chars)
+        .sum::<usize>()
+        + fields_chars(v, &["tools", "stop_sequences"])
+}
+
 /// Legacy completions: prompt, suffix and stop strings.
 fn prompt_completions(v: &Value) -> usize {
     fields_chars(v, &["prompt", "suffix", "stop"])
@@ -191,7 +285,9 @@ fn put_renamed(line: &[u8], from: &[u8], to: &[u8], out: &mut BytesMut) {
 }
 
 /// Token counts in one answer object, wherever the surface puts them: native
-/// `prompt_eval_count`/`eval_count`, OpenAI `usage.prompt_tokens`/`completion_tokens`.
+/// `prompt_eval_count`/`eval_count`, OpenAI `usage.prompt_tokens`/`completion_tokens`,
+/// Responses and Anthropic `usage.input_tokens`/`output_tokens`. Counts only grow: an
+/// Anthropic stream reports input tokens first and output tokens at its end.
 fn usage_in(v: &Value, usage: &mut Usage) {
     let num = |v: &Value, k: &str| v.get(k).and_then(Value::as_u64);
     let mut seen = |p: Option<u64>, c: Option<u64>| {
@@ -203,8 +299,18 @@ fn usage_in(v: &Value, usage: &mut Usage) {
         }
     };
     seen(num(v, "prompt_eval_count"), num(v, "eval_count"));
-    if let Some(u) = v.get("usage") {
-        seen(num(u, "prompt_tokens"), num(u, "completion_tokens"));
+    // OpenAI (`prompt_tokens`), Responses and Anthropic (`input_tokens`), at the top level or
+    // inside the response or message an event carries.
+    for holder in [Some(v), v.get("response"), v.get("message")]
+        .into_iter()
+        .flatten()
+    {
+        if let Some(u) = holder.get("usage") {
+            seen(
+                num(u, "prompt_tokens").or_else(|| num(u, "input_tokens")),
+                num(u, "completion_tokens").or_else(|| num(u, "output_tokens")),
+            );
+        }
     }
     usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
 }
@@ -214,65 +320,98 @@ fn usage_in(v: &Value, usage: &mut Usage) {
 struct PassThrough {
     from: Vec<u8>,
     to: Vec<u8>,
-    framing: Framing,
+    spec: &'static Forward,
     dialect: Dialect,
     usage: Usage,
     /// The answer's last line or event has been seen.
     ended: bool,
+    /// An SSE `event:` line, held until its `data:` line shows whether it is a failure.
+    held_event: Option<Vec<u8>>,
 }
 
-impl Lines for PassThrough {
-    fn on_line(&mut self, line: &[u8], out: &mut BytesMut) -> LineOutcome {
-        let json = match self.framing {
-            Framing::Ndjson => line.trim_ascii(),
-            Framing::Sse => match line.strip_prefix(b"data:") {
-                Some(data) => data.trim_ascii(),
-                None => {
-                    // Blank separators and `event:`/`id:` lines go through as they are.
-                    out.put_slice(line);
-                    out.put_u8(b'\n');
-                    return LineOutcome::Continue;
-                }
-            },
-        };
-        if json.is_empty() {
-            out.put_slice(line);
-            out.put_u8(b'\n');
-            return LineOutcome::Continue;
-        }
-        if self.framing == Framing::Sse && json == b"[DONE]" {
-            self.ended = true;
-            out.put_slice(line);
-            out.put_u8(b'\n');
-            return LineOutcome::Continue;
-        }
-        // Ollama's own error (its text can carry paths and library detail): never passed on;
-        // the stream ends with the gateway's error event instead.
-        if json.starts_with(b"{\"error\"") {
-            return LineOutcome::Failed;
-        }
-        let last = self.framing == Framing::Ndjson
-            && memchr::memmem::find(json, b"\"done\":true").is_some();
-        if last || memchr::memmem::find(json, b"\"usage\"").is_some() {
-            match serde_json::from_slice::<Value>(json) {
-                Ok(v) => usage_in(&v, &mut self.usage),
-                Err(_) => return LineOutcome::Invalid,
-            }
-        }
+impl PassThrough {
+    fn put(&self, line: &[u8], out: &mut BytesMut) {
         if self.from == self.to {
             out.put_slice(line);
         } else {
             put_renamed(line, &self.from, &self.to, out);
         }
         out.put_u8(b'\n');
-        if self.framing == Framing::Sse {
-            // An SSE event ends with a blank line, which arrives as its own line.
+    }
+}
+
+/// Ollama's own failure report in a line's JSON: a native `{"error":...}`, an OpenAI
+/// `{"error":{...}}`, a Responses `response.failed` or `error` event.
+fn is_failure(json: &[u8]) -> bool {
+    json.starts_with(b"{\"error\"")
+        || memchr::memmem::find(json, b"\"type\":\"response.failed\"").is_some()
+        || memchr::memmem::find(json, b"\"type\":\"error\"").is_some()
+}
+
+impl Lines for PassThrough {
+    fn on_line(&mut self, line: &[u8], out: &mut BytesMut) -> LineOutcome {
+        let marker = self.spec.end_marker;
+        let json = match self.spec.framing {
+            Framing::Ndjson => line.trim_ascii(),
+            Framing::Sse => {
+                if line.starts_with(b"event:") {
+                    if !marker.is_empty() && memchr::memmem::find(line, marker).is_some() {
+                        self.ended = true;
+                    }
+                    self.held_event = Some(line.to_vec());
+                    return LineOutcome::Continue;
+                }
+                match line.strip_prefix(b"data:") {
+                    Some(data) => data.trim_ascii(),
+                    None => {
+                        // Blank separators and `id:` lines go through as they are.
+                        out.put_slice(line);
+                        out.put_u8(b'\n');
+                        return LineOutcome::Continue;
+                    }
+                }
+            }
+        };
+        if json.is_empty() {
+            out.put_slice(line);
+            out.put_u8(b'\n');
             return LineOutcome::Continue;
         }
+        // Ollama's own error (its text can carry paths and library detail): never passed on;
+        // the stream ends with the gateway's error event instead.
+        if is_failure(json) {
+            self.held_event = None;
+            return LineOutcome::Failed;
+        }
+        if let Some(event) = self.held_event.take() {
+            out.put_slice(&event);
+            out.put_u8(b'\n');
+        }
+        if json == b"[DONE]" {
+            self.ended = true;
+            self.put(line, out);
+            return LineOutcome::Continue;
+        }
+        let last =
+            self.spec.framing == Framing::Ndjson && memchr::memmem::find(json, marker).is_some();
+        if last || memchr::memmem::find(json, b"\"usage\"").is_some() {
+            match serde_json::from_slice::<Value>(json) {
+                Ok(v) => usage_in(&v, &mut self.usage),
+                Err(_) => return LineOutcome::Invalid,
+            }
+        }
+        if self.spec.framing == Framing::Sse
+            && !marker.is_empty()
+            && memchr::memmem::find(json, marker).is_some()
+        {
+            self.ended = true;
+        }
+        self.put(line, out);
         if last {
             self.ended = true;
             return LineOutcome::Done(self.usage);
         }
+        // An SSE stream is complete when Ollama's body ends after its last event.
         LineOutcome::Continue
     }
 
@@ -282,6 +421,19 @@ impl Lines for PassThrough {
 
     fn dialect(&self) -> Dialect {
         self.dialect
+    }
+
+    fn error_event(&self, err: &GatewayError, out: &mut BytesMut) {
+        match self.spec.stream_errors {
+            StreamErrors::Dialect => err.stream_event(self.dialect, out),
+            StreamErrors::Responses => {
+                let event = serde_json::json!({"type": "error", "code": err.code(),
+                    "message": err.message(), "param": null, "sequence_number": 0});
+                out.put_slice(b"event: error\ndata: ");
+                out.put_slice(event.to_string().as_bytes());
+                out.put_slice(b"\n\n");
+            }
+        }
     }
 }
 
@@ -359,10 +511,11 @@ pub async fn forward(
         let lines = PassThrough {
             from: model_field(&up),
             to: model_field(&public),
-            framing: spec.framing,
+            spec,
             dialect: ctx.dialect,
             usage: Usage::default(),
             ended: false,
+            held_event: None,
         };
         let content_type = match spec.framing {
             Framing::Ndjson => "application/x-ndjson",
@@ -390,7 +543,7 @@ pub async fn forward(
     .map_err(|e| e.into_gateway_error(&state))?;
     drop(lease);
     ctx.audit.update(|r| r.upstream = Some(sent.elapsed()));
-    if answer.get("error").is_some() {
+    if answer.get("error").is_some_and(|e| !e.is_null()) {
         state.metrics.upstream_error("error_body");
         return Err(GatewayError::UpstreamFailed);
     }
@@ -413,14 +566,15 @@ pub async fn forward(
 mod tests {
     use super::*;
 
-    fn run(lines: &[&str], framing: Framing) -> (String, Vec<LineOutcome>, Usage) {
+    fn run(lines: &[&str], spec: &'static Forward) -> (String, Vec<LineOutcome>, Usage) {
         let mut p = PassThrough {
             from: model_field("up/m:1"),
             to: model_field("pub"),
-            framing,
+            spec,
             dialect: Dialect::Ollama,
             usage: Usage::default(),
             ended: false,
+            held_event: None,
         };
         let mut out = BytesMut::new();
         let outcomes = lines
@@ -441,7 +595,7 @@ mod tests {
                 r#"{"model":"up/m:1","message":{"content":"hi"},"done":false}"#,
                 r#"{"model":"up/m:1","done":true,"prompt_eval_count":7,"eval_count":3}"#,
             ],
-            Framing::Ndjson,
+            &API_CHAT,
         );
         assert!(!out.contains("up/m:1"), "{out}");
         assert_eq!(out.matches("\"model\":\"pub\"").count(), 2);
@@ -454,7 +608,7 @@ mod tests {
     fn upstream_errors_are_never_passed_on() {
         let (out, outcomes, _) = run(
             &[r#"{"error":"CUDA error at /srv/ollama/x.cu"}"#],
-            Framing::Ndjson,
+            &API_CHAT,
         );
         assert!(out.is_empty());
         assert_eq!(outcomes[0], LineOutcome::Failed);
@@ -471,12 +625,44 @@ mod tests {
                 "data: [DONE]",
                 "",
             ],
-            Framing::Sse,
+            &V1_COMPLETIONS,
         );
         assert_eq!(out.matches("\n\n").count(), 3, "{out}");
         assert!(out.ends_with("data: [DONE]\n\n"));
         assert!(!out.contains("up/m:1"));
         assert_eq!((usage.prompt_tokens, usage.completion_tokens), (4, 2));
+    }
+
+    #[test]
+    fn anthropic_events_are_metered_and_a_failed_event_is_held_back() {
+        let (out, _, usage) = run(
+            &[
+                "event: message_start",
+                r#"data: {"type":"message_start","message":{"model":"up/m:1","usage":{"input_tokens":9,"output_tokens":1}}}"#,
+                "",
+                "event: message_delta",
+                r#"data: {"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":5}}"#,
+                "",
+                "event: message_stop",
+                r#"data: {"type":"message_stop"}"#,
+                "",
+            ],
+            &V1_MESSAGES,
+        );
+        assert_eq!((usage.prompt_tokens, usage.completion_tokens), (9, 5));
+        assert!(
+            out.contains("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"),
+            "{out}"
+        );
+        let (out, outcomes, _) = run(
+            &[
+                "event: response.failed",
+                r#"data: {"response":{"error":{"message":"/srv/x"}},"type":"response.failed"}"#,
+            ],
+            &V1_RESPONSES,
+        );
+        assert!(out.is_empty(), "{out}");
+        assert_eq!(outcomes[1], LineOutcome::Failed);
     }
 
     #[test]

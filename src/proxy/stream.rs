@@ -64,6 +64,11 @@ pub trait Lines {
 
     /// How this surface ends a stream with an error.
     fn dialect(&self) -> Dialect;
+
+    /// Writes the event that ends this stream with `err`.
+    fn error_event(&self, err: &GatewayError, out: &mut BytesMut) {
+        err.stream_event(self.dialect(), out);
+    }
 }
 
 /// Everything a relayed stream holds besides its upstream body and its line handler.
@@ -167,7 +172,7 @@ impl<S, L: Lines> State<S, L> {
             r.error = Some(err.code());
             r.completion_tokens = r.completion_tokens.or(Some(seen));
         });
-        err.stream_event(self.translator.dialect(), out);
+        self.translator.error_event(&err, out);
     }
 
     fn done(&mut self, usage: Usage) {

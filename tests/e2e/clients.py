@@ -1,0 +1,97 @@
+"""Drives the gateway with the official, unmodified client libraries, as real users do.
+
+Usage: clients.py BASE_URL API_KEY MODE MODEL
+MODE: ollama (the ollama client: chat, stream, list, show, embed, generate),
+      openai (embeddings, completions, responses: each streamed and not),
+      anthropic (messages, streamed and not; the key in x-api-key).
+Prints one JSON object with what each call returned; an error is printed, never raised.
+"""
+import json
+import sys
+
+
+def run_ollama(base, key, model):
+    import ollama
+
+    client = ollama.Client(host=base, headers={"Authorization": f"Bearer {key}"})
+    out = {}
+    r = client.chat(model=model, messages=[{"role": "user", "content": "hello ollama"}])
+    out["chat"] = {"content": r.message.content, "model": r.model, "eval_count": r.eval_count}
+    parts = []
+    for chunk in client.chat(
+        model=model, messages=[{"role": "user", "content": "stream please"}], stream=True
+    ):
+        parts.append(chunk.message.content)
+        done = chunk.done
+    out["stream"] = {"content": "".join(parts), "done": done, "chunks": len(parts)}
+    out["list"] = sorted(m.model for m in client.list().models)
+    out["show"] = {"template": client.show(model).template is not None}
+    e = client.embed(model=model, input=["a", "b"])
+    out["embed"] = {"count": len(e.embeddings), "dims": len(e.embeddings[0])}
+    g = client.generate(model=model, prompt="complete this", stream=False)
+    out["generate"] = {"response": g.response, "done": g.done}
+    out["ps"] = sorted(m.model for m in client.ps().models)
+    return out
+
+
+def run_openai(base, key, model):
+    import openai
+
+    client = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0)
+    out = {}
+    # The SDK asks for base64 embeddings by default and decodes them itself.
+    e = client.embeddings.create(model=model, input=["hello", "world"])
+    out["embeddings"] = {"count": len(e.data), "dims": len(e.data[0].embedding), "model": e.model}
+    c = client.completions.create(model=model, prompt="say it", suffix="end", max_tokens=20)
+    out["completions"] = {"text": c.choices[0].text, "model": c.model,
+                          "tokens": c.usage.completion_tokens}
+    texts = []
+    for chunk in client.completions.create(model=model, prompt="stream it", stream=True):
+        texts.extend(ch.text for ch in chunk.choices)
+    out["completions_stream"] = "".join(texts)
+    r = client.responses.create(model=model, input="respond to me", instructions="Be brief.")
+    out["responses"] = {"text": r.output_text, "model": r.model,
+                        "output_tokens": r.usage.output_tokens}
+    deltas, completed = [], None
+    for event in client.responses.create(model=model, input="stream a response", stream=True):
+        if event.type == "response.output_text.delta":
+            deltas.append(event.delta)
+        elif event.type == "response.completed":
+            completed = event.response.usage.output_tokens
+    out["responses_stream"] = {"text": "".join(deltas), "output_tokens": completed}
+    return out
+
+
+def run_anthropic(base, key, model):
+    import anthropic
+
+    client = anthropic.Anthropic(base_url=base, api_key=key, max_retries=0)
+    out = {}
+    m = client.messages.create(
+        model=model, max_tokens=100, messages=[{"role": "user", "content": "hello claude"}]
+    )
+    out["messages"] = {"text": m.content[0].text, "model": m.model,
+                       "output_tokens": m.usage.output_tokens, "stop": m.stop_reason}
+    with client.messages.stream(
+        model=model, max_tokens=100, messages=[{"role": "user", "content": "stream a message"}]
+    ) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    out["messages_stream"] = {"text": text, "output_tokens": final.usage.output_tokens}
+    return out
+
+
+def main() -> None:
+    base, key, mode, model = sys.argv[1:5]
+    runners = {"ollama": run_ollama, "openai": run_openai, "anthropic": run_anthropic}
+    try:
+        out = {"ok": True, **runners[mode](base, key, model)}
+    except Exception as e:  # reported, so the Rust test shows what the client said
+        status = getattr(e, "status_code", None)
+        body = getattr(getattr(e, "response", None), "text", None)
+        out = {"ok": False, "error": f"{type(e).__name__}: {e}", "status": status, "body": body}
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
