@@ -63,6 +63,7 @@ step "unit: /etc/systemd/system/qwen-gateway.service"
 mv "$root/etc/nginx/sites-available/qwen-gateway.conf.new" "$root/etc/nginx/sites-available/qwen-gateway.conf"
 ln -sfn ../sites-available/qwen-gateway.conf "$root/etc/nginx/sites-enabled/qwen-gateway.conf"
 install -m 0644 "$repo/nginx/snippets/qwen-gateway-security-headers.conf" "$root/etc/nginx/snippets/"
+install -m 0644 "$repo/nginx/snippets/qwen-gateway-api.conf" "$root/etc/nginx/snippets/"
 install -m 0644 "$repo/nginx/snippets/qwen-gateway-main.conf" "$root/etc/nginx/modules-enabled/90-qwen-gateway-main.conf"
 step "nginx: sites-available/qwen-gateway.conf (enabled), snippets, worker_shutdown_timeout"
 

@@ -100,6 +100,7 @@ impl Nginx {
         for f in [
             "qwen-gateway-security-headers.conf",
             "qwen-gateway-main.conf",
+            "qwen-gateway-api.conf",
         ] {
             std::fs::copy(
                 Path::new(REPO).join("nginx/snippets").join(f),
@@ -346,6 +347,35 @@ fn nginx_in_front_of_the_gateway_end_to_end() {
         "first chunk after {first}s: something buffered it"
     );
     assert!(last >= 0.75, "the delay did not happen ({last}s)");
+
+    // Ollama's native API through the same site: streamed, not buffered, guarded.
+    let o = run(Command::new(python())
+        .arg(Path::new(REPO).join("tests/e2e/clients.py"))
+        .args([
+            &base,
+            "sdk-key-e2e-000",
+            "ollama-timing",
+            "test/delay-second:800",
+        ])
+        .arg(&ca)
+        .arg("127.0.0.3"));
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{}", text(&o)));
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["content"], "You said: a b c");
+    let first = r["first_content_s"].as_f64().unwrap();
+    assert!(
+        first < 0.7,
+        "native first chunk after {first}s: something buffered it"
+    );
+    assert!(r["last_content_s"].as_f64().unwrap() >= 0.75);
+    let (s, _, _) = curl(&[
+        "--cacert",
+        ca_s,
+        "--interface",
+        "127.0.0.3",
+        &format!("{base}/api/tags"),
+    ]);
+    assert_eq!(s, 401, "the native API is open through Nginx");
 
     // The gateway sees the real client, and a client-sent X-Forwarded-For gains nothing.
     let (s, _, body) = curl(&[
@@ -635,6 +665,7 @@ fn install_into_destdir_is_idempotent_and_keeps_the_policy() {
         "etc/nginx/sites-available/qwen-gateway.conf",
         "etc/nginx/sites-enabled/qwen-gateway.conf",
         "etc/nginx/snippets/qwen-gateway-security-headers.conf",
+        "etc/nginx/snippets/qwen-gateway-api.conf",
         "etc/nginx/modules-enabled/90-qwen-gateway-main.conf",
         "etc/letsencrypt/renewal-hooks/deploy/50-qwen-gateway-nginx",
         "etc/nftables.d/qwen-gateway.nft",

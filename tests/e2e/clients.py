@@ -1,7 +1,8 @@
 """Drives the gateway with the official, unmodified client libraries, as real users do.
 
-Usage: clients.py BASE_URL API_KEY MODE MODEL
+Usage: clients.py BASE_URL API_KEY MODE MODEL [CA_FILE SOURCE_IP]
 MODE: ollama (the ollama client: chat, stream, list, show, embed, generate),
+      ollama-timing (one native stream, timed; with CA_FILE and SOURCE_IP, for the TLS chain),
       openai (embeddings, completions, responses: each streamed and not),
       anthropic (messages, streamed and not; the key in x-api-key).
 Prints one JSON object with what each call returned; an error is printed, never raised.
@@ -32,6 +33,26 @@ def run_ollama(base, key, model):
     out["generate"] = {"response": g.response, "done": g.done}
     out["ps"] = sorted(m.model for m in client.ps().models)
     return out
+
+
+def run_ollama_timing(base, key, model, ca, source_ip):
+    """A native stream through the deployed chain (TLS, a chosen source address), timed."""
+    import time
+
+    import httpx
+    import ollama
+
+    transport = httpx.HTTPTransport(verify=ca, local_address=source_ip)
+    client = ollama.Client(host=base, headers={"Authorization": f"Bearer {key}"},
+                           transport=transport, verify=ca)
+    start = time.monotonic()
+    times, parts = [], []
+    for chunk in client.chat(model=model, messages=[{"role": "user", "content": "a b c"}],
+                             stream=True):
+        if chunk.message.content:
+            times.append(time.monotonic() - start)
+            parts.append(chunk.message.content)
+    return {"content": "".join(parts), "first_content_s": times[0], "last_content_s": times[-1]}
 
 
 def run_openai(base, key, model):
@@ -83,9 +104,11 @@ def run_anthropic(base, key, model):
 
 def main() -> None:
     base, key, mode, model = sys.argv[1:5]
-    runners = {"ollama": run_ollama, "openai": run_openai, "anthropic": run_anthropic}
+    extra = sys.argv[5:]
+    runners = {"ollama": run_ollama, "openai": run_openai, "anthropic": run_anthropic,
+               "ollama-timing": run_ollama_timing}
     try:
-        out = {"ok": True, **runners[mode](base, key, model)}
+        out = {"ok": True, **runners[mode](base, key, model, *extra)}
     except Exception as e:  # reported, so the Rust test shows what the client said
         status = getattr(e, "status_code", None)
         body = getattr(getattr(e, "response", None), "text", None)
