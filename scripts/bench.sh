@@ -8,8 +8,9 @@
 # Systems: (a) direct to the stand-in's /api/chat, (b) a plain Nginx hop (1 worker, upstream
 # keepalive), (c) the gateway with every guard on (key, IP allowlist, a rate limit too high to
 # trip, translation, audit log), (d) Nginx in front of the gateway, and (e) the framework floor:
-# src/bin/bare-proxy.rs, the cheapest actix-web + awc pass-through (no guards, no translation).
-# The system under test is pinned to CPU 1, the load generator and the stand-in to CPU 0.
+# src/bin/bare-proxy.rs, the cheapest actix-web + awc pass-through (no guards, no translation),
+# and (f) the gateway's native /api/chat: every guard, no translation (target: >= 85% of the
+# floor's requests per second). The system under test is pinned to CPU 1, the load generator and the stand-in to CPU 0.
 # Saturation runs in interleaved rounds (every system once per round) and reports medians,
 # so a slow spell of the shared host hits every system alike. Ratios are the figures that
 # count. Prints a markdown table and writes results.json.
@@ -176,12 +177,14 @@ ADDR[nginx_hop]=127.0.0.1:$HOP_PORT;    PATHS[nginx_hop]=/api/chat;         BODY
 ADDR[bare_actix]=$BARE;                 PATHS[bare_actix]=/api/chat;        BODY[bare_actix]=native; AUTH[bare_actix]=
 ADDR[gateway]=$GW_MAIN;                 PATHS[gateway]=/v1/chat/completions; BODY[gateway]=openai; AUTH[gateway]="X-Api-Key: $KEY"
 ADDR[nginx_gateway]=127.0.0.1:$FRONT_PORT; PATHS[nginx_gateway]=/v1/chat/completions; BODY[nginx_gateway]=openai; AUTH[nginx_gateway]="X-Api-Key: $KEY"
+# The gateway's native /api/chat: every guard, no translation (a guarded pass-through).
+ADDR[gateway_native]=$GW_MAIN;          PATHS[gateway_native]=/api/chat;    BODY[gateway_native]=native; AUTH[gateway_native]="Authorization: Bearer $KEY"
 sut_pids() {
   case $1 in
     direct) echo "$FAKE_MAIN_PID" ;;
     nginx_hop) nginx_pids "$HOP_DIR" ;;
     bare_actix) echo "$BARE_PID" ;;
-    gateway) echo "$GW_MAIN_PID" ;;
+    gateway|gateway_native) echo "$GW_MAIN_PID" ;;
     nginx_gateway) echo "$(nginx_pids "$FRONT_DIR") $GW_MAIN_PID" ;;
     gateway_noaudit|gateway_audit) echo "${GW_PIDS[$1]}" ;;
   esac
@@ -226,7 +229,7 @@ run_wrk() { # system duration -> sets RPS, REQS, NON2XX, CPU_US
   CPU_US=$(python3 -c "print(round(($after-$before)/$TICK*1e6/max(1,${REQS:-0}),2))")
 }
 
-SYSTEMS=(direct nginx_hop bare_actix gateway nginx_gateway)
+SYSTEMS=(direct nginx_hop bare_actix gateway nginx_gateway gateway_native)
 log "== non-stream: latency at 1 connection"
 for s in "${SYSTEMS[@]}"; do
   hdr=()
@@ -357,7 +360,7 @@ def median(xs):
     xs = sorted(xs)
     n = len(xs)
     return float("nan") if n == 0 else (xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2)
-systems = ("direct", "nginx_hop", "bare_actix", "gateway", "nginx_gateway")
+systems = ("direct", "nginx_hop", "bare_actix", "gateway", "nginx_gateway", "gateway_native")
 lat = {s: raw[f"{s}.latency"] for s in systems}
 rounds = {s: [raw[k] for k in sorted(raw) if k.startswith(s + ".round")] for s in systems}
 rps = {s: median([x["rps"] for x in rounds[s]]) for s in systems}
@@ -376,6 +379,8 @@ R["ratios"] = {
     "bare_actix_vs_nginx_hop_rps": round_ratio("bare_actix", "nginx_hop", "rps"),
     "bare_actix_vs_nginx_hop_cpu": round_ratio("bare_actix", "nginx_hop", "cpu_us"),
     "gateway_vs_bare_actix_cpu": round_ratio("gateway", "bare_actix", "cpu_us"),
+    "gateway_native_vs_bare_actix_rps": round_ratio("gateway_native", "bare_actix", "rps"),
+    "gateway_native_vs_bare_actix_cpu": round_ratio("gateway_native", "bare_actix", "cpu_us"),
 }
 R["added_latency_us"] = {q: lat["gateway"][q] - lat["direct"][q] for q in ("p50_us", "p99_us", "p999_us")}
 R["nginx_hop_added_latency_us"] = {q: lat["nginx_hop"][q] - lat["direct"][q] for q in ("p50_us", "p99_us", "p999_us")}
@@ -393,6 +398,7 @@ r = R["ratios"]; a = R["added_latency_us"]
 print(f"- gateway / nginx hop throughput: {r['gateway_vs_nginx_hop_rps']:.0%} (target >= 70%); CPU per request {r['gateway_vs_nginx_hop_cpu']:.2f}x (target <= 1.5x)")
 print(f"- framework floor (bare actix-web + awc pass-through) / nginx hop: throughput {r['bare_actix_vs_nginx_hop_rps']:.0%}, CPU per request {r['bare_actix_vs_nginx_hop_cpu']:.2f}x; gateway / floor CPU {r['gateway_vs_bare_actix_cpu']:.2f}x")
 print(f"- gateway / direct throughput: {r['gateway_vs_direct_rps']:.0%}")
+print(f"- native /api/chat through the gateway (guarded pass-through) / framework floor: throughput {r['gateway_native_vs_bare_actix_rps']:.0%} (target >= 85%), CPU per request {r['gateway_native_vs_bare_actix_cpu']:.2f}x")
 print(f"- added latency at 1 connection: p50 {a['p50_us']:.0f} µs (target <= 150), p99 {a['p99_us']:.0f} µs (target <= 400), p99.9 {a['p999_us']:.0f} µs")
 print(f"- gateway RSS: idle {raw['gateway.idle_rss_kb']/1024:.1f} MB (target <= 15), after load {raw['gateway.loaded_rss_kb']/1024:.1f} MB")
 print()
