@@ -29,6 +29,7 @@ models:
   "qwen3:32b": "registry.internal/qwen3:32b"
   "llama": "llama3.2:latest"
   "test/hang": "test/hang"
+  "test/error-mid": "test/error-mid"
 audit: {dir: "{DIR}/audit"}
 "#;
 
@@ -171,7 +172,10 @@ fn native_chat_streams_ndjson_under_public_names_and_is_metered() {
     let sent = &fake.stats()["last_chat"];
     assert_eq!(sent["model"], "registry.internal/qwen3:32b");
     assert_eq!(sent["options"]["num_ctx"], 8192);
-    assert_eq!(sent["stream"], true);
+    // Everything else reaches Ollama as the client sent it (no `stream`: Ollama's default).
+    assert_eq!(sent["keep_alive"], "5m");
+    assert_eq!(sent["think"], false);
+    assert!(sent["stream"].is_null());
 
     let r = post(
         &gw,
@@ -637,4 +641,30 @@ fn real_clients_unmodified_through_the_gateway() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["ok"], false);
     assert_eq!(v["status"], 403, "{v}");
+}
+
+#[test]
+fn a_native_stream_that_fails_ends_with_an_ndjson_error_line() {
+    let fake = Fake::start(&[]);
+    let gw = Gateway::start(POLICY, &fake.url());
+    let r = post(
+        &gw,
+        "/api/chat",
+        ALL,
+        &json!({"model": "test/error-mid",
+        "messages": [{"role": "user", "content": "a b c"}]}),
+    );
+    assert_eq!(r.status, 200);
+    let lines = ndjson(&r);
+    let last = lines.last().unwrap();
+    assert_eq!(
+        last["error"],
+        "the model server failed to answer, please try again",
+        "{}",
+        r.text()
+    );
+    assert!(!lines.iter().any(|l| l["done"] == true));
+    // Ollama's own error text (a path, a library) never reaches the client.
+    assert_no_internals(&r.text(), &fake.addr.to_string());
+    assert!(!r.text().contains("/srv/ollama"));
 }

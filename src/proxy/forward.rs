@@ -480,21 +480,23 @@ pub async fn forward(
             max: policy.limits.max_prompt_chars,
         });
     }
-    if let Some(obj) = v.as_object_mut() {
-        obj.insert("model".to_owned(), Value::from(up.as_str()));
-        if spec.streams {
-            // Explicit: the native routes stream unless told not to.
-            obj.insert("stream".to_owned(), Value::from(stream));
+    // The body goes on as it came unless the model is renamed: Ollama's default for
+    // `stream` is the route's default here too, so nothing else needs writing.
+    let renamed = public != up;
+    let upstream_body = if renamed {
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("model".to_owned(), Value::from(up.as_str()));
         }
-    }
+        serde_json::to_vec(&v)
+            .map_err(|_| GatewayError::Internal)?
+            .into()
+    } else {
+        body.freeze()
+    };
     let call = Call {
         method: Method::POST,
         path: spec.path,
-        body: Some(
-            serde_json::to_vec(&v)
-                .map_err(|_| GatewayError::Internal)?
-                .into(),
-        ),
+        body: Some(upstream_body),
         request_id: &ctx.request_id,
         model: Some(&public),
     };
@@ -534,7 +536,7 @@ pub async fn forward(
         return Ok(out.streaming(body));
     }
 
-    let mut answer: Value = upstream::read_json(
+    let bytes = upstream::read_body(
         &mut resp,
         policy.upstream.first_token_timeout,
         spec.answer_limit,
@@ -543,23 +545,75 @@ pub async fn forward(
     .map_err(|e| e.into_gateway_error(&state))?;
     drop(lease);
     ctx.audit.update(|r| r.upstream = Some(sent.elapsed()));
-    if answer.get("error").is_some_and(|e| !e.is_null()) {
-        state.metrics.upstream_error("error_body");
-        return Err(GatewayError::UpstreamFailed);
-    }
-    let mut usage = Usage::default();
-    usage_in(&answer, &mut usage);
+    let (answer, usage) = if renamed {
+        let mut v: Value = serde_json::from_slice(&bytes)
+            .map_err(|_| upstream::BodyError::Invalid.into_gateway_error(&state))?;
+        if v.get("error").is_some_and(|e| !e.is_null()) {
+            state.metrics.upstream_error("error_body");
+            return Err(GatewayError::UpstreamFailed);
+        }
+        let mut usage = Usage::default();
+        usage_in(&v, &mut usage);
+        if let Some(m) = v.get_mut("model") {
+            *m = Value::from(public);
+        }
+        (bytes::Bytes::from(v.to_string()), usage)
+    } else {
+        // Nothing to rename: the answer goes back as Ollama wrote it; only its counts are
+        // read (a typed read that skips everything else).
+        let probe: AnswerProbe = serde_json::from_slice(&bytes)
+            .map_err(|_| upstream::BodyError::Invalid.into_gateway_error(&state))?;
+        if probe.error.is_some() {
+            state.metrics.upstream_error("error_body");
+            return Err(GatewayError::UpstreamFailed);
+        }
+        (bytes, probe.usage())
+    };
     ctx.audit.update(|r| {
         r.prompt_tokens = Some(usage.prompt_tokens);
         r.completion_tokens = Some(usage.completion_tokens);
     });
-    if let Some(m) = answer.get_mut("model") {
-        *m = Value::from(public);
-    }
     let mut out = HttpResponse::Ok();
     out.insert_header((CONTENT_TYPE, "application/json; charset=utf-8"));
     with_rate_headers(&mut out, admitted.decision);
-    Ok(out.body(answer.to_string()))
+    Ok(out.body(answer))
+}
+
+/// What a whole answer says about itself: an error, and its token counts in each surface's
+/// spelling. Every other field is skipped unread.
+#[derive(serde::Deserialize)]
+struct AnswerProbe {
+    error: Option<serde::de::IgnoredAny>,
+    prompt_eval_count: Option<u64>,
+    eval_count: Option<u64>,
+    usage: Option<UsageProbe>,
+}
+
+#[derive(serde::Deserialize)]
+struct UsageProbe {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+}
+
+impl AnswerProbe {
+    fn usage(&self) -> Usage {
+        let u = self.usage.as_ref();
+        let prompt = self
+            .prompt_eval_count
+            .or_else(|| u.and_then(|u| u.prompt_tokens.or(u.input_tokens)))
+            .unwrap_or(0);
+        let completion = self
+            .eval_count
+            .or_else(|| u.and_then(|u| u.completion_tokens.or(u.output_tokens)))
+            .unwrap_or(0);
+        Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: prompt + completion,
+        }
+    }
 }
 
 #[cfg(test)]

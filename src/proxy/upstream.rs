@@ -340,12 +340,21 @@ pub async fn read_json<T: serde::de::DeserializeOwned>(
     budget: Duration,
     limit: usize,
 ) -> Result<T, BodyError> {
-    let bytes = match tokio::time::timeout(budget, resp.body().limit(limit)).await {
-        Ok(Ok(b)) => b,
-        Ok(Err(_)) => return Err(BodyError::Read),
-        Err(_) => return Err(BodyError::Timeout),
-    };
+    let bytes = read_body(resp, budget, limit).await?;
     serde_json::from_slice(&bytes).map_err(|_| BodyError::Invalid)
+}
+
+/// Reads a whole answer (at most `limit` bytes, within `budget`).
+pub async fn read_body(
+    resp: &mut UpstreamResponse,
+    budget: Duration,
+    limit: usize,
+) -> Result<Bytes, BodyError> {
+    match tokio::time::timeout(budget, resp.body().limit(limit)).await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(_)) => Err(BodyError::Read),
+        Err(_) => Err(BodyError::Timeout),
+    }
 }
 
 /// A whole non-streamed answer: 128k tokens of text is well under 2 MiB.
