@@ -15,7 +15,7 @@ use bytes::{BufMut, BytesMut};
 use serde_json::Value;
 
 use super::convert::LineOutcome;
-use super::native::requested_model;
+use super::native::{model_access, requested_model};
 use super::openai::Usage;
 use super::stream::{self, Lines};
 use super::upstream::{self, Call, Upstream};
@@ -473,13 +473,14 @@ pub async fn forward(
     ctx.audit.update(|r| r.stream = stream);
     let chars = (spec.prompt)(&v);
     ctx.audit.update(|r| r.prompt_chars = Some(chars));
-    // Model first (its access is a 403 whatever the prompt), then the prompt limit.
-    let (public, up) = requested_model(&v, &ctx, policy, admitted.principal.as_ref())?;
+    // In the chat route's order: the prompt limit, then the key's model access.
+    let public = requested_model(&v, &ctx)?.to_owned();
     if chars > policy.limits.max_prompt_chars {
         return Err(GatewayError::PromptTooLong {
             max: policy.limits.max_prompt_chars,
         });
     }
+    let up = model_access(&public, policy, admitted.principal.as_ref())?;
     // The body goes on as it came unless the model is renamed: Ollama's default for
     // `stream` is the route's default here too, so nothing else needs writing.
     let renamed = public != up;

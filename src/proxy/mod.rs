@@ -22,7 +22,6 @@ use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 
 use crate::admission::Admitted;
-use crate::auth::Principal;
 use crate::backends::Lease;
 use crate::context::{RequestCtx, request_ctx};
 use crate::errors::GatewayError;
@@ -173,19 +172,8 @@ pub async fn chat_completions(
             max: policy.limits.max_prompt_chars,
         });
     }
-    if let Some(allowed) = principal.as_ref().and_then(Principal::models)
-        && !allowed.contains(&chat.model)
-    {
-        return Err(GatewayError::ModelNotAllowed { model: chat.model });
-    }
-    let upstream_model =
-        policy
-            .models
-            .to_upstream(&chat.model)
-            .ok_or_else(|| GatewayError::ModelNotFound {
-                model: chat.model.clone(),
-            })?;
-    let native = convert::to_ollama(&chat, upstream_model)?;
+    let upstream_model = native::model_access(&chat.model, policy, principal.as_ref())?;
+    let native = convert::to_ollama(&chat, &upstream_model)?;
     convert::check_native_messages(&native, policy.limits.max_messages)?;
     let native_body = serde_json::to_vec(&native).map_err(|_| GatewayError::Internal)?;
 

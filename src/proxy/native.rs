@@ -194,14 +194,9 @@ pub async fn version(
     Ok(out.body(json!({ "version": version }).to_string()))
 }
 
-/// The public model a request body names (`model`, or the older `name`), checked against the
-/// key's models and mapped to Ollama's name.
-pub fn requested_model(
-    body: &Value,
-    ctx: &RequestCtx,
-    policy: &Policy,
-    principal: Option<&Principal>,
-) -> Result<(String, String), GatewayError> {
+/// The public model a request body names (`model`, or the older `name`), recorded in the
+/// audit line and checked for length.
+pub fn requested_model<'b>(body: &'b Value, ctx: &RequestCtx) -> Result<&'b str, GatewayError> {
     let public = body
         .get("model")
         .or_else(|| body.get("name"))
@@ -221,6 +216,16 @@ pub fn requested_model(
             ),
         });
     }
+    Ok(public)
+}
+
+/// Per-key model access, then the public name's Ollama name: 403 for a model the key may not
+/// use, 404 for one the gateway does not serve. Every model route asks this.
+pub fn model_access(
+    public: &str,
+    policy: &Policy,
+    principal: Option<&Principal>,
+) -> Result<String, GatewayError> {
     if let Some(allowed) = principal.and_then(Principal::models)
         && !allowed.contains(public)
     {
@@ -228,13 +233,13 @@ pub fn requested_model(
             model: public.to_owned(),
         });
     }
-    let up = policy
+    policy
         .models
         .to_upstream(public)
+        .map(str::to_owned)
         .ok_or_else(|| GatewayError::ModelNotFound {
             model: public.to_owned(),
-        })?;
-    Ok((public.to_owned(), up.to_owned()))
+        })
 }
 
 /// `POST /api/show`: a model's details, for a model the key may use. Ollama's Modelfile text
@@ -250,7 +255,8 @@ pub async fn show(
     let policy = &ctx.policy;
     let body = read_body(&req, payload, &policy.limits).await?;
     let mut v: Value = parse_json(&body)?;
-    let (public, up) = requested_model(&v, &ctx, policy, admitted.principal.as_ref())?;
+    let public = requested_model(&v, &ctx)?.to_owned();
+    let up = model_access(&public, policy, admitted.principal.as_ref())?;
     if let Some(obj) = v.as_object_mut() {
         obj.remove("name");
         obj.insert("model".to_owned(), Value::from(up.as_str()));
