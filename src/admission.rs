@@ -127,18 +127,21 @@ async fn guard(
     let principal = match &policy.auth {
         None => None,
         Some(auth) => {
-            let bucket = ip_bucket(ctx.client_ip);
-            let throttle = state.auth_failures.peek(&bucket, auth.failures);
-            if !throttle.allowed {
-                return Err(GatewayError::AuthThrottled {
-                    retry_after: throttle.retry_after(),
-                });
-            }
             // Anthropic clients send the key in `x-api-key`, whatever `auth.header_key` is.
             let also = (ctx.dialect == Dialect::Anthropic).then_some(&X_API_KEY);
             match authenticate(req.headers(), auth, also) {
+                // A valid key is served whatever its address's failed attempts: one user
+                // mistyping a key in a shared chat UI must not lock out everyone behind it.
                 Ok(p) => Some(p),
                 Err(why) => {
+                    // Repeated bad keys from one address: refused as throttled, uncounted.
+                    let bucket = ip_bucket(ctx.client_ip);
+                    let throttle = state.auth_failures.peek(&bucket, auth.failures);
+                    if !throttle.allowed {
+                        return Err(GatewayError::AuthThrottled {
+                            retry_after: throttle.retry_after(),
+                        });
+                    }
                     state.auth_failures.record(&bucket, auth.failures);
                     tracing::debug!(request_id = %ctx.request_id, client_ip = %ctx.client_ip, ?why, "Rejected an API key.");
                     return Err(match why {

@@ -168,9 +168,11 @@ fn repeated_bad_keys_are_throttled() {
     let r = gw.chat("guess-0001", &hello("qwen3:32b"));
     assert_eq!(r.status, 429);
     assert!(r.header("retry-after").is_some());
-    // Even the right key waits: guessing from this address is paused.
-    assert_eq!(gw.chat(KEY, &hello("qwen3:32b")).status, 429);
-    assert_eq!(fake.chat_requests(), 0);
+    // A valid key from the same address is still served: one user's typos in a shared chat
+    // UI must not lock out every user behind it. Bad attempts stay refused.
+    assert_eq!(gw.chat(KEY, &hello("qwen3:32b")).status, 200);
+    assert_eq!(gw.chat("guess-0002", &hello("qwen3:32b")).status, 429);
+    assert_eq!(fake.chat_requests(), 1);
 }
 
 // ---- client IP behind Nginx ----
