@@ -54,7 +54,17 @@ pub async fn key(
     req: ServiceRequest,
     next: Next<BoxBody>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    admit(req, next, false).await
+    admit(req, next, Class::Inference).await
+}
+
+/// Middleware for the listing routes (model lists, details, version): a valid key, and a
+/// limit of their own, so that a UI loading its model list on every page view does not spend
+/// the key's inference requests.
+pub async fn listing(
+    req: ServiceRequest,
+    next: Next<BoxBody>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    admit(req, next, Class::Listing).await
 }
 
 /// Middleware for model-management routes: a valid key marked `admin: true`.
@@ -62,13 +72,27 @@ pub async fn admin(
     req: ServiceRequest,
     next: Next<BoxBody>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    admit(req, next, true).await
+    admit(req, next, Class::Admin).await
 }
+
+/// Which budget a guarded route spends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// The key's (or the address's) request limit.
+    Inference,
+    /// A separate limit, [`LISTING_FACTOR`] times the request limit in the same window.
+    Listing,
+    /// The request limit, and an admin key.
+    Admin,
+}
+
+/// How many listing requests a key may make per inference request it is allowed.
+pub const LISTING_FACTOR: u32 = 10;
 
 async fn admit(
     req: ServiceRequest,
     next: Next<BoxBody>,
-    needs_admin: bool,
+    class: Class,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let ctx = request_ctx(req.request())?;
     let state = req
@@ -79,8 +103,8 @@ async fn admit(
         .app_data::<web::Data<RedisLimiter>>()
         .cloned()
         .ok_or(GatewayError::Internal)?;
-    let (principal, decision) = guard(&req, &ctx, &state, &redis).await?;
-    if needs_admin && !principal.as_ref().is_some_and(Principal::is_admin) {
+    let (principal, decision) = guard(&req, &ctx, &state, &redis, class).await?;
+    if class == Class::Admin && !principal.as_ref().is_some_and(Principal::is_admin) {
         return Err(GatewayError::AdminOnly.into());
     }
     req.extensions_mut().insert(Admitted {
@@ -117,6 +141,7 @@ async fn guard(
     ctx: &RequestCtx,
     state: &AppState,
     redis: &RedisLimiter,
+    class: Class,
 ) -> Result<(Option<Principal>, Option<Decision>), GatewayError> {
     let policy = &ctx.policy;
     if let Some(allow) = &policy.whitelist
@@ -171,12 +196,23 @@ async fn guard(
         None => None,
         Some(q) => {
             let by_ip;
-            let identity = match &principal {
+            let mut identity = match &principal {
                 Some(p) => p.key.limit_identity.as_str(),
                 None => {
                     by_ip = ip_bucket(ctx.client_ip);
                     by_ip.as_str()
                 }
+            };
+            let listing;
+            let q = if class == Class::Listing {
+                listing = format!("list:{identity}");
+                identity = listing.as_str();
+                crate::policy::Quota {
+                    max_requests: q.max_requests.saturating_mul(LISTING_FACTOR),
+                    window: q.window,
+                }
+            } else {
+                q
             };
             let decided = match &policy.limit_backend {
                 LimitBackend::Memory => Some(state.limiter.check(identity, q)),

@@ -26,6 +26,9 @@ pub enum Access {
     Observer,
     /// A valid key (when auth is on), after the IP allowlist and the rate limit.
     Key,
+    /// A valid key, with a limit of its own (10x the request limit): model lists, details,
+    /// version. Chat UIs call these on every page view.
+    Listing,
     /// A valid key marked `admin: true`: model management.
     Admin,
 }
@@ -49,7 +52,7 @@ fn def(method: Method, path: &'static str, access: Access, route: fn() -> Route)
 
 /// Every route. Paths with `{...}` take a path parameter.
 pub fn table() -> Vec<RouteDef> {
-    use Access::{Admin, Key, Observer, Open};
+    use Access::{Admin, Key, Listing, Observer, Open};
     vec![
         def(Method::GET, "/healthz", Open, || {
             web::get().to(health::healthz)
@@ -64,10 +67,10 @@ pub fn table() -> Vec<RouteDef> {
         def(Method::POST, "/v1/chat/completions", Key, || {
             web::post().to(proxy::chat_completions)
         }),
-        def(Method::GET, "/v1/models", Key, || {
+        def(Method::GET, "/v1/models", Listing, || {
             web::get().to(proxy::models)
         }),
-        def(Method::GET, "/v1/models/{model}", Key, || {
+        def(Method::GET, "/v1/models/{model}", Listing, || {
             web::get().to(proxy::model)
         }),
         def(Method::POST, "/v1/embeddings", Key, || {
@@ -84,20 +87,22 @@ pub fn table() -> Vec<RouteDef> {
             forward::route(&forward::V1_MESSAGES)
         }),
         // Ollama's native API.
-        def(Method::GET, "/api/version", Key, || {
+        def(Method::GET, "/api/version", Listing, || {
             web::get().to(native::version)
         }),
-        def(Method::HEAD, "/api/version", Key, || {
+        def(Method::HEAD, "/api/version", Listing, || {
             web::head().to(native::version)
         }),
-        def(Method::GET, "/api/tags", Key, || {
+        def(Method::GET, "/api/tags", Listing, || {
             web::get().to(native::tags)
         }),
-        def(Method::HEAD, "/api/tags", Key, || {
+        def(Method::HEAD, "/api/tags", Listing, || {
             web::head().to(native::tags)
         }),
-        def(Method::GET, "/api/ps", Key, || web::get().to(native::ps)),
-        def(Method::POST, "/api/show", Key, || {
+        def(Method::GET, "/api/ps", Listing, || {
+            web::get().to(native::ps)
+        }),
+        def(Method::POST, "/api/show", Listing, || {
             web::post().to(native::show)
         }),
         def(Method::POST, "/api/chat", Key, || {
@@ -154,6 +159,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         match access {
             Access::Open | Access::Observer => cfg.service(resource),
             Access::Key => cfg.service(resource.wrap(from_fn(admission::key))),
+            Access::Listing => cfg.service(resource.wrap(from_fn(admission::listing))),
             Access::Admin => cfg.service(resource.wrap(from_fn(admission::admin))),
         };
     }

@@ -476,3 +476,24 @@ fn slow_drip_body_gets_408() {
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(fake.chat_requests(), 0);
 }
+
+#[test]
+fn model_lists_do_not_spend_the_inference_limit() {
+    let fake = Fake::start(&[]);
+    let gw = Gateway::start(article_policy(), &fake.url());
+    // A chat UI loading its model list on every page view: 40 lists with a 30-per-minute key.
+    for i in 0..40 {
+        let r = request(gw.addr, "GET", "/v1/models", &[("X-Api-Key", KEY)], None);
+        assert_eq!(r.status, 200, "list {i}");
+    }
+    let r = gw.chat(KEY, &hello("qwen3:32b"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-ratelimit-remaining-requests"), Some("29"));
+    // Lists have a limit of their own: 10x the request limit in the same window.
+    let refused = (0..300)
+        .map(|_| request(gw.addr, "GET", "/api/tags", &[("X-Api-Key", KEY)], None).status)
+        .filter(|s| *s == 429)
+        .count();
+    // 300 lists per window, 40 already made: the last 40 of these 300 are refused.
+    assert_eq!(refused, 40, "lists beyond 300 per window are refused");
+}

@@ -113,7 +113,7 @@ fn every_route_but_the_open_ones_refuses_a_request_without_a_key() {
             Access::Open | Access::Observer => {
                 assert_ne!(resp.status, 401, "{method} {path} asked for a key");
             }
-            Access::Key | Access::Admin => {
+            Access::Key | Access::Listing | Access::Admin => {
                 assert_eq!(resp.status, 401, "{method} {path} served without a key");
                 if method != "HEAD" {
                     assert_eq!(
