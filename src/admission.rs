@@ -158,6 +158,9 @@ async fn guard(
                 // A valid key is served whatever its address's failed attempts: one user
                 // mistyping a key in a shared chat UI must not lock out everyone behind it.
                 Ok(p) => Some(p),
+                // A real key outside its validity: not a guess, so not counted as one.
+                Err(AuthFailure::Expired) => return Err(GatewayError::ExpiredApiKey),
+                Err(AuthFailure::NotYetValid) => return Err(GatewayError::ApiKeyNotYetValid),
                 Err(why) => {
                     // Repeated bad keys from one address: refused as throttled, uncounted.
                     let bucket = ip_bucket(ctx.client_ip);
@@ -171,7 +174,10 @@ async fn guard(
                     tracing::debug!(request_id = %ctx.request_id, client_ip = %ctx.client_ip, ?why, "Rejected an API key.");
                     return Err(match why {
                         AuthFailure::Ambiguous => GatewayError::AmbiguousApiKey,
-                        AuthFailure::Missing | AuthFailure::Invalid => GatewayError::InvalidApiKey,
+                        AuthFailure::Missing
+                        | AuthFailure::Invalid
+                        | AuthFailure::Expired
+                        | AuthFailure::NotYetValid => GatewayError::InvalidApiKey,
                     });
                 }
             }

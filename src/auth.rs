@@ -49,6 +49,10 @@ pub enum AuthFailure {
     /// Two different keys (the key header and a Bearer token, or a header given twice):
     /// which one is meant is not for the gateway to guess.
     Ambiguous,
+    /// A configured key past its `expires_at`.
+    Expired,
+    /// A configured key before its `not_before`.
+    NotYetValid,
 }
 
 /// Anthropic's key header: Anthropic clients put the key there whatever the policy says.
@@ -110,6 +114,15 @@ pub fn authenticate(
     let k = found
         .and_then(|i| policy.keys.get(i))
         .ok_or(AuthFailure::Invalid)?;
+    if k.expires_at.is_some() || k.not_before.is_some() {
+        let now = std::time::SystemTime::now();
+        if k.not_before.is_some_and(|t| now < t) {
+            return Err(AuthFailure::NotYetValid);
+        }
+        if k.expires_at.is_some_and(|t| now >= t) {
+            return Err(AuthFailure::Expired);
+        }
+    }
     Ok(Principal { key: k.clone() })
 }
 

@@ -39,4 +39,11 @@ pub enum Command {
         /// The key to hash.
         key: Option<String>,
     },
+    /// Make a new random key (256 bits, URL-safe), print it once with the policy entry to
+    /// paste (only its sha256 goes into the policy).
+    GenKey {
+        /// The key's id in the policy (audit lines, metrics, limits).
+        #[arg(long, default_value = "new-client")]
+        id: String,
+    },
 }

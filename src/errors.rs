@@ -24,6 +24,10 @@ pub enum GatewayError {
     InvalidApiKey,
     #[error("two different api keys")]
     AmbiguousApiKey,
+    #[error("api key expired")]
+    ExpiredApiKey,
+    #[error("api key not valid yet")]
+    ApiKeyNotYetValid,
     #[error("too many failed authentication attempts")]
     AuthThrottled { retry_after: Duration },
     #[error("client address not allowed")]
@@ -96,6 +100,8 @@ impl GatewayError {
         match self {
             GatewayError::InvalidApiKey => "invalid_api_key",
             GatewayError::AmbiguousApiKey => "ambiguous_api_key",
+            GatewayError::ExpiredApiKey => "expired_api_key",
+            GatewayError::ApiKeyNotYetValid => "api_key_not_yet_valid",
             GatewayError::AuthThrottled { .. } => "auth_throttled",
             GatewayError::IpNotAllowed => "ip_not_allowed",
             GatewayError::ModelNotAllowed { .. } => "model_not_allowed",
@@ -123,7 +129,10 @@ impl GatewayError {
     /// OpenAI's error `type` field.
     fn kind(&self) -> &'static str {
         match self {
-            GatewayError::InvalidApiKey | GatewayError::AmbiguousApiKey => "authentication_error",
+            GatewayError::InvalidApiKey
+            | GatewayError::AmbiguousApiKey
+            | GatewayError::ExpiredApiKey
+            | GatewayError::ApiKeyNotYetValid => "authentication_error",
             GatewayError::IpNotAllowed
             | GatewayError::ModelNotAllowed { .. }
             | GatewayError::AdminOnly => "permission_error",
@@ -152,6 +161,8 @@ impl GatewayError {
     pub fn message(&self) -> String {
         match self {
             GatewayError::InvalidApiKey => "invalid api key".to_owned(),
+            GatewayError::ExpiredApiKey => "this api key has expired; ask for a new one".to_owned(),
+            GatewayError::ApiKeyNotYetValid => "this api key is not valid yet".to_owned(),
             GatewayError::AmbiguousApiKey => {
                 "two different api keys were sent (in two headers, or one header twice); send one"
                     .to_owned()
@@ -251,7 +262,10 @@ pub fn ceil_secs(d: Duration) -> u64 {
 impl ResponseError for GatewayError {
     fn status_code(&self) -> StatusCode {
         match self {
-            GatewayError::InvalidApiKey | GatewayError::AmbiguousApiKey => StatusCode::UNAUTHORIZED,
+            GatewayError::InvalidApiKey
+            | GatewayError::AmbiguousApiKey
+            | GatewayError::ExpiredApiKey
+            | GatewayError::ApiKeyNotYetValid => StatusCode::UNAUTHORIZED,
             GatewayError::IpNotAllowed
             | GatewayError::ModelNotAllowed { .. }
             | GatewayError::AdminOnly => StatusCode::FORBIDDEN,

@@ -24,6 +24,7 @@ pub mod policy;
 pub mod proxy;
 pub mod ratelimit;
 pub mod reload;
+pub mod rfc3339;
 pub mod routes;
 pub mod shutdown;
 pub mod state;

@@ -17,6 +17,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check) => check(&cli.config),
         Some(Command::HashKey { key }) => hash(key),
+        Some(Command::GenKey { id }) => gen_key(&id),
         None => match run(&cli.config, cli.workers, !cli.no_watch) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -43,6 +44,30 @@ fn check(path: &Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn gen_key(id: &str) -> ExitCode {
+    if id.is_empty()
+        || id.len() > 64
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        eprintln!("qwen-gateway: --id must be 1-64 characters of A-Z a-z 0-9 - _ .");
+        return ExitCode::FAILURE;
+    }
+    let mut bytes = [0u8; 32];
+    if getrandom::fill(&mut bytes).is_err() {
+        eprintln!("qwen-gateway: the system's random source is not available");
+        return ExitCode::FAILURE;
+    }
+    let key = format!("qgw_{}", hex::encode(bytes));
+    println!("key: {key}");
+    println!("# Give this key to the client now: it is stored nowhere and not shown again.");
+    println!("# Paste this entry under auth.keys in policy.yaml:");
+    println!("  - id: \"{id}\"");
+    println!("    key: \"{}\"", hash_key(&key));
+    ExitCode::SUCCESS
 }
 
 fn hash(key: Option<String>) -> ExitCode {

@@ -94,6 +94,7 @@ pub struct Metrics {
     pub streams: Gauge<i64, AtomicI64>,
     pub ratelimit_tracked: Gauge<i64, AtomicI64>,
     pub ratelimit_evictions: Family<LimiterLabels, Counter>,
+    pub key_expiry: Family<KeyLabels, Gauge<i64, AtomicI64>>,
     pub ratelimit_overflow: Family<LimiterLabels, Counter>,
     current_policy: Mutex<Option<String>>,
 }
@@ -128,6 +129,7 @@ impl Metrics {
             streams: Gauge::default(),
             ratelimit_tracked: Gauge::default(),
             ratelimit_evictions: Family::default(),
+            key_expiry: Family::default(),
             ratelimit_overflow: Family::default(),
             current_policy: Mutex::new(None),
             registry: Registry::default(),
@@ -218,6 +220,11 @@ impl Metrics {
             m.ratelimit_tracked.clone(),
         );
         r.register(
+            "key_expiry_timestamp_seconds",
+            "When each key id's last key expires (Unix time), for keys with expires_at",
+            m.key_expiry.clone(),
+        );
+        r.register(
             "ratelimit_evictions",
             "Idle identities (empty logs) removed from a full limiter table to make room",
             m.ratelimit_evictions.clone(),
@@ -254,6 +261,28 @@ impl Metrics {
             })
             .set(1);
         *cur = Some(sha256.to_owned());
+    }
+
+    /// Each key id's latest `expires_at`, so that rotation is planned, not discovered.
+    pub fn set_key_expiry(&self, policy: &crate::policy::Policy) {
+        self.key_expiry.clear();
+        let Some(auth) = &policy.auth else { return };
+        let mut latest: std::collections::BTreeMap<&str, i64> = Default::default();
+        for k in &auth.keys {
+            let Some(exp) = k.expires_at else { continue };
+            let secs = exp
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            let e = latest.entry(&k.id).or_insert(secs);
+            *e = (*e).max(secs);
+        }
+        for (id, secs) in latest {
+            self.key_expiry
+                .get_or_create(&KeyLabels {
+                    key_id: id.to_owned(),
+                })
+                .set(secs);
+        }
     }
 
     pub fn reject(&self, reason: &'static str) {
@@ -394,7 +423,12 @@ thread_local! {
 /// Reason label for a refused request, from its error code.
 pub fn rejection_reason(code: &str) -> Option<&'static str> {
     Some(match code {
-        "invalid_api_key" | "ambiguous_api_key" | "auth_throttled" | "model_not_allowed" => "auth",
+        "invalid_api_key"
+        | "ambiguous_api_key"
+        | "expired_api_key"
+        | "api_key_not_yet_valid"
+        | "auth_throttled"
+        | "model_not_allowed" => "auth",
         "ip_not_allowed" => "ip",
         "rate_limit_exceeded" => "rate",
         "prompt_too_long" | "request_too_large" => "size",

@@ -203,6 +203,7 @@ fn apply(
             let sha = new.sha256.clone();
             state.policy.store(Arc::new(new));
             state.metrics.set_policy(&sha);
+            state.metrics.set_key_expiry(&state.policy.load());
             state
                 .metrics
                 .reloads

@@ -56,6 +56,7 @@ impl AppState {
     ) -> Self {
         let metrics = Arc::new(Metrics::new());
         metrics.set_policy(&policy.sha256);
+        metrics.set_key_expiry(&policy);
         let now = SystemTime::now();
         AppState {
             limiter: RateLimiter::with_counters(

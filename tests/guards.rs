@@ -497,3 +497,85 @@ fn model_lists_do_not_spend_the_inference_limit() {
     // 300 lists per window, 40 already made: the last 40 of these 300 are refused.
     assert_eq!(refused, 40, "lists beyond 300 per window are refused");
 }
+
+fn gen_key(id: &str) -> (String, String) {
+    let out = std::process::Command::new(GATEWAY)
+        .args(["gen-key", "--id", id])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let key = text
+        .lines()
+        .find_map(|l| l.strip_prefix("key: "))
+        .unwrap()
+        .to_owned();
+    assert!(key.len() >= 64 && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+    let hash = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("key: \"sha256:"))
+        .map(|h| format!("sha256:{}", h.trim_end_matches('"')))
+        .unwrap();
+    assert_eq!(hash, qwen_gateway::policy::hash_key(&key));
+    assert!(text.contains(&format!("- id: \"{id}\"")), "{text}");
+    (key, hash)
+}
+
+#[test]
+fn keys_expire_rotate_and_are_generated() {
+    let fake = Fake::start(&[]);
+    let (k1, h1) = gen_key("rot");
+    let (k2, h2) = gen_key("rot");
+    let (k3, h3) = gen_key("old");
+    let (k4, h4) = gen_key("future");
+    let policy = format!(
+        r#"
+ollama_api: "{{OLLAMA}}"
+whitelist: {{enabled: false}}
+rate_limit: {{enabled: true, max_requests: 3, window_seconds: 60}}
+auth:
+  enabled: true
+  keys:
+    - {{id: rot, key: "{h1}", expires_at: "2099-01-01T00:00:00Z"}}
+    - {{id: rot, key: "{h2}"}}
+    - {{id: old, key: "{h3}", expires_at: "2020-01-01T00:00:00Z"}}
+    - {{id: future, key: "{h4}", not_before: "2099-01-01T00:00:00Z"}}
+audit: {{dir: "{{DIR}}/audit"}}
+"#
+    );
+    let gw = Gateway::start(&policy, &fake.url());
+    // A rotation: the old and the new key of one id both work, and share its limit.
+    assert_eq!(gw.chat(&k1, &hello("qwen3:32b")).status, 200);
+    assert_eq!(gw.chat(&k2, &hello("qwen3:32b")).status, 200);
+    assert_eq!(gw.chat(&k1, &hello("qwen3:32b")).status, 200);
+    assert_eq!(gw.chat(&k2, &hello("qwen3:32b")).status, 429);
+    let r = gw.chat(&k3, &hello("qwen3:32b"));
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error"]["code"], "expired_api_key");
+    let r = gw.chat(&k4, &hello("qwen3:32b"));
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error"]["code"], "api_key_not_yet_valid");
+    assert_eq!(fake.chat_requests(), 3);
+    let m = request(gw.addr, "GET", "/metrics", &[], None).text();
+    assert!(
+        m.contains("qwen_gateway_key_expiry_timestamp_seconds{key_id=\"rot\"} 4070908800"),
+        "{m}"
+    );
+    let lines = wait_for(Duration::from_secs(5), "audit lines", || {
+        let l = gw.audit_lines();
+        (l.len() >= 6).then_some(l)
+    });
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["error"] == "expired_api_key" && l["status"] == 401)
+    );
+    let out = std::process::Command::new(GATEWAY)
+        .arg("check")
+        .arg("-c")
+        .arg(&gw.policy_path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("auth.keys[2] (id old) has expired"), "{text}");
+}

@@ -74,6 +74,8 @@ pub struct NamedKeyFile {
     pub rate_limit: Option<KeyLimitFile>,
     pub models: Option<Vec<String>>,
     pub admin: Option<bool>,
+    pub expires_at: Option<String>,
+    pub not_before: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -46,6 +46,10 @@ pub struct ApiKey {
     pub models: Option<BTreeSet<String>>,
     /// May manage models (pull, push, create, copy, delete) through Ollama's native API.
     pub admin: bool,
+    /// From then on the key is refused as expired.
+    pub expires_at: Option<std::time::SystemTime>,
+    /// Before then the key is refused as not yet valid (a rotation's new key, staged).
+    pub not_before: Option<std::time::SystemTime>,
 }
 
 impl ApiKey {
@@ -62,6 +66,8 @@ impl ApiKey {
             rate_limit,
             models,
             admin: false,
+            expires_at: None,
+            not_before: None,
         }
     }
 }

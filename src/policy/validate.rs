@@ -25,6 +25,8 @@ pub const DEFAULT_MAX_PROMPT_CHARS: usize = 32_768;
 /// prompt check and get its 400 rather than a 413; images in messages need room too.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 const MAX_WINDOW_SECS: u64 = 86_400;
+/// Keys expiring sooner than this are warned about at load and by `check`.
+const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 86_400);
 
 /// The guards' sections, which must each be present and say `enabled:` explicitly.
 pub const GUARD_SECTIONS: [&str; 3] = ["auth", "whitelist", "rate_limit"];
@@ -434,6 +436,15 @@ fn validate_models(map: BTreeMap<String, String>) -> Result<ModelMap, PolicyErro
     Ok(ModelMap::new(map))
 }
 
+/// Keys shorter than this (or of few distinct characters) are warned about: the seed's
+/// `prod-key-2024-qwen3` is a phrase, not 128 random bits.
+const MIN_STRONG_KEY: usize = 32;
+
+fn weak(key: &str) -> bool {
+    let distinct: HashSet<char> = key.chars().collect();
+    key.chars().count() < MIN_STRONG_KEY || distinct.len() < 12
+}
+
 /// A key entry is either `sha256:<64 hex>` or plaintext (warned about).
 fn key_digest(key: &str, path: &str, warnings: &mut Vec<String>) -> Result<[u8; 32], PolicyError> {
     if let Some(hexpart) = key.strip_prefix("sha256:") {
@@ -457,6 +468,12 @@ fn key_digest(key: &str, path: &str, warnings: &mut Vec<String>) -> Result<[u8; 
     warnings.push(format!(
         "{path} is a plaintext key; store `qwen-gateway hash-key` output (sha256:...) instead"
     ));
+    if weak(key) {
+        warnings.push(format!(
+            "{path} is short or guessable (under {MIN_STRONG_KEY} characters or few distinct \
+             ones); make keys with `qwen-gateway gen-key`"
+        ));
+    }
     Ok(digest(key.as_bytes()))
 }
 
@@ -540,19 +557,64 @@ fn validate_auth(
                 Some(set)
             }
         };
+        let time = |field: &str, v: Option<&String>| {
+            v.map(|t| {
+                crate::rfc3339::parse_time(t).ok_or_else(|| {
+                    PolicyError::invalid(
+                        format!("{path}.{field}"),
+                        "must be an RFC 3339 timestamp, e.g. 2027-01-31T00:00:00Z",
+                    )
+                })
+            })
+            .transpose()
+        };
+        let expires_at = time("expires_at", k.expires_at.as_ref())?;
+        let not_before = time("not_before", k.not_before.as_ref())?;
+        if let (Some(nb), Some(exp)) = (not_before, expires_at)
+            && nb >= exp
+        {
+            return Err(PolicyError::invalid(
+                format!("{path}.not_before"),
+                "must be before expires_at",
+            ));
+        }
+        if let Some(exp) = expires_at {
+            let now = std::time::SystemTime::now();
+            match exp.duration_since(now) {
+                Err(_) => warnings.push(format!("{path} (id {}) has expired", k.id)),
+                Ok(left) if left < EXPIRY_WARNING => warnings.push(format!(
+                    "{path} (id {}) expires in {} days; rotate it",
+                    k.id,
+                    left.as_secs() / 86_400
+                )),
+                Ok(_) => {}
+            }
+        }
         let mut key = ApiKey::new(k.id, d, rate_limit, allowed);
         key.admin = k.admin.unwrap_or(false);
+        key.expires_at = expires_at;
+        key.not_before = not_before;
         keys.push(key);
     }
 
-    let mut ids = HashSet::new();
+    // One id may have several keys (a rotation: the old and the new key overlap), as long as
+    // they are the same client to every limit and permission.
+    let mut ids: BTreeMap<Arc<str>, usize> = BTreeMap::new();
     let mut digests = HashSet::new();
     for (i, k) in keys.iter().enumerate() {
-        if !ids.insert(k.id.clone()) {
-            return Err(PolicyError::invalid(
-                "auth.keys",
-                format!("entry {i} uses a key id that an entry before it uses"),
-            ));
+        if let Some(&first) = ids.get(&k.id) {
+            let f = &keys[first];
+            if (f.rate_limit, &f.models, f.admin) != (k.rate_limit, &k.models, k.admin) {
+                return Err(PolicyError::invalid(
+                    "auth.keys",
+                    format!(
+                        "entry {i} shares its id with entry {first} but not its rate_limit, \
+                         models and admin (keys of one id are one client)"
+                    ),
+                ));
+            }
+        } else {
+            ids.insert(k.id.clone(), i);
         }
         if !digests.insert(k.digest) {
             return Err(PolicyError::invalid(
@@ -733,8 +795,16 @@ whitelist:
             ),
             ("auth: {enabled: true}", "auth.valid_keys"),
             (
-                "auth: {enabled: true, keys: [{id: a, key: aaaaaaaaaa}, {id: a, key: bbbbbbbbbb}]}",
+                "auth: {enabled: true, keys: [{id: a, key: aaaaaaaaaa}, {id: a, key: bbbbbbbbbb, admin: true}]}",
                 "auth.keys",
+            ),
+            (
+                "auth: {enabled: true, keys: [{id: a, key: aaaaaaaaaa, expires_at: '2027-13-01T00:00:00Z'}]}",
+                "auth.keys[0].expires_at",
+            ),
+            (
+                "auth: {enabled: true, keys: [{id: a, key: aaaaaaaaaa, expires_at: '2027-01-01T00:00:00Z', not_before: '2027-02-01T00:00:00Z'}]}",
+                "auth.keys[0].not_before",
             ),
             (
                 "upstream: {timeout_seconds: -1}",
@@ -789,6 +859,37 @@ whitelist:
         assert!(w.contains("trusted_proxies covers every address"), "{w}");
         assert!(w.contains("every interface"), "{w}");
         assert!(w.contains("auth is disabled"), "{w}");
+    }
+
+    #[test]
+    fn rotation_expiry_and_weak_key_warnings() {
+        // Two keys of one id (a rotation) with the same settings load; expiry is parsed.
+        let p = load(
+            "auth: {enabled: true, keys: [\
+             {id: a, key: 'qgw_0123456789abcdef0123456789abcdefXYZ', expires_at: '2099-01-01T00:00:00Z'},\
+             {id: a, key: 'qgw_fedcba9876543210fedcba9876543210ZYX', not_before: '2020-01-01T00:00:00+02:00'}]}",
+        )
+        .unwrap();
+        let keys = &p.auth.as_ref().unwrap().keys;
+        assert_eq!(keys.len(), 2);
+        assert!(keys[0].expires_at.is_some() && keys[1].not_before.is_some());
+        assert!(
+            !p.warnings.iter().any(|w| w.contains("guessable")),
+            "{:?}",
+            p.warnings
+        );
+        // The seed's key is a phrase: warned about; an expired key too.
+        let p = load(
+            "auth: {enabled: true, keys: [{id: b, key: prod-key-2024-qwen3, expires_at: '2020-01-01T00:00:00Z'}]}",
+        )
+        .unwrap();
+        let w = p.warnings.join("\n");
+        assert!(w.contains("auth.keys[0].key is short or guessable"), "{w}");
+        assert!(w.contains("has expired"), "{w}");
+        assert!(
+            !w.contains("prod-key-2024-qwen3"),
+            "a warning quoted the key"
+        );
     }
 
     #[test]

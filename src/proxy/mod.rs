@@ -296,56 +296,11 @@ fn model_entry(public: &str, l: &native::Listed) -> ModelEntry {
             .entry
             .get("modified_at")
             .and_then(serde_json::Value::as_str)
-            .and_then(parse_rfc3339)
+            .and_then(crate::rfc3339::parse)
             .unwrap_or(0),
         owned_by: public
             .rsplit_once('/')
             .map_or("library", |(ns, _)| ns.rsplit('/').next().unwrap_or(ns))
             .to_owned(),
-    }
-}
-
-/// Seconds since the epoch of `2025-05-04T17:37:44.706015396-07:00` (offset applied).
-fn parse_rfc3339(s: &str) -> Option<u64> {
-    let num = |a: usize, b: usize| s.get(a..b)?.parse::<i64>().ok();
-    let (y, mo, d) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
-    let (h, mi, se) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
-    let tail = s.get(19..)?;
-    let tz_at = tail.find(['Z', '+', '-']).map(|i| i + 19);
-    let offset = match tz_at.and_then(|i| s.get(i..)) {
-        Some(tz) if tz.starts_with('+') || tz.starts_with('-') => {
-            let sign = if tz.starts_with('-') { -1 } else { 1 };
-            let oh = tz.get(1..3)?.parse::<i64>().ok()?;
-            let om = tz.get(4..6)?.parse::<i64>().ok()?;
-            sign * (oh * 3600 + om * 60)
-        }
-        _ => 0,
-    };
-    let days = days_from_civil(y, mo, d);
-    u64::try_from(days * 86_400 + h * 3600 + mi * 60 + se - offset).ok()
-}
-
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rfc3339_with_offsets() {
-        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(
-            parse_rfc3339("2025-05-04T17:37:44.706015396-07:00"),
-            Some(1_746_405_464)
-        );
-        assert_eq!(parse_rfc3339("garbage"), None);
     }
 }
