@@ -12,6 +12,7 @@ pub mod audit;
 pub mod auth;
 pub mod backends;
 pub mod breaker;
+pub mod clamp;
 pub mod cli;
 pub mod client_ip;
 pub mod context;

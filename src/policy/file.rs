@@ -22,7 +22,7 @@ pub struct PolicyFile {
     pub trusted_proxies: Option<Vec<String>>,
     pub limits: Option<LimitsFile>,
     pub upstream: Option<UpstreamFile>,
-    pub models: Option<BTreeMap<String, String>>,
+    pub models: Option<BTreeMap<String, ModelFile>>,
     pub audit: Option<AuditFile>,
     pub shutdown_grace_seconds: Option<u64>,
 }
@@ -74,8 +74,35 @@ pub struct NamedKeyFile {
     pub rate_limit: Option<KeyLimitFile>,
     pub models: Option<Vec<String>>,
     pub admin: Option<bool>,
+    pub limits: Option<KeyLimitsFile>,
     pub expires_at: Option<String>,
     pub not_before: Option<String>,
+}
+
+/// Per-key bounds that override `limits`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyLimitsFile {
+    pub max_prompt_chars: Option<usize>,
+    pub max_num_ctx: Option<u64>,
+    pub max_output_tokens: Option<u64>,
+    pub max_keep_alive_seconds: Option<u64>,
+}
+
+/// A `models` entry: the Ollama name, or the name with per-model settings.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum ModelFile {
+    Name(String),
+    Full(ModelEntryFile),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntryFile {
+    pub name: String,
+    pub num_ctx: Option<u64>,
+    pub max_prompt_chars: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -92,6 +119,10 @@ pub struct LimitsFile {
     pub max_body_bytes: Option<usize>,
     pub max_messages: Option<usize>,
     pub body_timeout_seconds: Option<f64>,
+    pub max_num_ctx: Option<u64>,
+    pub max_output_tokens: Option<u64>,
+    pub max_keep_alive_seconds: Option<u64>,
+    pub over_limit: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

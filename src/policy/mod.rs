@@ -46,6 +46,8 @@ pub struct ApiKey {
     pub models: Option<BTreeSet<String>>,
     /// May manage models (pull, push, create, copy, delete) through Ollama's native API.
     pub admin: bool,
+    /// Bounds that override `limits` for this key.
+    pub limits: KeyLimits,
     /// From then on the key is refused as expired.
     pub expires_at: Option<std::time::SystemTime>,
     /// Before then the key is refused as not yet valid (a rotation's new key, staged).
@@ -66,6 +68,7 @@ impl ApiKey {
             rate_limit,
             models,
             admin: false,
+            limits: KeyLimits::default(),
             expires_at: None,
             not_before: None,
         }
@@ -87,6 +90,31 @@ pub struct Limits {
     pub max_messages: usize,
     /// The whole request body must arrive within this (slow-drip clients get 408).
     pub body_timeout: Duration,
+    /// Largest context a request may ask for; `None`: any.
+    pub max_num_ctx: Option<u64>,
+    /// Largest output limit, in every spelling; a request without one gets it. `None`: any.
+    pub max_output_tokens: Option<u64>,
+    /// Longest `keep_alive` a request may set (`-1` and `0` need an admin key).
+    pub max_keep_alive: Duration,
+    /// Refuse over-limit values (400) instead of clamping them.
+    pub refuse_over_limit: bool,
+}
+
+/// Per-key bounds; each `None` falls back to `limits`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct KeyLimits {
+    pub max_prompt_chars: Option<usize>,
+    pub max_num_ctx: Option<u64>,
+    pub max_output_tokens: Option<u64>,
+    pub max_keep_alive: Option<Duration>,
+}
+
+/// Per-model settings from `models`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ModelSettings {
+    /// The context a request for this model gets when it asks for none.
+    pub num_ctx: Option<u64>,
+    pub max_prompt_chars: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,13 +175,25 @@ pub struct AuditPolicy {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ModelMap {
     public_to_upstream: BTreeMap<String, String>,
+    settings: BTreeMap<String, ModelSettings>,
 }
 
 impl ModelMap {
     pub fn new(map: BTreeMap<String, String>) -> Self {
         ModelMap {
             public_to_upstream: map,
+            settings: BTreeMap::new(),
         }
+    }
+
+    pub fn with_settings(mut self, settings: BTreeMap<String, ModelSettings>) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// A public model's settings (defaults when it has none).
+    pub fn settings(&self, public: &str) -> ModelSettings {
+        self.settings.get(public).copied().unwrap_or_default()
     }
 
     pub fn is_passthrough(&self) -> bool {
@@ -218,6 +258,26 @@ pub struct Policy {
 pub const DEFAULT_PATH: &str = "/etc/qwen-gateway/policy.yaml";
 
 impl Policy {
+    /// The prompt limit for a request: the key's own, else the model's, else `limits`.
+    pub fn prompt_limit(&self, key: Option<&ApiKey>, model: Option<&str>) -> usize {
+        key.and_then(|k| k.limits.max_prompt_chars)
+            .or_else(|| model.and_then(|m| self.models.settings(m).max_prompt_chars))
+            .unwrap_or(self.limits.max_prompt_chars)
+    }
+
+    /// The request clamps for a key (if any) and a public model.
+    pub fn clamps(&self, key: Option<&ApiKey>, model: &str) -> crate::clamp::Clamps {
+        let kl = key.map(|k| k.limits).unwrap_or_default();
+        crate::clamp::Clamps {
+            max_num_ctx: kl.max_num_ctx.or(self.limits.max_num_ctx),
+            max_output_tokens: kl.max_output_tokens.or(self.limits.max_output_tokens),
+            max_keep_alive: kl.max_keep_alive.unwrap_or(self.limits.max_keep_alive),
+            refuse: self.limits.refuse_over_limit,
+            default_num_ctx: self.models.settings(model).num_ctx,
+            admin: key.is_some_and(|k| k.admin),
+        }
+    }
+
     /// Reads, parses and validates a policy file. The one entry point for startup, `check`
     /// and hot reload.
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {

@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use actix_web::http::header::HeaderName;
 
-use super::file::{AuthFile, KeyLimitFile, PolicyFile};
+use super::file::{AuthFile, KeyLimitFile, KeyLimitsFile, ModelFile, PolicyFile};
 use super::{
-    ApiKey, AuditPolicy, AuthPolicy, Backend, BreakerPolicy, LimitBackend, Limits, ModelMap,
-    Policy, PolicyError, Quota, RedisLimits, UpstreamPolicy, digest,
+    ApiKey, AuditPolicy, AuthPolicy, Backend, BreakerPolicy, KeyLimits, LimitBackend, Limits,
+    ModelMap, ModelSettings, Policy, PolicyError, Quota, RedisLimits, UpstreamPolicy, digest,
 };
 use crate::client_ip::{IpSet, parse_net};
 
@@ -241,6 +241,24 @@ pub fn validate(f: PolicyFile, sha256: String) -> Result<Policy, PolicyError> {
         max_body_bytes: lf.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
         max_messages: lf.max_messages.unwrap_or(1_000),
         body_timeout: seconds("limits.body_timeout_seconds", lf.body_timeout_seconds, 30.0)?,
+        max_num_ctx: positive("limits.max_num_ctx", lf.max_num_ctx)?,
+        max_output_tokens: positive(
+            "limits.max_output_tokens",
+            lf.max_output_tokens.or(Some(8_192)),
+        )?,
+        max_keep_alive: Duration::from_secs(
+            positive("limits.max_keep_alive_seconds", lf.max_keep_alive_seconds)?.unwrap_or(1_800),
+        ),
+        refuse_over_limit: match lf.over_limit.as_deref().unwrap_or("clamp") {
+            "clamp" => false,
+            "refuse" => true,
+            _ => {
+                return Err(PolicyError::invalid(
+                    "limits.over_limit",
+                    "must be clamp or refuse",
+                ));
+            }
+        },
     };
     if limits.max_prompt_chars == 0 {
         return Err(PolicyError::invalid(
@@ -418,22 +436,69 @@ fn ip_set(key: &str, items: &[String]) -> Result<IpSet, PolicyError> {
     Ok(IpSet::new(nets))
 }
 
-fn validate_models(map: BTreeMap<String, String>) -> Result<ModelMap, PolicyError> {
-    for (public, upstream) in &map {
+fn validate_models(map: BTreeMap<String, ModelFile>) -> Result<ModelMap, PolicyError> {
+    let mut names = BTreeMap::new();
+    let mut settings = BTreeMap::new();
+    for (public, entry) in map {
         if public.trim().is_empty() {
             return Err(PolicyError::invalid(
                 "models",
                 "a public model name is empty",
             ));
         }
+        let upstream = match entry {
+            ModelFile::Name(name) => name,
+            ModelFile::Full(e) => {
+                let s = ModelSettings {
+                    num_ctx: positive(&format!("models.{public}.num_ctx"), e.num_ctx)?,
+                    max_prompt_chars: positive(
+                        &format!("models.{public}.max_prompt_chars"),
+                        e.max_prompt_chars.map(|v| v as u64),
+                    )?
+                    .map(|v| v as usize),
+                };
+                settings.insert(public.clone(), s);
+                e.name
+            }
+        };
         if upstream.trim().is_empty() {
             return Err(PolicyError::invalid(
                 format!("models.{public}"),
                 "the Ollama model name is empty",
             ));
         }
+        names.insert(public, upstream);
     }
-    Ok(ModelMap::new(map))
+    Ok(ModelMap::new(names).with_settings(settings))
+}
+
+/// An optional count that must be > 0 when given.
+fn positive(key: &str, v: Option<u64>) -> Result<Option<u64>, PolicyError> {
+    match v {
+        Some(0) => Err(PolicyError::invalid(key, "must be > 0")),
+        other => Ok(other),
+    }
+}
+
+fn key_limits(path: &str, f: Option<KeyLimitsFile>) -> Result<KeyLimits, PolicyError> {
+    let f = f.unwrap_or_default();
+    Ok(KeyLimits {
+        max_prompt_chars: positive(
+            &format!("{path}.limits.max_prompt_chars"),
+            f.max_prompt_chars.map(|v| v as u64),
+        )?
+        .map(|v| v as usize),
+        max_num_ctx: positive(&format!("{path}.limits.max_num_ctx"), f.max_num_ctx)?,
+        max_output_tokens: positive(
+            &format!("{path}.limits.max_output_tokens"),
+            f.max_output_tokens,
+        )?,
+        max_keep_alive: positive(
+            &format!("{path}.limits.max_keep_alive_seconds"),
+            f.max_keep_alive_seconds,
+        )?
+        .map(Duration::from_secs),
+    })
 }
 
 /// Keys shorter than this (or of few distinct characters) are warned about: the seed's
@@ -590,8 +655,10 @@ fn validate_auth(
                 Ok(_) => {}
             }
         }
+        let limits = key_limits(&path, k.limits)?;
         let mut key = ApiKey::new(k.id, d, rate_limit, allowed);
         key.admin = k.admin.unwrap_or(false);
+        key.limits = limits;
         key.expires_at = expires_at;
         key.not_before = not_before;
         keys.push(key);
@@ -604,12 +671,14 @@ fn validate_auth(
     for (i, k) in keys.iter().enumerate() {
         if let Some(&first) = ids.get(&k.id) {
             let f = &keys[first];
-            if (f.rate_limit, &f.models, f.admin) != (k.rate_limit, &k.models, k.admin) {
+            if (f.rate_limit, &f.models, f.admin, f.limits)
+                != (k.rate_limit, &k.models, k.admin, k.limits)
+            {
                 return Err(PolicyError::invalid(
                     "auth.keys",
                     format!(
                         "entry {i} shares its id with entry {first} but not its rate_limit, \
-                         models and admin (keys of one id are one client)"
+                         models, admin and limits (keys of one id are one client)"
                     ),
                 ));
             }

@@ -250,6 +250,7 @@ pub fn to_ollama<'a>(
     };
 
     let options = ollama::Options {
+        num_ctx: req.options.as_ref().and_then(|o| o.num_ctx),
         num_predict: req.max_completion_tokens.or(req.max_tokens),
         temperature: req.temperature,
         top_p: req.top_p,
@@ -275,6 +276,7 @@ pub fn to_ollama<'a>(
             .as_deref()
             .map(think_from)
             .transpose()?,
+        keep_alive: req.keep_alive.clone(),
     })
 }
 

@@ -19,8 +19,9 @@ use super::native::{model_access, requested_model};
 use super::openai::Usage;
 use super::stream::{self, Lines};
 use super::upstream::{self, Call, Upstream};
-use super::{parse_json, read_body, stream_parts, with_rate_headers};
+use super::{parse_json, read_body, stream_parts, with_clamped_header, with_rate_headers};
 use crate::admission::Admitted;
+use crate::clamp::Clamped;
 use crate::context::request_ctx;
 use crate::errors::{Dialect, GatewayError};
 use crate::state::AppState;
@@ -55,6 +56,19 @@ pub struct Forward {
     pub end_marker: &'static [u8],
     /// How the route ends a stream with an error.
     pub stream_errors: StreamErrors,
+    /// Where the request clamps apply.
+    pub clamp: ClampAt,
+}
+
+/// Where a route's body carries what the clamps bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClampAt {
+    /// Native `options.num_ctx`, `keep_alive`, and `options.num_predict` when it generates.
+    Native { generates: bool },
+    /// An OpenAI or Anthropic output limit field (`max_tokens`, `max_output_tokens`).
+    Output(&'static str),
+    /// Nothing to bound (OpenAI embeddings).
+    Nothing,
 }
 
 /// How a route's stream reports an error after it began.
@@ -76,6 +90,7 @@ pub static API_CHAT: Forward = Forward {
     since: "0.1.14",
     end_marker: b"\"done\":true",
     stream_errors: StreamErrors::Dialect,
+    clamp: ClampAt::Native { generates: true },
 };
 
 pub static API_GENERATE: Forward = Forward {
@@ -88,6 +103,7 @@ pub static API_GENERATE: Forward = Forward {
     since: "0.1.0",
     end_marker: b"\"done\":true",
     stream_errors: StreamErrors::Dialect,
+    clamp: ClampAt::Native { generates: true },
 };
 
 pub static API_EMBED: Forward = Forward {
@@ -100,6 +116,7 @@ pub static API_EMBED: Forward = Forward {
     since: "0.3.0",
     end_marker: b"",
     stream_errors: StreamErrors::Dialect,
+    clamp: ClampAt::Native { generates: false },
 };
 
 pub static API_EMBEDDINGS: Forward = Forward {
@@ -112,6 +129,7 @@ pub static API_EMBEDDINGS: Forward = Forward {
     since: "0.1.26",
     end_marker: b"",
     stream_errors: StreamErrors::Dialect,
+    clamp: ClampAt::Native { generates: false },
 };
 
 pub static V1_EMBEDDINGS: Forward = Forward {
@@ -124,6 +142,7 @@ pub static V1_EMBEDDINGS: Forward = Forward {
     since: "0.2.0",
     end_marker: b"",
     stream_errors: StreamErrors::Dialect,
+    clamp: ClampAt::Nothing,
 };
 
 pub static V1_COMPLETIONS: Forward = Forward {
@@ -136,6 +155,7 @@ pub static V1_COMPLETIONS: Forward = Forward {
     since: "0.2.0",
     end_marker: b"[DONE]",
     stream_errors: StreamErrors::Dialect,
+    clamp: ClampAt::Output("max_tokens"),
 };
 
 pub static V1_RESPONSES: Forward = Forward {
@@ -148,6 +168,7 @@ pub static V1_RESPONSES: Forward = Forward {
     since: "0.13.3",
     end_marker: b"response.completed",
     stream_errors: StreamErrors::Responses,
+    clamp: ClampAt::Output("max_output_tokens"),
 };
 
 pub static V1_MESSAGES: Forward = Forward {
@@ -160,6 +181,7 @@ pub static V1_MESSAGES: Forward = Forward {
     since: "0.14.0",
     end_marker: b"message_stop",
     stream_errors: StreamErrors::Dialect,
+    clamp: ClampAt::Output("max_tokens"),
 };
 
 /// Embeddings of a large batch are big (1,000 inputs x 1,024 floats is ~10 MB as JSON).
@@ -475,16 +497,25 @@ pub async fn forward(
     ctx.audit.update(|r| r.prompt_chars = Some(chars));
     // In the chat route's order: the prompt limit, then the key's model access.
     let public = requested_model(&v, &ctx)?.to_owned();
-    if chars > policy.limits.max_prompt_chars {
-        return Err(GatewayError::PromptTooLong {
-            max: policy.limits.max_prompt_chars,
-        });
+    let key = admitted.principal.as_ref().map(|p| &*p.key);
+    let max_prompt = policy.prompt_limit(key, Some(&public));
+    if chars > max_prompt {
+        return Err(GatewayError::PromptTooLong { max: max_prompt });
     }
     let up = model_access(&public, policy, admitted.principal.as_ref())?;
+    let clamps = policy.clamps(key, &public);
+    let mut clamped = Clamped::default();
+    if let Some(obj) = v.as_object_mut() {
+        match spec.clamp {
+            ClampAt::Native { generates } => clamps.native_body(obj, generates, &mut clamped)?,
+            ClampAt::Output(field) => clamps.output_field(obj, field, &mut clamped)?,
+            ClampAt::Nothing => {}
+        }
+    }
     // The body goes on as it came unless the model is renamed: Ollama's default for
     // `stream` is the route's default here too, so nothing else needs writing.
     let renamed = public != up;
-    let upstream_body = if renamed {
+    let upstream_body = if renamed || clamped.changed {
         if let Some(obj) = v.as_object_mut() {
             obj.insert("model".to_owned(), Value::from(up.as_str()));
         }
@@ -534,6 +565,7 @@ pub async fn forward(
             .insert_header((CACHE_CONTROL, "no-cache"))
             .insert_header((HeaderName::from_static("x-accel-buffering"), "no"));
         with_rate_headers(&mut out, admitted.decision);
+        with_clamped_header(&mut out, &clamped);
         return Ok(out.streaming(body));
     }
 
@@ -577,6 +609,7 @@ pub async fn forward(
     let mut out = HttpResponse::Ok();
     out.insert_header((CONTENT_TYPE, "application/json; charset=utf-8"));
     with_rate_headers(&mut out, admitted.decision);
+    with_clamped_header(&mut out, &clamped);
     Ok(out.body(answer))
 }
 

@@ -107,6 +107,16 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<
     })
 }
 
+/// `x-qwen-gateway-clamped: num_ctx=32768, ...` when the request clamps changed a value.
+pub(crate) fn with_clamped_header(
+    resp: &mut actix_web::HttpResponseBuilder,
+    clamped: &crate::clamp::Clamped,
+) {
+    if let Some(h) = clamped.header() {
+        resp.insert_header((HeaderName::from_static("x-qwen-gateway-clamped"), h));
+    }
+}
+
 /// What every relayed stream holds besides its body and line handler.
 pub(crate) fn stream_parts(
     state: &AppState,
@@ -167,14 +177,25 @@ pub async fn chat_completions(
     convert::check_request(&chat, policy.limits.max_messages)?;
     let chars = convert::prompt_chars(&chat);
     ctx.audit.update(|r| r.prompt_chars = Some(chars));
-    if chars > policy.limits.max_prompt_chars {
-        return Err(GatewayError::PromptTooLong {
-            max: policy.limits.max_prompt_chars,
-        });
+    let key = principal.as_ref().map(|p| &*p.key);
+    let max_prompt = policy.prompt_limit(key, Some(&chat.model));
+    if chars > max_prompt {
+        return Err(GatewayError::PromptTooLong { max: max_prompt });
     }
     let upstream_model = native::model_access(&chat.model, policy, principal.as_ref())?;
-    let native = convert::to_ollama(&chat, &upstream_model)?;
+    let mut native = convert::to_ollama(&chat, &upstream_model)?;
     convert::check_native_messages(&native, policy.limits.max_messages)?;
+    // The request clamps: context, output limit (every spelling, a default when absent),
+    // keep_alive.
+    let clamps = policy.clamps(key, &chat.model);
+    let mut clamped = crate::clamp::Clamped::default();
+    let asked_output = native
+        .options
+        .num_predict
+        .map(|n| i64::try_from(n).unwrap_or(i64::MAX));
+    native.options.num_predict = clamps.output(asked_output, &mut clamped)?;
+    native.options.num_ctx = clamps.num_ctx(native.options.num_ctx, &mut clamped)?;
+    native.keep_alive = clamps.keep_alive(native.keep_alive.as_ref(), &mut clamped)?;
     let native_body = serde_json::to_vec(&native).map_err(|_| GatewayError::Internal)?;
 
     let sent = Instant::now();
@@ -209,6 +230,7 @@ pub async fn chat_completions(
             .insert_header((CACHE_CONTROL, "no-cache"))
             .insert_header((HeaderName::from_static("x-accel-buffering"), "no"));
         with_rate_headers(&mut out, decision);
+        with_clamped_header(&mut out, &clamped);
         return Ok(out.streaming(body));
     }
 
@@ -234,6 +256,7 @@ pub async fn chat_completions(
     let mut out = HttpResponse::Ok();
     out.insert_header((CONTENT_TYPE, "application/json"));
     with_rate_headers(&mut out, decision);
+    with_clamped_header(&mut out, &clamped);
     Ok(out.body(json))
 }
 

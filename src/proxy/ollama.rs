@@ -20,6 +20,8 @@ pub struct ChatRequest<'a> {
     pub tools: Option<&'a [Value]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub think: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_alive: Option<Value>,
 }
 
 #[derive(Debug, Serialize, Default, PartialEq)]
@@ -56,6 +58,8 @@ pub struct Function {
 
 #[derive(Debug, Serialize, Default, PartialEq)]
 pub struct Options {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub num_ctx: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub num_predict: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -29,6 +29,16 @@ pub struct ChatRequest {
     pub tools: Option<Vec<Value>>,
     pub reasoning_effort: Option<String>,
     pub n: Option<u32>,
+    /// Ollama's options, which some clients send here (OpenClaw sets `num_ctx` so that long
+    /// prompts are not cut to Ollama's small default context): `num_ctx` is forwarded.
+    pub options: Option<ChatOptions>,
+    /// Ollama's `keep_alive`, forwarded within the policy's bounds.
+    pub keep_alive: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChatOptions {
+    pub num_ctx: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

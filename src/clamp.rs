@@ -1,0 +1,361 @@
+//! Request clamps: what one request may ask of the GPU, on every route.
+//!
+//! A request that stays under its rate limit can still take the whole GPU: a 131,072-token
+//! context, no output limit (`num_predict: -1`, which Ollama reads as "until the context is
+//! full"), a model pinned in memory forever (`keep_alive: -1`) or unloaded for everyone
+//! (`keep_alive: 0`). The policy bounds each (`limits.max_num_ctx`, `limits.max_output_tokens`,
+//! `limits.max_keep_alive_seconds`, per key under `auth.keys[].limits`); a value over a bound
+//! is clamped to it, or refused when `limits.over_limit` is `refuse`. The answer says what was
+//! clamped in `x-qwen-gateway-clamped`. Admin keys may set any `keep_alive`.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::errors::GatewayError;
+
+/// The bounds in force for one request (policy, key and model combined).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Clamps {
+    pub max_num_ctx: Option<u64>,
+    /// Applied to every spelling of the output limit; a request without one gets this.
+    pub max_output_tokens: Option<u64>,
+    pub max_keep_alive: Duration,
+    /// Refuse over-limit values (400) instead of clamping them.
+    pub refuse: bool,
+    /// The context a request gets when it asks for none (the model's `num_ctx` in `models`).
+    pub default_num_ctx: Option<u64>,
+    /// May set any `keep_alive`, including `-1` and `0`.
+    pub admin: bool,
+}
+
+/// What was clamped, for the `x-qwen-gateway-clamped` header, and whether the body changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Clamped {
+    notes: Vec<String>,
+    /// The body differs from what the client sent (a clamp, or a default filled in).
+    pub changed: bool,
+}
+
+impl Clamped {
+    pub fn header(&self) -> Option<String> {
+        (!self.notes.is_empty()).then(|| self.notes.join(", "))
+    }
+
+    fn note(&mut self, what: &str, value: impl std::fmt::Display) {
+        self.notes.push(format!("{what}={value}"));
+    }
+}
+
+/// Sets `field` to `value`, noting a change.
+fn set(map: &mut Map<String, Value>, field: &str, value: Value, c: &mut Clamped) {
+    if map.get(field) != Some(&value) {
+        c.changed = true;
+        map.insert(field.to_owned(), value);
+    }
+}
+
+fn over(what: &str, max: u64) -> GatewayError {
+    GatewayError::BadRequest {
+        message: format!("{what} is over the limit for this key, max {max}"),
+    }
+}
+
+impl Clamps {
+    /// A context size: `asked` (`None` when the request sets none) bounded by the cap; the
+    /// model's default when the request asks for none.
+    pub fn num_ctx(
+        &self,
+        asked: Option<u64>,
+        c: &mut Clamped,
+    ) -> Result<Option<u64>, GatewayError> {
+        let Some(asked) = asked else {
+            return Ok(self
+                .default_num_ctx
+                .map(|d| self.max_num_ctx.map_or(d, |m| d.min(m))));
+        };
+        match self.max_num_ctx {
+            Some(max) if asked > max => {
+                if self.refuse {
+                    return Err(over("num_ctx", max));
+                }
+                c.note("num_ctx", max);
+                Ok(Some(max))
+            }
+            _ => Ok(Some(asked)),
+        }
+    }
+
+    /// An output limit in any spelling: `asked` as the request sent it (negative: Ollama's
+    /// "no limit"). `None` out: leave it unset.
+    pub fn output(&self, asked: Option<i64>, c: &mut Clamped) -> Result<Option<u64>, GatewayError> {
+        let Some(max) = self.max_output_tokens else {
+            return Ok(asked.and_then(|a| u64::try_from(a).ok()));
+        };
+        match asked {
+            Some(a) if a >= 0 && a.unsigned_abs() <= max => Ok(Some(a.unsigned_abs())),
+            None => Ok(Some(max)),
+            Some(_) => {
+                if self.refuse {
+                    return Err(over("the output token limit", max));
+                }
+                c.note("max_output_tokens", max);
+                Ok(Some(max))
+            }
+        }
+    }
+
+    /// A `keep_alive` as Ollama reads it (seconds, a Go duration string, `-1`, `0`). `None`
+    /// out: leave it unset (Ollama's default applies).
+    pub fn keep_alive(
+        &self,
+        asked: Option<&Value>,
+        c: &mut Clamped,
+    ) -> Result<Option<Value>, GatewayError> {
+        let Some(asked) = asked else { return Ok(None) };
+        if self.admin {
+            return Ok(Some(asked.clone()));
+        }
+        let max = self.max_keep_alive.as_secs();
+        match keep_alive_secs(asked) {
+            // Unloading a model for everyone is an admin's call: the default applies.
+            Some(0) => {
+                if self.refuse {
+                    return Err(GatewayError::BadRequest {
+                        message: "keep_alive 0 (unload the model) needs an admin key".to_owned(),
+                    });
+                }
+                c.note("keep_alive", "default");
+                Ok(None)
+            }
+            Some(s) if s > 0 && s.unsigned_abs() <= max => Ok(Some(asked.clone())),
+            // Negative (forever), or longer than allowed.
+            Some(_) => {
+                if self.refuse {
+                    return Err(over("keep_alive (seconds)", max));
+                }
+                c.note("keep_alive", format!("{max}s"));
+                Ok(Some(Value::from(format!("{max}s"))))
+            }
+            None => Err(GatewayError::BadRequest {
+                message: "keep_alive must be a number of seconds or a duration like \"5m\""
+                    .to_owned(),
+            }),
+        }
+    }
+
+    /// Clamps a native request body (`/api/chat`, `/api/generate`, `/api/embed`,
+    /// `/api/embeddings`): `options.num_ctx`, `options.num_predict` (when the route
+    /// generates) and `keep_alive`.
+    pub fn native_body(
+        &self,
+        body: &mut Map<String, Value>,
+        generates: bool,
+        c: &mut Clamped,
+    ) -> Result<(), GatewayError> {
+        let options = body
+            .entry("options")
+            .or_insert_with(|| Value::Object(Map::new()));
+        let Some(options) = options.as_object_mut() else {
+            return Err(GatewayError::BadRequest {
+                message: "options must be an object".to_owned(),
+            });
+        };
+        let asked_ctx = int_field(options, "num_ctx")?;
+        let ctx = self.num_ctx(asked_ctx.and_then(|v| u64::try_from(v).ok()), c)?;
+        if let Some(ctx) = ctx {
+            set(options, "num_ctx", Value::from(ctx), c);
+        }
+        if generates {
+            let asked = int_field(options, "num_predict")?;
+            if let Some(n) = self.output(asked, c)? {
+                set(options, "num_predict", Value::from(n), c);
+            }
+        }
+        if options.is_empty() {
+            body.remove("options");
+        }
+        match self.keep_alive(body.get("keep_alive"), c)? {
+            Some(k) => set(body, "keep_alive", k, c),
+            None => {
+                if body.remove("keep_alive").is_some() {
+                    c.changed = true;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Clamps an OpenAI- or Anthropic-shaped body's output limit, at `field` (`max_tokens`,
+    /// `max_output_tokens`).
+    pub fn output_field(
+        &self,
+        body: &mut Map<String, Value>,
+        field: &str,
+        c: &mut Clamped,
+    ) -> Result<(), GatewayError> {
+        let asked = int_field(body, field)?;
+        if let Some(n) = self.output(asked, c)? {
+            set(body, field, Value::from(n), c);
+        }
+        Ok(())
+    }
+}
+
+fn int_field(map: &Map<String, Value>, field: &str) -> Result<Option<i64>, GatewayError> {
+    match map.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_i64()
+            .map(Some)
+            .ok_or_else(|| GatewayError::BadRequest {
+                message: format!("{field} must be an integer"),
+            }),
+    }
+}
+
+/// Seconds of a `keep_alive` value: a number of seconds, or a Go duration (`"5m"`, `"1h30m"`,
+/// `"-1"`, `"0"`). `None`: not a `keep_alive`.
+fn keep_alive_secs(v: &Value) -> Option<i64> {
+    if let Some(n) = v.as_i64() {
+        return Some(n);
+    }
+    if let Some(f) = v.as_f64() {
+        return Some(f as i64);
+    }
+    let s = v.as_str()?.trim();
+    if let Ok(n) = s.parse::<i64>() {
+        return Some(n);
+    }
+    let (neg, s) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s),
+    };
+    let mut total = 0f64;
+    let mut num = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(ch) = chars.next() {
+        if ch.is_ascii_digit() || ch == '.' {
+            num.push(ch);
+            continue;
+        }
+        let mut unit = ch.to_string();
+        if ch == 'm' && chars.peek() == Some(&'s') {
+            unit.push('s');
+            chars.next();
+        }
+        let n: f64 = num.parse().ok()?;
+        num.clear();
+        total += n * match unit.as_str() {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            _ => return None,
+        };
+    }
+    if !num.is_empty() {
+        return None;
+    }
+    let secs = total.ceil() as i64;
+    Some(if neg { -secs.max(1) } else { secs })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use serde_json::json;
+
+    use super::*;
+
+    fn clamps() -> Clamps {
+        Clamps {
+            max_num_ctx: Some(32_768),
+            max_output_tokens: Some(8_192),
+            max_keep_alive: Duration::from_secs(1_800),
+            refuse: false,
+            default_num_ctx: None,
+            admin: false,
+        }
+    }
+
+    #[test]
+    fn durations_as_ollama_reads_them() {
+        for (v, s) in [
+            (json!(300), Some(300)),
+            (json!("5m"), Some(300)),
+            (json!("1h30m"), Some(5_400)),
+            (json!("-1"), Some(-1)),
+            (json!(-1), Some(-1)),
+            (json!("0"), Some(0)),
+            (json!("250ms"), Some(1)),
+            (json!("soon"), None),
+        ] {
+            assert_eq!(keep_alive_secs(&v), s, "{v}");
+        }
+    }
+
+    #[test]
+    fn native_bodies_are_clamped_and_the_answer_says_so() {
+        let mut body =
+            json!({"model":"m","options":{"num_ctx":131072,"num_predict":-1},"keep_alive":-1})
+                .as_object()
+                .cloned()
+                .unwrap();
+        let mut c = Clamped::default();
+        clamps().native_body(&mut body, true, &mut c).unwrap();
+        assert_eq!(body["options"], json!({"num_ctx":32768,"num_predict":8192}));
+        assert_eq!(body["keep_alive"], "1800s");
+        assert_eq!(
+            c.header().unwrap(),
+            "num_ctx=32768, max_output_tokens=8192, keep_alive=1800s"
+        );
+        // No output limit asked: the cap. keep_alive 0 from a non-admin: dropped.
+        let mut body = json!({"model":"m","keep_alive":0})
+            .as_object()
+            .cloned()
+            .unwrap();
+        let mut c = Clamped::default();
+        clamps().native_body(&mut body, true, &mut c).unwrap();
+        assert_eq!(body["options"], json!({"num_predict":8192}));
+        assert!(body.get("keep_alive").is_none());
+        // Within bounds: untouched, nothing said.
+        let mut body =
+            json!({"model":"m","options":{"num_ctx":8192,"num_predict":100},"keep_alive":"5m"})
+                .as_object()
+                .cloned()
+                .unwrap();
+        let mut c = Clamped::default();
+        clamps().native_body(&mut body, true, &mut c).unwrap();
+        assert_eq!(body["options"], json!({"num_ctx":8192,"num_predict":100}));
+        assert_eq!(body["keep_alive"], "5m");
+        assert_eq!(c.header(), None);
+    }
+
+    #[test]
+    fn refuse_mode_and_admin_keys() {
+        let refuse = Clamps {
+            refuse: true,
+            ..clamps()
+        };
+        let mut body = json!({"options":{"num_ctx":65536}})
+            .as_object()
+            .cloned()
+            .unwrap();
+        let err = refuse
+            .native_body(&mut body, true, &mut Clamped::default())
+            .err()
+            .map(|e| e.message())
+            .unwrap_or_default();
+        assert_eq!(err, "num_ctx is over the limit for this key, max 32768");
+        let admin = Clamps {
+            admin: true,
+            ..clamps()
+        };
+        let mut body = json!({"keep_alive":-1}).as_object().cloned().unwrap();
+        admin
+            .native_body(&mut body, false, &mut Clamped::default())
+            .unwrap();
+        assert_eq!(body["keep_alive"], -1);
+    }
+}
