@@ -116,7 +116,7 @@ async fn admit(
 
 /// The identity a failed-key counter is kept under: the address, or its /64 for IPv6, where
 /// one client typically owns the whole prefix.
-fn ip_bucket(ip: IpAddr) -> String {
+pub fn ip_bucket(ip: IpAddr) -> String {
     match ip {
         // Once or twice per request, so not through `format!`.
         IpAddr::V4(v4) => {

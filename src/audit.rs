@@ -62,6 +62,8 @@ pub struct AuditRecord {
     pub stream: bool,
     pub ttft: Option<Duration>,
     pub upstream: Option<Duration>,
+    /// Time waited in the fair queue for a backend slot.
+    pub queue: Option<Duration>,
 }
 
 /// Where finished requests go: the metrics, and the audit file when `audit.dir` is set.
@@ -69,11 +71,17 @@ pub struct AuditRecord {
 pub struct AuditSink {
     pub metrics: Arc<Metrics>,
     writer: Option<AuditWriter>,
+    /// Each key's recent token use, for the fair queue.
+    pub usage: Arc<crate::queue::Usage>,
 }
 
 impl AuditSink {
     pub fn new(metrics: Arc<Metrics>, writer: Option<AuditWriter>) -> Self {
-        AuditSink { metrics, writer }
+        AuditSink {
+            metrics,
+            writer,
+            usage: Arc::default(),
+        }
     }
 }
 
@@ -125,6 +133,13 @@ impl Drop for AuditCell {
         });
         if let Some(reason) = r.error.and_then(rejection_reason) {
             m.reject(reason);
+        }
+        // What the request cost, for the fair queue's order between keys.
+        if let Some(key) = &r.key_id {
+            let tokens = r.prompt_tokens.unwrap_or(0) + r.completion_tokens.unwrap_or(0);
+            if tokens > 0 {
+                self.sink.usage.add(key, tokens);
+            }
         }
         if self.sink.writer.is_some() {
             batch_line(&self.sink, |out| {
@@ -291,6 +306,8 @@ fn write_line(out: &mut Vec<u8>, r: &AuditRecord, latency: Duration, now: System
     opt_ms(out, r.ttft);
     out.extend_from_slice(b",\"upstream_ms\":");
     opt_ms(out, r.upstream);
+    out.extend_from_slice(b",\"queue_ms\":");
+    opt_ms(out, r.queue);
     out.push(b'}');
 }
 
@@ -399,6 +416,7 @@ mod tests {
             error: Some("not_found"),
             prompt_tokens: Some(7),
             ttft: Some(Duration::from_micros(1_234_567)),
+            queue: Some(Duration::from_millis(40)),
             ..AuditRecord::default()
         };
         let mut out = Vec::new();
@@ -415,8 +433,9 @@ mod tests {
         assert_eq!(v["stream"], false);
         assert_eq!(v["latency_ms"], 0.005);
         assert_eq!(v["ttft_ms"], 1234.567);
+        assert_eq!(v["queue_ms"], 40.0);
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
-        assert_eq!(keys.len(), 17, "{keys:?}");
+        assert_eq!(keys.len(), 18, "{keys:?}");
         let mut v4 = Vec::new();
         ip_into(&mut v4, "10.0.255.1".parse().unwrap());
         assert_eq!(v4, b"10.0.255.1");

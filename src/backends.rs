@@ -30,6 +30,8 @@ pub struct BackendState {
     pub up: AtomicBool,
     /// Number of models last seen, for /readyz.
     pub model_count: AtomicI64,
+    /// Its slots (`max_in_flight`) and fair queue.
+    pub slots: crate::queue::Slots,
 }
 
 impl BackendState {
@@ -42,6 +44,7 @@ impl BackendState {
             models: ArcSwapOption::empty(),
             up: AtomicBool::new(true),
             model_count: AtomicI64::new(-1),
+            slots: crate::queue::Slots::default(),
         }
     }
 
@@ -73,15 +76,42 @@ impl BackendState {
     /// the stream ends).
     pub fn lease(self: &Arc<Self>) -> Lease {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        Lease(self.clone())
+        Lease {
+            backend: self.clone(),
+            slot: None,
+            ticket: None,
+        }
     }
 }
 
-pub struct Lease(Arc<BackendState>);
+/// A request counted against its backend until dropped (for streams, when the stream ends),
+/// with the queue slot and the key's concurrency ticket it holds, released with it.
+pub struct Lease {
+    backend: Arc<BackendState>,
+    slot: Option<crate::queue::Slot>,
+    ticket: Option<crate::queue::KeyTicket>,
+}
+
+impl Lease {
+    pub fn hold(&mut self, slot: crate::queue::Slot, ticket: Option<crate::queue::KeyTicket>) {
+        self.slot = Some(slot);
+        self.ticket = ticket;
+    }
+
+    /// The key's ticket back, for the request's next attempt on another backend.
+    pub fn take_ticket(&mut self) -> Option<crate::queue::KeyTicket> {
+        self.ticket.take()
+    }
+
+    /// How long the request waited in the queue for its slot.
+    pub fn waited(&self) -> Option<std::time::Duration> {
+        self.slot.as_ref().map(|s| s.waited)
+    }
+}
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.backend.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

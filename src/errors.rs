@@ -67,6 +67,14 @@ pub enum GatewayError {
     UpstreamFailed,
     #[error("rate limiter unavailable")]
     RateLimiterUnavailable,
+    /// The key already has `max_concurrent` requests in flight or waiting.
+    #[error("too many concurrent requests")]
+    TooManyConcurrent,
+    /// The fair queue for the model server is full, or the wait ran past its bound.
+    #[error("queue full")]
+    QueueFull { retry_after: Duration },
+    #[error("queue wait too long")]
+    QueueTimeout { retry_after: Duration },
     /// The gateway itself ran out of a local resource (file descriptors, ports, memory) on
     /// the way to Ollama: not Ollama's fault, and never counted against a backend.
     #[error("gateway overloaded")]
@@ -120,6 +128,9 @@ impl GatewayError {
             GatewayError::UpstreamTimeout => "upstream_timeout",
             GatewayError::UpstreamFailed => "upstream_error",
             GatewayError::RateLimiterUnavailable => "rate_limiter_unavailable",
+            GatewayError::TooManyConcurrent => "too_many_concurrent_requests",
+            GatewayError::QueueFull { .. } => "queue_full",
+            GatewayError::QueueTimeout { .. } => "queue_timeout",
             GatewayError::Interrupted => "interrupted",
             GatewayError::Overloaded => "gateway_overloaded",
             GatewayError::Internal => "internal_error",
@@ -136,7 +147,10 @@ impl GatewayError {
             GatewayError::IpNotAllowed
             | GatewayError::ModelNotAllowed { .. }
             | GatewayError::AdminOnly => "permission_error",
-            GatewayError::AuthThrottled { .. } | GatewayError::RateLimited(_) => "rate_limit_error",
+            GatewayError::AuthThrottled { .. }
+            | GatewayError::RateLimited(_)
+            | GatewayError::TooManyConcurrent => "rate_limit_error",
+            GatewayError::QueueFull { .. } | GatewayError::QueueTimeout { .. } => "api_error",
             GatewayError::PromptTooLong { .. }
             | GatewayError::BodyTooLarge { .. }
             | GatewayError::BadRequest { .. }
@@ -211,6 +225,16 @@ impl GatewayError {
                 "the gateway cannot check rate limits right now, please try again shortly"
                     .to_owned()
             }
+            GatewayError::TooManyConcurrent => {
+                "too many requests at once for this api key, wait for one to finish".to_owned()
+            }
+            GatewayError::QueueFull { .. } => {
+                "the model server is busy and its queue is full, please try again shortly"
+                    .to_owned()
+            }
+            GatewayError::QueueTimeout { .. } => {
+                "the model server was busy for too long, please try again shortly".to_owned()
+            }
             GatewayError::Overloaded => {
                 "the gateway is overloaded right now, please try again shortly".to_owned()
             }
@@ -226,7 +250,10 @@ impl GatewayError {
         match self {
             GatewayError::AuthThrottled { retry_after }
             | GatewayError::UpstreamUnavailable { retry_after }
-            | GatewayError::UpstreamBusy { retry_after } => Some(*retry_after),
+            | GatewayError::UpstreamBusy { retry_after }
+            | GatewayError::QueueFull { retry_after }
+            | GatewayError::QueueTimeout { retry_after } => Some(*retry_after),
+            GatewayError::TooManyConcurrent => Some(Duration::from_secs(1)),
             GatewayError::RateLimited(d) => Some(d.retry_after()),
             GatewayError::RateLimiterUnavailable
             | GatewayError::Interrupted
@@ -270,8 +297,11 @@ impl ResponseError for GatewayError {
             | GatewayError::ModelNotAllowed { .. }
             | GatewayError::AdminOnly => StatusCode::FORBIDDEN,
             GatewayError::UpstreamTooOld { .. } => StatusCode::NOT_IMPLEMENTED,
-            GatewayError::AuthThrottled { .. } | GatewayError::RateLimited(_) => {
-                StatusCode::TOO_MANY_REQUESTS
+            GatewayError::AuthThrottled { .. }
+            | GatewayError::RateLimited(_)
+            | GatewayError::TooManyConcurrent => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::QueueFull { .. } | GatewayError::QueueTimeout { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
             }
             GatewayError::PromptTooLong { .. } | GatewayError::BadRequest { .. } => {
                 StatusCode::BAD_REQUEST

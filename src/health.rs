@@ -55,6 +55,15 @@ struct BackendReady {
     in_flight: usize,
     /// Models seen at the last refresh; -1 before the first.
     models: i64,
+    queue: QueueReady,
+}
+
+#[derive(Serialize)]
+struct QueueReady {
+    /// Slots taken (requests sent to this Ollama now).
+    slots_in_use: usize,
+    max_in_flight: usize,
+    waiting: usize,
 }
 
 #[derive(Serialize)]
@@ -107,6 +116,18 @@ pub async fn readyz(
             breaker: breaker.as_str(),
             in_flight: b.in_flight(),
             models: b.model_count.load(Ordering::Relaxed),
+            queue: {
+                let (slots_in_use, waiting) = b.slots.load();
+                QueueReady {
+                    slots_in_use,
+                    max_in_flight: p
+                        .backends
+                        .iter()
+                        .find(|x| x.url == b.url)
+                        .map_or(0, |x| x.max_in_flight),
+                    waiting,
+                }
+            },
         });
     }
     // Ready while at least one Ollama answers.

@@ -23,6 +23,7 @@ pub mod json_out;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod queue;
 pub mod ratelimit;
 pub mod reload;
 pub mod rfc3339;

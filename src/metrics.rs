@@ -79,6 +79,9 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub latency: HistFamily<RouteLabels>,
     pub ttft: Histogram,
+    pub queue_wait: Histogram,
+    pub backend_queue: Family<BackendLabels, Gauge<i64, AtomicI64>>,
+    pub key_in_flight: Family<KeyLabels, Gauge<i64, AtomicI64>>,
     pub prompt_tokens: Family<KeyLabels, Counter>,
     pub completion_tokens: Family<KeyLabels, Counter>,
     pub rejections: Family<ReasonLabels, Counter>,
@@ -114,6 +117,9 @@ impl Metrics {
             requests: Family::default(),
             latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             ttft: latency_histogram(),
+            queue_wait: latency_histogram(),
+            backend_queue: Family::default(),
+            key_in_flight: Family::default(),
             prompt_tokens: Family::default(),
             completion_tokens: Family::default(),
             rejections: Family::default(),
@@ -183,6 +189,21 @@ impl Metrics {
             "backend_in_flight_requests",
             "Requests being served per backend",
             m.backend_in_flight.clone(),
+        );
+        r.register(
+            "queue_wait_seconds",
+            "Time model requests waited in the fair queue for a backend slot",
+            m.queue_wait.clone(),
+        );
+        r.register(
+            "backend_queue_waiting",
+            "Requests waiting in the fair queue per backend",
+            m.backend_queue.clone(),
+        );
+        r.register(
+            "key_in_flight_requests",
+            "Model requests in flight or waiting per key id",
+            m.key_in_flight.clone(),
         );
         r.register(
             "backend_up",

@@ -203,7 +203,17 @@ fn apply(
             let sha = new.sha256.clone();
             state.policy.store(Arc::new(new));
             state.metrics.set_policy(&sha);
-            state.metrics.set_key_expiry(&state.policy.load());
+            let policy = state.policy.load();
+            state.metrics.set_key_expiry(&policy);
+            // A raised max_in_flight lets waiting requests go at once.
+            for (b, _) in state.backends.all(&policy) {
+                let max = policy
+                    .backends
+                    .iter()
+                    .find(|x| x.url == b.url)
+                    .map_or(1, |x| x.max_in_flight);
+                b.slots.reconcile(max, &state.audit.usage);
+            }
             state
                 .metrics
                 .reloads

@@ -45,6 +45,8 @@ pub struct AppState {
     pub log_level: LogLevel,
     /// Fires when the shutdown grace period is over.
     pub shutdown: Arc<Shutdown>,
+    /// Requests in flight or waiting per key (`max_concurrent`).
+    pub per_key: Arc<crate::queue::PerKey>,
 }
 
 impl AppState {
@@ -81,6 +83,7 @@ impl AppState {
             }),
             log_level,
             shutdown: Arc::new(Shutdown::default()),
+            per_key: Arc::default(),
         }
     }
 
@@ -103,7 +106,21 @@ impl AppState {
                 .backend_up
                 .get_or_create(&labels)
                 .set(i64::from(b.up.load(std::sync::atomic::Ordering::Relaxed)));
+            self.metrics
+                .backend_queue
+                .get_or_create(&labels)
+                .set(i64::try_from(b.slots.load().1).unwrap_or(i64::MAX));
         }
         self.metrics.breaker_state.set(worst);
+        // Keys come from the policy: a bounded label set.
+        self.metrics.key_in_flight.clear();
+        for (key, n) in self.per_key.snapshot() {
+            self.metrics
+                .key_in_flight
+                .get_or_create(&crate::metrics::KeyLabels {
+                    key_id: key.to_string(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
     }
 }

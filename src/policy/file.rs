@@ -22,6 +22,7 @@ pub struct PolicyFile {
     pub trusted_proxies: Option<Vec<String>>,
     pub limits: Option<LimitsFile>,
     pub upstream: Option<UpstreamFile>,
+    pub queue: Option<QueueFile>,
     pub models: Option<BTreeMap<String, ModelFile>>,
     pub audit: Option<AuditFile>,
     pub shutdown_grace_seconds: Option<u64>,
@@ -46,6 +47,7 @@ pub struct RateLimitFile {
 pub struct BackendFile {
     pub url: String,
     pub weight: Option<u32>,
+    pub max_in_flight: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -75,6 +77,8 @@ pub struct NamedKeyFile {
     pub models: Option<Vec<String>>,
     pub admin: Option<bool>,
     pub limits: Option<KeyLimitsFile>,
+    pub max_concurrent: Option<u32>,
+    pub weight: Option<u32>,
     pub expires_at: Option<String>,
     pub not_before: Option<String>,
 }
@@ -133,7 +137,15 @@ pub struct UpstreamFile {
     pub stream_idle_timeout_seconds: Option<f64>,
     pub max_stream_seconds: Option<f64>,
     pub model_refresh_seconds: Option<f64>,
+    pub max_in_flight: Option<usize>,
     pub breaker: Option<BreakerFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueFile {
+    pub max_waiting: Option<usize>,
+    pub max_wait_seconds: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -48,6 +48,10 @@ pub struct ApiKey {
     pub admin: bool,
     /// Bounds that override `limits` for this key.
     pub limits: KeyLimits,
+    /// Requests in flight or waiting at once for this key; `None`: no bound.
+    pub max_concurrent: Option<u32>,
+    /// Share of the GPU relative to other keys in the fair queue.
+    pub weight: u32,
     /// From then on the key is refused as expired.
     pub expires_at: Option<std::time::SystemTime>,
     /// Before then the key is refused as not yet valid (a rotation's new key, staged).
@@ -69,6 +73,8 @@ impl ApiKey {
             models,
             admin: false,
             limits: KeyLimits::default(),
+            max_concurrent: None,
+            weight: 1,
             expires_at: None,
             not_before: None,
         }
@@ -130,6 +136,8 @@ pub struct Backend {
     pub url: String,
     /// Relative share of load among backends that serve a model.
     pub weight: u32,
+    /// Requests sent to it at once (its `OLLAMA_NUM_PARALLEL`); the rest wait in the queue.
+    pub max_in_flight: usize,
 }
 
 /// Where rate-limit counters live.
@@ -163,6 +171,9 @@ pub struct UpstreamPolicy {
     /// How often each backend's model list (`/api/tags`) is refreshed.
     pub model_refresh: Duration,
     pub breaker: BreakerPolicy,
+    /// Requests waiting for a backend at most, and for how long.
+    pub max_waiting: usize,
+    pub max_wait: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -25,6 +25,16 @@ pub const DEFAULT_MAX_PROMPT_CHARS: usize = 32_768;
 /// prompt check and get its 400 rather than a 413; images in messages need room too.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 const MAX_WINDOW_SECS: u64 = 86_400;
+/// Requests sent to one Ollama at once: Ollama's `OLLAMA_NUM_PARALLEL` chooses 4 or 1 by
+/// available memory; set it to what yours uses.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 4;
+
+fn in_flight(key: &str, v: usize) -> Result<usize, PolicyError> {
+    if !(1..=10_000).contains(&v) {
+        return Err(PolicyError::invalid(key, "must be between 1 and 10000"));
+    }
+    Ok(v)
+}
 /// Keys expiring sooner than this are warned about at load and by `check`.
 const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 86_400);
 
@@ -73,6 +83,13 @@ pub fn validate(f: PolicyFile, sha256: String) -> Result<Policy, PolicyError> {
             listen.port()
         ));
     }
+    let default_in_flight = in_flight(
+        "upstream.max_in_flight",
+        f.upstream
+            .as_ref()
+            .and_then(|u| u.max_in_flight)
+            .unwrap_or(DEFAULT_MAX_IN_FLIGHT),
+    )?;
     let backends = match (f.ollama_api, f.backends) {
         (Some(_), Some(_)) => {
             return Err(PolicyError::invalid(
@@ -83,10 +100,12 @@ pub fn validate(f: PolicyFile, sha256: String) -> Result<Policy, PolicyError> {
         (Some(one), None) => vec![Backend {
             url: parse_ollama("ollama_api", &one)?,
             weight: 1,
+            max_in_flight: default_in_flight,
         }],
         (None, None) => vec![Backend {
             url: parse_ollama("ollama_api", DEFAULT_OLLAMA)?,
             weight: 1,
+            max_in_flight: default_in_flight,
         }],
         (None, Some(list)) => {
             if list.is_empty() {
@@ -108,7 +127,15 @@ pub fn validate(f: PolicyFile, sha256: String) -> Result<Policy, PolicyError> {
                         "must be between 1 and 1000",
                     ));
                 }
-                out.push(Backend { url, weight });
+                let max_in_flight = in_flight(
+                    &format!("backends[{i}].max_in_flight"),
+                    b.max_in_flight.unwrap_or(default_in_flight),
+                )?;
+                out.push(Backend {
+                    url,
+                    weight,
+                    max_in_flight,
+                });
             }
             out
         }
@@ -277,6 +304,7 @@ pub fn validate(f: PolicyFile, sha256: String) -> Result<Policy, PolicyError> {
     }
 
     let uf = f.upstream.unwrap_or_default();
+    let qf = f.queue.unwrap_or_default();
     let bf = uf.breaker.unwrap_or_default();
     let upstream = UpstreamPolicy {
         timeout: seconds("upstream.timeout_seconds", uf.timeout_seconds, 3.0)?,
@@ -296,6 +324,8 @@ pub fn validate(f: PolicyFile, sha256: String) -> Result<Policy, PolicyError> {
             uf.model_refresh_seconds,
             15.0,
         )?,
+        max_waiting: qf.max_waiting.unwrap_or(256).min(1_000_000),
+        max_wait: seconds("queue.max_wait_seconds", qf.max_wait_seconds, 30.0)?,
         breaker: BreakerPolicy {
             failure_threshold: bf.failure_threshold.unwrap_or(5),
             cooldown: seconds(
@@ -656,9 +686,23 @@ fn validate_auth(
             }
         }
         let limits = key_limits(&path, k.limits)?;
+        let max_concurrent = positive(
+            &format!("{path}.max_concurrent"),
+            k.max_concurrent.map(u64::from),
+        )?
+        .map(|v| v as u32);
+        let weight = k.weight.unwrap_or(1);
+        if !(1..=1000).contains(&weight) {
+            return Err(PolicyError::invalid(
+                format!("{path}.weight"),
+                "must be between 1 and 1000",
+            ));
+        }
         let mut key = ApiKey::new(k.id, d, rate_limit, allowed);
         key.admin = k.admin.unwrap_or(false);
         key.limits = limits;
+        key.max_concurrent = max_concurrent;
+        key.weight = weight;
         key.expires_at = expires_at;
         key.not_before = not_before;
         keys.push(key);
@@ -671,9 +715,21 @@ fn validate_auth(
     for (i, k) in keys.iter().enumerate() {
         if let Some(&first) = ids.get(&k.id) {
             let f = &keys[first];
-            if (f.rate_limit, &f.models, f.admin, f.limits)
-                != (k.rate_limit, &k.models, k.admin, k.limits)
-            {
+            if (
+                f.rate_limit,
+                &f.models,
+                f.admin,
+                f.limits,
+                f.max_concurrent,
+                f.weight,
+            ) != (
+                k.rate_limit,
+                &k.models,
+                k.admin,
+                k.limits,
+                k.max_concurrent,
+                k.weight,
+            ) {
                 return Err(PolicyError::invalid(
                     "auth.keys",
                     format!(

@@ -531,6 +531,7 @@ pub async fn forward(
         body: Some(upstream_body),
         request_id: &ctx.request_id,
         model: Some(&public),
+        queue: Some(super::queue_for(&ctx, admitted.principal.as_ref())),
     };
     let sent = std::time::Instant::now();
     let (mut resp, lease) = match upstream.send(&state, policy, &call).await {
@@ -539,7 +540,10 @@ pub async fn forward(
         }
         other => other?,
     };
-    ctx.audit.update(|r| r.upstream = Some(sent.elapsed()));
+    ctx.audit.update(|r| {
+        r.upstream = Some(sent.elapsed());
+        r.queue = lease.waited();
+    });
 
     if stream {
         let lines = PassThrough {

@@ -117,6 +117,30 @@ pub(crate) fn with_clamped_header(
     }
 }
 
+/// Who a model request queues as: its key (with the key's weight and `max_concurrent`), or
+/// its client address when auth is off.
+pub(crate) fn queue_for(
+    ctx: &RequestCtx,
+    principal: Option<&crate::auth::Principal>,
+) -> upstream::QueueFor {
+    match principal {
+        Some(p) => upstream::QueueFor {
+            owner: crate::queue::Owner {
+                key: p.key.id.clone(),
+                weight: p.key.weight,
+            },
+            max_concurrent: p.key.max_concurrent,
+        },
+        None => upstream::QueueFor {
+            owner: crate::queue::Owner {
+                key: std::sync::Arc::from(crate::admission::ip_bucket(ctx.client_ip)),
+                weight: 1,
+            },
+            max_concurrent: None,
+        },
+    }
+}
+
 /// What every relayed stream holds besides its body and line handler.
 pub(crate) fn stream_parts(
     state: &AppState,
@@ -205,9 +229,13 @@ pub async fn chat_completions(
         body: Some(native_body.into()),
         request_id: &ctx.request_id,
         model: Some(&chat.model),
+        queue: Some(queue_for(&ctx, principal.as_ref())),
     };
     let (mut resp, lease) = upstream.send(&state, policy, &call).await?;
-    ctx.audit.update(|r| r.upstream = Some(sent.elapsed()));
+    ctx.audit.update(|r| {
+        r.upstream = Some(sent.elapsed());
+        r.queue = lease.waited();
+    });
 
     let id = convert::completion_id();
     let created = unix_now();

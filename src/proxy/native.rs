@@ -47,6 +47,7 @@ pub async fn gather(
             body: None,
             request_id,
             model: None,
+            queue: None,
         };
         let fetched = async {
             let mut resp = upstream.send_to(state, policy, &backend, &call).await?;
@@ -179,6 +180,7 @@ pub async fn version(
         body: None,
         request_id: &ctx.request_id,
         model: None,
+        queue: None,
     };
     let (mut resp, _lease) = upstream.send(&state, policy, &call).await?;
     let v: Value = upstream::read_json(&mut resp, policy.upstream.timeout, 64 * 1024)
@@ -271,6 +273,7 @@ pub async fn show(
         ),
         request_id: &ctx.request_id,
         model: Some(&public),
+        queue: None,
     };
     let (mut resp, _lease) = upstream.send(&state, policy, &call).await?;
     let mut answer: Value =
@@ -311,6 +314,7 @@ pub async fn admin(
         body: (!body.is_empty()).then(|| body.freeze()),
         request_id: &ctx.request_id,
         model: None,
+        queue: None,
     };
     let (mut resp, lease) = upstream.send(&state, policy, &call).await?;
     let mut out = HttpResponse::Ok();

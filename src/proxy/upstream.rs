@@ -139,11 +139,54 @@ impl Upstream {
             .backends
             .candidates(policy, model.and_then(|m| policy.models.to_upstream(m)));
         let mut last: Option<GatewayError> = None;
+        // One ticket per request against its key's max_concurrent, whatever the backend.
+        let mut ticket = match &call.queue {
+            Some(q) => Some(
+                state
+                    .per_key
+                    .enter(&q.owner.key, q.max_concurrent)
+                    .ok_or(GatewayError::TooManyConcurrent)?,
+            ),
+            None => None,
+        };
         for backend in candidates {
-            let lease = backend.lease();
+            let mut lease = backend.lease();
+            if let Some(q) = &call.queue {
+                let limits = crate::queue::QueueLimits {
+                    max_in_flight: policy
+                        .backends
+                        .iter()
+                        .find(|b| b.url == backend.url)
+                        .map_or(1, |b| b.max_in_flight),
+                    max_waiting: policy.upstream.max_waiting,
+                    max_wait: policy.upstream.max_wait,
+                };
+                let slot = backend
+                    .slots
+                    .acquire(&q.owner, limits, &state.audit.usage)
+                    .await
+                    .map_err(|e| {
+                        state.metrics.upstream_error(match e {
+                            crate::queue::QueueError::Full => "queue_full",
+                            crate::queue::QueueError::Timeout => "queue_timeout",
+                        });
+                        let retry_after = Duration::from_secs(2);
+                        match e {
+                            crate::queue::QueueError::Full => {
+                                GatewayError::QueueFull { retry_after }
+                            }
+                            crate::queue::QueueError::Timeout => {
+                                GatewayError::QueueTimeout { retry_after }
+                            }
+                        }
+                    })?;
+                state.metrics.queue_wait.observe(slot.waited.as_secs_f64());
+                lease.hold(slot, ticket.take());
+            }
             match self.send_to(state, policy, &backend, call).await {
                 Ok(resp) => return Ok((resp, lease)),
                 Err(e) if retryable(&e) => {
+                    ticket = lease.take_ticket();
                     tracing::debug!(request_id, backend = %backend.url, code = e.code(), "Trying the next backend.");
                     // A "model not found" only wins when no backend had anything better to say.
                     if !matches!(e, GatewayError::ModelNotFound { .. }) || last.is_none() {
@@ -367,6 +410,12 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 /// Model lists are small; anything near this is not a model list.
 pub const TAGS_LIMIT: usize = 8 << 20;
 
+/// Who a model request queues as, for the fair queue and `max_concurrent`.
+pub struct QueueFor {
+    pub owner: crate::queue::Owner,
+    pub max_concurrent: Option<u32>,
+}
+
 /// One request to Ollama: what to send, and for which public model (routing and messages).
 pub struct Call<'a> {
     pub method: Method,
@@ -377,6 +426,9 @@ pub struct Call<'a> {
     pub request_id: &'a str,
     /// The public model name the request is for, when it is for one.
     pub model: Option<&'a str>,
+    /// Work for the GPU: waits for a backend slot in the fair queue. `None`: sent at once
+    /// (lists, details, model management).
+    pub queue: Option<QueueFor>,
 }
 
 /// Failures after which another backend may still answer: nothing reached the client yet.
