@@ -113,6 +113,8 @@ struct Stats {
     last_headers: BTreeMap<String, String>,
     /// The last request to a path the stand-in does not serve (what a proxy in front sent).
     last_other: Value,
+    /// The last user message of each chat request, in arrival order (the last 1,000).
+    chat_log: Vec<String>,
 }
 
 struct Shared {
@@ -232,6 +234,7 @@ async fn stats(shared: web::Data<Shared>) -> HttpResponse {
         "last_chat": s.last_chat,
         "last_headers": s.last_headers,
         "last_other": s.last_other,
+        "chat_log": s.chat_log,
         "connections": shared.connections.load(Ordering::Relaxed),
         "active_chats": shared.active_chats.load(Ordering::SeqCst),
     }))
@@ -327,6 +330,16 @@ async fn chat(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -> 
         let mut s = shared.stats.lock().unwrap_or_else(|p| p.into_inner());
         s.chat_requests += 1;
         s.last_chat = body.clone();
+        let said = body["messages"]
+            .as_array()
+            .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+            .and_then(|m| m["content"].as_str())
+            .unwrap_or("")
+            .to_owned();
+        if s.chat_log.len() >= 1_000 {
+            s.chat_log.remove(0);
+        }
+        s.chat_log.push(said);
         s.last_headers = headers_of(&req);
     }
     let active = Active::new(&shared.active_chats);
