@@ -306,8 +306,9 @@ wp=$!
 sleep 0.5
 for i in $(seq "$RELOADS"); do
   gateway_policy "$work/new.yaml" "$FAKE" on $((100000 - i))
+  # /v1/models is a listing route: its own limit, 10x the request limit, shows the change.
   r=$($LOAD "$BIN/qwen-bench" reload --addr "$GW_MAIN" --path /v1/models --header "X-Api-Key: $KEY" \
-      --policy "$work/gw/policy.yaml" --new "$work/new.yaml" --expect "x-ratelimit-limit-requests: $((100000 - i))")
+      --policy "$work/gw/policy.yaml" --new "$work/new.yaml" --expect "x-ratelimit-limit-requests: $(( (100000 - i) * 10 ))")
   reload_ms+=("$(python3 -c "import json;print(json.loads('''$r''').get('ms','nan'))")")
   sleep 0.3
 done
@@ -318,6 +319,10 @@ put reload.ms "$(IFS=,; echo "${reload_ms[*]}")"
 put reload.errors "$rerr"
 put reload.requests "$(awk '/requests in/ {print $1}' "$work/reload.wrk")"
 log "reload: ms ${reload_ms[*]}; errors during reloads: $rerr"
+# A reload the probe never saw is a broken measurement (or a broken reload), not a number.
+for m in "${reload_ms[@]}"; do
+  [ "$m" != nan ] || { log "bench.sh: a reload was never seen by the probe"; exit 1; }
+done
 
 log "== audit log on vs off, $ROUNDS interleaved rounds of ${ROUND_DUR}s"
 # Two fresh gateways, identical but for the audit log, saturated in turns.
