@@ -89,6 +89,8 @@ pub struct AuditCell {
     pub rec: RefCell<AuditRecord>,
     pub started: Instant,
     sink: Arc<AuditSink>,
+    /// The token-quota reservation, settled with the real counts when the request is over.
+    tokens: RefCell<Option<crate::ratelimit::tokens::Reservation>>,
 }
 
 impl AuditCell {
@@ -98,7 +100,13 @@ impl AuditCell {
             rec: RefCell::new(rec),
             started: Instant::now(),
             sink,
+            tokens: RefCell::new(None),
         }
+    }
+
+    /// Holds a token reservation until the request is over.
+    pub fn hold_tokens(&self, r: crate::ratelimit::tokens::Reservation) {
+        *self.tokens.borrow_mut() = Some(r);
     }
 
     pub fn update(&self, f: impl FnOnce(&mut AuditRecord)) {
@@ -134,12 +142,16 @@ impl Drop for AuditCell {
         if let Some(reason) = r.error.and_then(rejection_reason) {
             m.reject(reason);
         }
-        // What the request cost, for the fair queue's order between keys.
-        if let Some(key) = &r.key_id {
-            let tokens = r.prompt_tokens.unwrap_or(0) + r.completion_tokens.unwrap_or(0);
-            if tokens > 0 {
-                self.sink.usage.add(key, tokens);
-            }
+        // What the request cost: for the fair queue's order between keys, and settled against
+        // its token quota (what Ollama reported; what was seen so far for a cut stream).
+        let tokens = r.prompt_tokens.unwrap_or(0) + r.completion_tokens.unwrap_or(0);
+        if let Some(key) = &r.key_id
+            && tokens > 0
+        {
+            self.sink.usage.add(key, tokens);
+        }
+        if let Some(reservation) = self.tokens.borrow_mut().take() {
+            reservation.settle(tokens);
         }
         if self.sink.writer.is_some() {
             batch_line(&self.sink, |out| {

@@ -16,6 +16,7 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
 use crate::ratelimit::Decision;
+use crate::ratelimit::tokens::TokenDecision;
 
 /// Everything that can go wrong for a client, without the internal cause.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -36,6 +37,9 @@ pub enum GatewayError {
     ModelNotAllowed { model: String },
     #[error("rate limit exceeded")]
     RateLimited(Decision),
+    /// The key's token quota has no room for this request's estimate.
+    #[error("token limit exceeded")]
+    TokenLimited(TokenDecision),
     #[error("prompt too long")]
     PromptTooLong { max: usize },
     #[error("request body too large")]
@@ -114,6 +118,7 @@ impl GatewayError {
             GatewayError::IpNotAllowed => "ip_not_allowed",
             GatewayError::ModelNotAllowed { .. } => "model_not_allowed",
             GatewayError::RateLimited(_) => "rate_limit_exceeded",
+            GatewayError::TokenLimited(_) => "token_limit_exceeded",
             GatewayError::PromptTooLong { .. } => "prompt_too_long",
             GatewayError::BodyTooLarge { .. } => "request_too_large",
             GatewayError::BadRequest { .. } => "invalid_request",
@@ -149,6 +154,7 @@ impl GatewayError {
             | GatewayError::AdminOnly => "permission_error",
             GatewayError::AuthThrottled { .. }
             | GatewayError::RateLimited(_)
+            | GatewayError::TokenLimited(_)
             | GatewayError::TooManyConcurrent => "rate_limit_error",
             GatewayError::QueueFull { .. } | GatewayError::QueueTimeout { .. } => "api_error",
             GatewayError::PromptTooLong { .. }
@@ -189,6 +195,9 @@ impl GatewayError {
                 format!("this api key may not use the model '{model}'")
             }
             GatewayError::RateLimited(_) => "rate limit exceeded, try again later".to_owned(),
+            GatewayError::TokenLimited(_) => {
+                "token quota exceeded for this api key, try again later".to_owned()
+            }
             GatewayError::PromptTooLong { max } => format!("prompt too long, max {max} chars"),
             GatewayError::BodyTooLarge { max } => {
                 format!("request body too large, max {max} bytes")
@@ -255,6 +264,7 @@ impl GatewayError {
             | GatewayError::QueueTimeout { retry_after } => Some(*retry_after),
             GatewayError::TooManyConcurrent => Some(Duration::from_secs(1)),
             GatewayError::RateLimited(d) => Some(d.retry_after()),
+            GatewayError::TokenLimited(d) => Some(d.reset),
             GatewayError::RateLimiterUnavailable
             | GatewayError::Interrupted
             | GatewayError::Overloaded => Some(Duration::from_secs(1)),
@@ -299,6 +309,7 @@ impl ResponseError for GatewayError {
             GatewayError::UpstreamTooOld { .. } => StatusCode::NOT_IMPLEMENTED,
             GatewayError::AuthThrottled { .. }
             | GatewayError::RateLimited(_)
+            | GatewayError::TokenLimited(_)
             | GatewayError::TooManyConcurrent => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::QueueFull { .. } | GatewayError::QueueTimeout { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -389,6 +400,11 @@ impl GatewayError {
             resp.insert_header((RETRY_AFTER, ceil_secs(wait)));
         }
         if let GatewayError::RateLimited(decision) = self {
+            for (name, value) in decision.headers() {
+                resp.insert_header((name, value));
+            }
+        }
+        if let GatewayError::TokenLimited(decision) = self {
             for (name, value) in decision.headers() {
                 resp.insert_header((name, value));
             }

@@ -451,7 +451,7 @@ pub fn rejection_reason(code: &str) -> Option<&'static str> {
         | "auth_throttled"
         | "model_not_allowed" => "auth",
         "ip_not_allowed" => "ip",
-        "rate_limit_exceeded" => "rate",
+        "rate_limit_exceeded" | "token_limit_exceeded" | "too_many_concurrent_requests" => "rate",
         "prompt_too_long" | "request_too_large" => "size",
         "invalid_request" => "invalid",
         _ => return None,

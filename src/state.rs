@@ -47,6 +47,8 @@ pub struct AppState {
     pub shutdown: Arc<Shutdown>,
     /// Requests in flight or waiting per key (`max_concurrent`).
     pub per_key: Arc<crate::queue::PerKey>,
+    /// Token quotas' logs (`token_limit`), surviving reloads.
+    pub tokens: Arc<crate::ratelimit::tokens::TokenLimiter>,
 }
 
 impl AppState {
@@ -59,6 +61,7 @@ impl AppState {
         let metrics = Arc::new(Metrics::new());
         metrics.set_policy(&policy.sha256);
         metrics.set_key_expiry(&policy);
+        let max_tracked = policy.max_tracked_clients;
         let now = SystemTime::now();
         AppState {
             limiter: RateLimiter::with_counters(
@@ -84,6 +87,7 @@ impl AppState {
             log_level,
             shutdown: Arc::new(Shutdown::default()),
             per_key: Arc::default(),
+            tokens: Arc::new(crate::ratelimit::tokens::TokenLimiter::new(max_tracked)),
         }
     }
 

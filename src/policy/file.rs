@@ -23,6 +23,7 @@ pub struct PolicyFile {
     pub limits: Option<LimitsFile>,
     pub upstream: Option<UpstreamFile>,
     pub queue: Option<QueueFile>,
+    pub token_limit: Option<TokenLimitFile>,
     pub models: Option<BTreeMap<String, ModelFile>>,
     pub audit: Option<AuditFile>,
     pub shutdown_grace_seconds: Option<u64>,
@@ -79,6 +80,7 @@ pub struct NamedKeyFile {
     pub limits: Option<KeyLimitsFile>,
     pub max_concurrent: Option<u32>,
     pub weight: Option<u32>,
+    pub token_limit: Option<TokenLimitFile>,
     pub expires_at: Option<String>,
     pub not_before: Option<String>,
 }
@@ -139,6 +141,14 @@ pub struct UpstreamFile {
     pub model_refresh_seconds: Option<f64>,
     pub max_in_flight: Option<usize>,
     pub breaker: Option<BreakerFile>,
+}
+
+/// Tokens (prompt + completion) per key per minute and per day.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenLimitFile {
+    pub tokens_per_minute: Option<u64>,
+    pub tokens_per_day: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

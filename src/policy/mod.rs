@@ -52,6 +52,8 @@ pub struct ApiKey {
     pub max_concurrent: Option<u32>,
     /// Share of the GPU relative to other keys in the fair queue.
     pub weight: u32,
+    /// This key's token quotas, instead of the policy's `token_limit`.
+    pub token_limit: Option<Vec<crate::ratelimit::tokens::TokenQuota>>,
     /// From then on the key is refused as expired.
     pub expires_at: Option<std::time::SystemTime>,
     /// Before then the key is refused as not yet valid (a rotation's new key, staged).
@@ -75,6 +77,7 @@ impl ApiKey {
             limits: KeyLimits::default(),
             max_concurrent: None,
             weight: 1,
+            token_limit: None,
             expires_at: None,
             not_before: None,
         }
@@ -250,6 +253,8 @@ pub struct Policy {
     pub backends: Vec<Backend>,
     pub log_level: String,
     pub rate_limit: Option<Quota>,
+    /// Each key's token quotas (per minute, per day); empty: none.
+    pub token_limit: Vec<crate::ratelimit::tokens::TokenQuota>,
     pub limit_backend: LimitBackend,
     pub max_tracked_clients: u64,
     pub auth: Option<AuthPolicy>,

@@ -11,12 +11,13 @@ use std::time::Duration;
 
 use actix_web::http::header::HeaderName;
 
-use super::file::{AuthFile, KeyLimitFile, KeyLimitsFile, ModelFile, PolicyFile};
+use super::file::{AuthFile, KeyLimitFile, KeyLimitsFile, ModelFile, PolicyFile, TokenLimitFile};
 use super::{
     ApiKey, AuditPolicy, AuthPolicy, Backend, BreakerPolicy, KeyLimits, LimitBackend, Limits,
     ModelMap, ModelSettings, Policy, PolicyError, Quota, RedisLimits, UpstreamPolicy, digest,
 };
 use crate::client_ip::{IpSet, parse_net};
+use crate::ratelimit::tokens::TokenQuota;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:18789";
 pub const DEFAULT_OLLAMA: &str = "http://127.0.0.1:11434";
@@ -224,6 +225,10 @@ pub fn validate(f: PolicyFile, sha256: String) -> Result<Policy, PolicyError> {
         ));
     }
 
+    let token_limit = match &f.token_limit {
+        Some(t) => token_quotas("token_limit", t)?,
+        None => Vec::new(),
+    };
     let models = validate_models(f.models.unwrap_or_default())?;
     let auth = validate_auth(f.auth.unwrap_or_default(), &models, &mut warnings)?;
     if auth.is_none() {
@@ -367,6 +372,7 @@ pub fn validate(f: PolicyFile, sha256: String) -> Result<Policy, PolicyError> {
         backends,
         log_level,
         rate_limit,
+        token_limit,
         limit_backend,
         max_tracked_clients,
         auth,
@@ -508,6 +514,23 @@ fn positive(key: &str, v: Option<u64>) -> Result<Option<u64>, PolicyError> {
         Some(0) => Err(PolicyError::invalid(key, "must be > 0")),
         other => Ok(other),
     }
+}
+
+/// `token_limit`: each given window a quota.
+fn token_quotas(path: &str, f: &TokenLimitFile) -> Result<Vec<TokenQuota>, PolicyError> {
+    let mut out = Vec::new();
+    for (field, v, secs) in [
+        ("tokens_per_minute", f.tokens_per_minute, 60),
+        ("tokens_per_day", f.tokens_per_day, 86_400),
+    ] {
+        if let Some(limit) = positive(&format!("{path}.{field}"), v)? {
+            out.push(TokenQuota {
+                limit,
+                window: Duration::from_secs(secs),
+            });
+        }
+    }
+    Ok(out)
 }
 
 fn key_limits(path: &str, f: Option<KeyLimitsFile>) -> Result<KeyLimits, PolicyError> {
@@ -703,6 +726,11 @@ fn validate_auth(
         key.limits = limits;
         key.max_concurrent = max_concurrent;
         key.weight = weight;
+        key.token_limit = k
+            .token_limit
+            .as_ref()
+            .map(|t| token_quotas(&format!("{path}.token_limit"), t))
+            .transpose()?;
         key.expires_at = expires_at;
         key.not_before = not_before;
         keys.push(key);

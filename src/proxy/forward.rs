@@ -512,6 +512,17 @@ pub async fn forward(
             ClampAt::Nothing => {}
         }
     }
+    let generates = matches!(
+        spec.clamp,
+        ClampAt::Native { generates: true } | ClampAt::Output(_)
+    );
+    let tokens = super::reserve_tokens(
+        &state,
+        &ctx,
+        admitted.principal.as_ref(),
+        chars,
+        clamps.max_output_tokens.filter(|_| generates),
+    )?;
     // The body goes on as it came unless the model is renamed: Ollama's default for
     // `stream` is the route's default here too, so nothing else needs writing.
     let renamed = public != up;
@@ -569,6 +580,7 @@ pub async fn forward(
             .insert_header((CACHE_CONTROL, "no-cache"))
             .insert_header((HeaderName::from_static("x-accel-buffering"), "no"));
         with_rate_headers(&mut out, admitted.decision);
+        super::with_token_headers(&mut out, tokens);
         with_clamped_header(&mut out, &clamped);
         return Ok(out.streaming(body));
     }
@@ -613,6 +625,7 @@ pub async fn forward(
     let mut out = HttpResponse::Ok();
     out.insert_header((CONTENT_TYPE, "application/json; charset=utf-8"));
     with_rate_headers(&mut out, admitted.decision);
+    super::with_token_headers(&mut out, tokens);
     with_clamped_header(&mut out, &clamped);
     Ok(out.body(answer))
 }

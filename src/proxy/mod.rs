@@ -117,6 +117,49 @@ pub(crate) fn with_clamped_header(
     }
 }
 
+/// Reserves the request's estimated tokens (prompt characters / 3, plus its output limit)
+/// against its key's token quotas (`token_limit`), settled when the request is over (the
+/// audit cell holds the reservation). `None`: no quota applies.
+pub(crate) fn reserve_tokens(
+    state: &AppState,
+    ctx: &RequestCtx,
+    principal: Option<&crate::auth::Principal>,
+    prompt_chars: usize,
+    output_limit: Option<u64>,
+) -> Result<Option<crate::ratelimit::tokens::TokenDecision>, GatewayError> {
+    let policy = &ctx.policy;
+    let quotas = principal
+        .and_then(|p| p.key.token_limit.as_deref())
+        .unwrap_or(&policy.token_limit);
+    if quotas.is_empty() {
+        return Ok(None);
+    }
+    let identity: std::sync::Arc<str> = match principal {
+        Some(p) => p.key.id.clone(),
+        None => std::sync::Arc::from(crate::admission::ip_bucket(ctx.client_ip)),
+    };
+    let estimate = (prompt_chars as u64).div_ceil(3) + output_limit.unwrap_or(0);
+    match state.tokens.reserve(&identity, quotas, estimate) {
+        Ok((reservation, decision)) => {
+            ctx.audit.hold_tokens(reservation);
+            Ok(Some(decision))
+        }
+        Err(decision) => Err(GatewayError::TokenLimited(decision)),
+    }
+}
+
+/// OpenAI's `x-ratelimit-*-tokens` headers, when a token quota applies.
+pub(crate) fn with_token_headers(
+    resp: &mut actix_web::HttpResponseBuilder,
+    decision: Option<crate::ratelimit::tokens::TokenDecision>,
+) {
+    if let Some(d) = decision {
+        for (name, value) in d.headers() {
+            resp.insert_header((name, value));
+        }
+    }
+}
+
 /// Who a model request queues as: its key (with the key's weight and `max_concurrent`), or
 /// its client address when auth is off.
 pub(crate) fn queue_for(
@@ -220,6 +263,13 @@ pub async fn chat_completions(
     native.options.num_predict = clamps.output(asked_output, &mut clamped)?;
     native.options.num_ctx = clamps.num_ctx(native.options.num_ctx, &mut clamped)?;
     native.keep_alive = clamps.keep_alive(native.keep_alive.as_ref(), &mut clamped)?;
+    let tokens = reserve_tokens(
+        &state,
+        &ctx,
+        principal.as_ref(),
+        chars,
+        native.options.num_predict,
+    )?;
     let native_body = serde_json::to_vec(&native).map_err(|_| GatewayError::Internal)?;
 
     let sent = Instant::now();
@@ -258,6 +308,7 @@ pub async fn chat_completions(
             .insert_header((CACHE_CONTROL, "no-cache"))
             .insert_header((HeaderName::from_static("x-accel-buffering"), "no"));
         with_rate_headers(&mut out, decision);
+        with_token_headers(&mut out, tokens);
         with_clamped_header(&mut out, &clamped);
         return Ok(out.streaming(body));
     }
@@ -284,6 +335,7 @@ pub async fn chat_completions(
     let mut out = HttpResponse::Ok();
     out.insert_header((CONTENT_TYPE, "application/json"));
     with_rate_headers(&mut out, decision);
+    with_token_headers(&mut out, tokens);
     with_clamped_header(&mut out, &clamped);
     Ok(out.body(json))
 }

@@ -19,6 +19,7 @@
 //! request. `redis.rs` keeps the same window in Redis when several gateways share limits.
 
 pub mod redis;
+pub mod tokens;
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher as _;
@@ -69,7 +70,7 @@ impl Decision {
 
 /// `250ms`, `12s`, `1m0s`: the format OpenAI uses in `x-ratelimit-reset-*`.
 /// Built by hand: it is on every admitted request's answer.
-fn go_duration(d: Duration) -> String {
+pub(crate) fn go_duration(d: Duration) -> String {
     let mut out = String::with_capacity(12);
     let mut n = itoa::Buffer::new();
     if d < Duration::from_secs(1) {
