@@ -297,6 +297,36 @@ for n in "${HOLDS[@]}"; do
   done
 done
 
+log "== the fair queue: requests waiting for one slot"
+# One slot on the slow stand-in: the first request takes it, the rest wait in the queue.
+# Memory per waiting request (RSS) and the CPU to admit and queue one.
+QN=$([ $SMOKE = 1 ] && echo 50 || echo 1000)
+mkdir -p "$work/q"
+gateway_policy "$work/q/policy.yaml" "$SLOW" off 100000 600
+sed -i -e 's/max_in_flight: 10000/max_in_flight: 1/' -e 's/queue: {max_waiting: 10000}/queue: {max_waiting: 10000, max_wait_seconds: 600}/' "$work/q/policy.yaml"
+start_gateway "$work/q/policy.yaml"
+Q_PID=$GW_PID; Q_ADDR=$GW_ADDR
+$LOAD "$BIN/qwen-bench" hold --addr "$Q_ADDR" --body "$work/openai-stream.json" --header "X-Api-Key: $KEY" --streams 20 --seconds 0.2 --queued > /dev/null
+for _ in $(seq 100); do
+  curl -s "http://$Q_ADDR/metrics" | grep -q '^qwen_gateway_in_flight_requests 1$' && break; sleep 0.1
+done
+qbase=$(rss_kb "$Q_PID"); qcpu0=$(cpu_ticks "$Q_PID")
+fifo="$work/q.hold"
+$LOAD "$BIN/qwen-bench" hold --addr "$Q_ADDR" --body "$work/openai-stream.json" --header "X-Api-Key: $KEY" --streams "$QN" --seconds 5 --queued > "$fifo" &
+hp=$!
+waiting=0
+for _ in $(seq 300); do
+  waiting=$(curl -s "http://$Q_ADDR/metrics" | awk '/^qwen_gateway_backend_queue_waiting/ {print $2}' | head -1)
+  [ "${waiting:-0}" -ge $((QN - 1)) ] && break; sleep 0.1
+done
+qrss=$(rss_kb "$Q_PID"); qcpu1=$(cpu_ticks "$Q_PID")
+qper=$(python3 -c "print(round(($qrss-$qbase)*1024/max(1,${waiting:-0})))")
+qcpu=$(python3 -c "print(round(($qcpu1-$qcpu0)/$TICK*1e6/max(1,$QN),1))")
+put queue.waiting "${waiting:-0}"; put queue.bytes_per_waiting "$qper"; put queue.cpu_us_per_request "$qcpu"
+log "queue: $waiting waiting, ${qper} bytes and ${qcpu} us CPU each"
+wait $hp || true
+[ "${waiting:-0}" -ge $((QN - 1)) ] || { log "bench.sh: the queue never held $((QN - 1)) requests"; exit 1; }
+
 log "== reload under load"
 reload_ms=()
 : > "$work/reload.wrk"
@@ -432,6 +462,7 @@ for k in sorted(raw):
     if k.startswith("hold") and k.endswith(".bytes_per_stream"):
         n = k[4:-len(".bytes_per_stream")]
         print(f"- {raw['hold' + n + '.held']} idle streams held: {raw[k]/1024:.1f} KB per stream (target <= 32)")
+print(f"- fair queue: {raw['queue.waiting']} requests waiting for one slot: {raw['queue.bytes_per_waiting']} bytes of RSS each, {raw['queue.cpu_us_per_request']} µs CPU to admit and queue each")
 ms = [num(x) for x in str(raw["reload.ms"]).split(",") if x]
 R["reload_ms"] = ms
 print(f"- reload, rename to first request that sees it: max {max(ms):.1f} ms, mean {sum(ms)/len(ms):.1f} ms over {len(ms)} (target <= 50); errors under load during reloads: {raw['reload.errors']} of {raw['reload.requests']}")

@@ -165,7 +165,11 @@ fn a_queued_client_that_leaves_never_reaches_ollama_and_waits_are_bounded() {
     // The two held requests ran side by side, in either order; nothing else reached Ollama.
     let mut log = chat_log(&fake);
     log.sort();
-    assert_eq!(log, ["first", "second"], "a refused or gone request reached Ollama");
+    assert_eq!(
+        log,
+        ["first", "second"],
+        "a refused or gone request reached Ollama"
+    );
 }
 
 #[test]

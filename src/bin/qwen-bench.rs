@@ -76,6 +76,10 @@ enum Cmd {
         /// How long to hold the streams after all are open.
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
+        /// Only send the requests, without waiting for their answers to begin (requests that
+        /// wait in the gateway's queue have none yet).
+        #[arg(long)]
+        queued: bool,
     },
     Reload {
         #[command(flatten)]
@@ -376,7 +380,7 @@ async fn streams(
     })
 }
 
-async fn hold(t: Target, n: usize, seconds: f64) -> serde_json::Value {
+async fn hold(t: Target, n: usize, seconds: f64, queued: bool) -> serde_json::Value {
     let req = request_bytes(&t);
     let mut held = Vec::with_capacity(n);
     for _ in 0..n {
@@ -389,12 +393,17 @@ async fn hold(t: Target, n: usize, seconds: f64) -> serde_json::Value {
         held.push(c);
     }
     let mut open = 0;
-    for c in &mut held {
-        if let Ok(h) = c.head().await
-            && h.status == 200
-            && matches!(c.chunk().await, Ok(Some(_)))
-        {
-            open += 1;
+    if queued {
+        // Sent and left waiting: their connections stay open while `seconds` pass.
+        open = held.len();
+    } else {
+        for c in &mut held {
+            if let Ok(h) = c.head().await
+                && h.status == 200
+                && matches!(c.chunk().await, Ok(Some(_)))
+            {
+                open += 1;
+            }
         }
     }
     println!("{}", json!({"held": open}));
@@ -478,7 +487,8 @@ fn main() {
                 t,
                 streams: n,
                 seconds,
-            } => hold(t, n, seconds).await,
+                queued,
+            } => hold(t, n, seconds, queued).await,
             Cmd::Reload {
                 t,
                 policy,
