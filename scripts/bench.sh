@@ -124,7 +124,8 @@ for _ in $(seq 200); do [ -s "$work/bare.out" ] && break; sleep 0.05; done
 BARE=$(awk '{print $3}' "$work/bare.out")
 
 KEY=bench-key-0123456789
-# Every guard on: key, allowlist, a limit too high to trip (100k per second), audit log.
+# Every guard on: key, allowlist, a limit too high to trip (100k per second), the fair queue
+# and token quotas (never binding), audit log.
 gateway_policy() { # file upstream audit(on|off) [max_requests] [idle]
   cat > "$1" <<EOF
 listen: "127.0.0.1:0"
@@ -137,6 +138,8 @@ rate_limit: {enabled: true, max_requests: ${4:-100000}, window_seconds: 1}
 # thousands of streams at once; this measures what the queue costs per request.
 upstream: {stream_idle_timeout_seconds: ${5:-60}, max_in_flight: 10000}
 queue: {max_waiting: 10000}
+# Token quotas on too, too large to trip: every request reserves and settles.
+token_limit: {tokens_per_minute: 1000000000000}
 EOF
   [ "$3" = on ] && echo "audit: {dir: \"$(dirname "$1")/audit\"}" >> "$1"
   return 0
