@@ -54,53 +54,96 @@ impl TokenDecision {
     }
 }
 
-struct Entry {
-    at: Instant,
+/// Tokens per time bucket: a window is `BUCKETS` buckets (a minute in seconds, a day in 24
+/// minutes), so memory and work per request stay constant at any request rate. A bucket
+/// counts until all of it has left the window, so usage is over- never under-counted.
+const BUCKETS: u32 = 60;
+
+struct Bucket {
+    /// Bucket number since the limiter started (time / the quota's bucket length).
+    n: u64,
     tokens: u64,
-    id: u64,
 }
 
+/// One identity's use against one quota.
 #[derive(Default)]
 struct Ledger {
-    entries: VecDeque<Entry>,
+    buckets: VecDeque<Bucket>,
+    /// Sum of `buckets`.
+    sum: u64,
+}
+
+impl Ledger {
+    fn prune(&mut self, now_n: u64) {
+        while self
+            .buckets
+            .front()
+            .is_some_and(|b| b.n + u64::from(BUCKETS) <= now_n)
+        {
+            if let Some(b) = self.buckets.pop_front() {
+                self.sum -= b.tokens;
+            }
+        }
+    }
+
+    fn add(&mut self, n: u64, tokens: u64) {
+        match self.buckets.back_mut() {
+            Some(b) if b.n == n => b.tokens += tokens,
+            _ => self.buckets.push_back(Bucket { n, tokens }),
+        }
+        self.sum += tokens;
+    }
+
+    /// Changes a reservation's bucket from `from` to `to` tokens, if it is still counted.
+    fn settle(&mut self, n: u64, from: u64, to: u64) {
+        if let Some(b) = self.buckets.iter_mut().rev().find(|b| b.n == n) {
+            let new = (b.tokens + to).saturating_sub(from);
+            self.sum = self.sum - b.tokens + new;
+            b.tokens = new;
+        }
+    }
 }
 
 #[derive(Default)]
 struct Inner {
-    ledgers: HashMap<Arc<str>, Ledger>,
-    next_id: u64,
+    /// Per identity, one ledger per quota (in the order the quotas are given).
+    ledgers: HashMap<Arc<str>, Vec<Ledger>>,
 }
 
-/// Per-identity token logs, process-wide.
-#[derive(Default)]
+/// Per-identity token use, process-wide.
 pub struct TokenLimiter {
     inner: Mutex<Inner>,
     /// Identities kept at most; past it, idle ones are dropped first.
     max_tracked: usize,
+    epoch: Instant,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// An estimate held against an identity until settled (or dropped: settled with what the
-/// request reported by then, see [`Reservation::settle`]).
+/// An estimate held against an identity until settled with the real count.
 pub struct Reservation {
     limiter: Arc<TokenLimiter>,
     identity: Arc<str>,
-    id: u64,
+    /// Per quota: (bucket, tokens reserved there).
+    held: Vec<(u64, u64)>,
 }
 
 impl Reservation {
     /// Replaces the estimate with the real count.
     pub fn settle(self, tokens: u64) {
         let mut g = lock(&self.limiter.inner);
-        if let Some(l) = g.ledgers.get_mut(&self.identity)
-            && let Some(e) = l.entries.iter_mut().find(|e| e.id == self.id)
-        {
-            e.tokens = tokens;
+        if let Some(ledgers) = g.ledgers.get_mut(&self.identity) {
+            for (l, &(n, held)) in ledgers.iter_mut().zip(&self.held) {
+                l.settle(n, held, tokens);
+            }
         }
     }
+}
+
+fn bucket_len(q: &TokenQuota) -> Duration {
+    (q.window / BUCKETS).max(Duration::from_millis(1))
 }
 
 impl TokenLimiter {
@@ -108,7 +151,13 @@ impl TokenLimiter {
         TokenLimiter {
             inner: Mutex::default(),
             max_tracked: usize::try_from(max_tracked).unwrap_or(usize::MAX),
+            epoch: Instant::now(),
         }
+    }
+
+    fn bucket_of(&self, q: &TokenQuota, at: Instant) -> u64 {
+        let len = bucket_len(q).as_nanos().max(1);
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos() / len).unwrap_or(u64::MAX)
     }
 
     /// Reserves `estimate` tokens for `identity` if every quota has room; the estimate is
@@ -120,69 +169,56 @@ impl TokenLimiter {
         estimate: u64,
     ) -> Result<(Reservation, TokenDecision), TokenDecision> {
         let now = Instant::now();
-        let longest = quotas.iter().map(|q| q.window).max().unwrap_or_default();
         let mut g = lock(&self.inner);
         if !g.ledgers.contains_key(identity) && g.ledgers.len() >= self.max_tracked {
-            g.ledgers.retain(|_, l| {
-                l.entries
-                    .back()
-                    .is_some_and(|e| now.saturating_duration_since(e.at) < longest)
-            });
+            g.ledgers
+                .retain(|_, ls| ls.iter().any(|l| l.sum > 0 && !l.buckets.is_empty()));
         }
-        let ledger = g.ledgers.entry(identity.clone()).or_default();
-        while ledger
-            .entries
-            .front()
-            .is_some_and(|e| now.saturating_duration_since(e.at) >= longest)
-        {
-            ledger.entries.pop_front();
-        }
+        let ledgers = g.ledgers.entry(identity.clone()).or_default();
+        ledgers.resize_with(quotas.len(), Ledger::default);
         let mut tightest: Option<TokenDecision> = None;
-        for q in quotas {
+        for (q, l) in quotas.iter().zip(ledgers.iter_mut()) {
+            let now_n = self.bucket_of(q, now);
+            l.prune(now_n);
             let estimate = estimate.min(q.limit);
-            let in_window = ledger
-                .entries
-                .iter()
-                .filter(|e| now.saturating_duration_since(e.at) < q.window);
-            let used: u64 = in_window.clone().map(|e| e.tokens).sum();
-            if used + estimate > q.limit {
-                // The estimate fits once enough of the oldest entries have left the window.
+            if l.sum + estimate > q.limit {
+                // The estimate fits once enough of the oldest buckets have left the window.
                 let mut freed = 0;
-                let mut at = now + q.window;
-                for e in in_window {
-                    freed += e.tokens;
-                    if used - freed + estimate <= q.limit {
-                        at = e.at + q.window;
+                let mut fits_at = now_n + u64::from(BUCKETS);
+                for b in &l.buckets {
+                    freed += b.tokens;
+                    if l.sum - freed + estimate <= q.limit {
+                        fits_at = b.n + u64::from(BUCKETS);
                         break;
                     }
                 }
+                let wait = bucket_len(q).saturating_mul(
+                    u32::try_from(fits_at.saturating_sub(now_n)).unwrap_or(u32::MAX),
+                );
                 return Err(TokenDecision {
                     allowed: false,
                     limit: q.limit,
-                    remaining: q.limit.saturating_sub(used),
-                    reset: at
-                        .saturating_duration_since(now)
-                        .max(Duration::from_millis(1)),
+                    remaining: q.limit.saturating_sub(l.sum),
+                    reset: wait.max(Duration::from_millis(1)),
                 });
             }
             let d = TokenDecision {
                 allowed: true,
                 limit: q.limit,
-                remaining: q.limit - used - estimate,
+                remaining: q.limit - l.sum - estimate,
                 reset: q.window,
             };
             if tightest.is_none_or(|t| d.remaining < t.remaining) {
                 tightest = Some(d);
             }
         }
-        g.next_id += 1;
-        let id = g.next_id;
-        let ledger = g.ledgers.entry(identity.clone()).or_default();
-        ledger.entries.push_back(Entry {
-            at: now,
-            tokens: estimate,
-            id,
-        });
+        let mut held = Vec::with_capacity(quotas.len());
+        for (q, l) in quotas.iter().zip(ledgers.iter_mut()) {
+            let n = self.bucket_of(q, now);
+            let e = estimate.min(q.limit);
+            l.add(n, e);
+            held.push((n, e));
+        }
         let decision = tightest.unwrap_or(TokenDecision {
             allowed: true,
             limit: 0,
@@ -193,7 +229,7 @@ impl TokenLimiter {
             Reservation {
                 limiter: self.clone(),
                 identity: identity.clone(),
-                id,
+                held,
             },
             decision,
         ))
@@ -225,6 +261,28 @@ mod tests {
         r1.settle(100);
         let (_r2, d) = tl.reserve(&k, &[minute(1000)], 600).unwrap();
         assert_eq!(d.remaining, 300);
+    }
+
+    #[test]
+    fn memory_stays_constant_at_any_rate() {
+        // 200,000 requests in one minute land in at most 60 buckets per quota.
+        let tl = Arc::new(TokenLimiter::new(100));
+        let k: Arc<str> = Arc::from("k");
+        let quotas = [
+            minute(u64::MAX / 4),
+            TokenQuota {
+                limit: u64::MAX / 4,
+                window: Duration::from_secs(86_400),
+            },
+        ];
+        for _ in 0..200_000 {
+            let (r, _) = tl.reserve(&k, &quotas, 10).unwrap();
+            r.settle(7);
+        }
+        let g = lock(&tl.inner);
+        let ls = &g.ledgers[&k];
+        assert!(ls.iter().all(|l| l.buckets.len() <= 61));
+        assert!(ls.iter().all(|l| l.sum == 1_400_000));
     }
 
     #[test]
