@@ -274,3 +274,43 @@ fn a_killed_backend_costs_no_client_an_error_and_comes_back() {
         },
     );
 }
+
+#[test]
+fn two_gateways_share_a_token_quota_through_redis() {
+    let redis = Redis::start();
+    let fake = Fake::start(&["--workers", "2"]);
+    let policy = format!(
+        "{}limits: {{max_output_tokens: 50}}\ntoken_limit: {{tokens_per_minute: 400}}\n",
+        redis_policy(&redis, 100_000, "closed")
+    );
+    let g1 = Gateway::start(&policy, &fake.url());
+    let g2 = Gateway::start(&policy, &fake.url());
+    // Each request reserves 54 tokens (11 prompt characters / 3, plus the output cap 50).
+    let r1 = ask(&g1);
+    assert_eq!(r1.status, 200, "{}", r1.text());
+    assert_eq!(r1.header("x-ratelimit-remaining-tokens"), Some("346"));
+    // The other gateway sees the first one's use (settled to its real count, or, if the
+    // settlement has not landed yet, still the estimate).
+    let r2 = ask(&g2);
+    let real1 = r1.json()["usage"]["total_tokens"].as_u64().unwrap();
+    let settled = (400 - real1 - 54).to_string();
+    let remaining = r2
+        .header("x-ratelimit-remaining-tokens")
+        .unwrap_or("")
+        .to_owned();
+    assert!(
+        remaining == settled || remaining == "292",
+        "remaining {remaining}"
+    );
+    // Thirty slow requests at once across both gateways: their reservations are all held
+    // together, so one shared quota admits at most (400 - used) / 54 of them (two separate
+    // quotas would admit about twice as many).
+    let slow = hello("test/slow-first:400").to_string();
+    let rs = burst(&[g1.addr, g2.addr], 30, "shared-key-000", &slow);
+    let admitted = rs.iter().filter(|r| r.status == 200).count();
+    assert!((1..=7).contains(&admitted), "{admitted} admitted");
+    for r in rs.iter().filter(|r| r.status != 200) {
+        assert_eq!(r.status, 429, "{}", r.text());
+        assert_eq!(r.json()["error"]["code"], "token_limit_exceeded");
+    }
+}

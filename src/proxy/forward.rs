@@ -517,12 +517,14 @@ pub async fn forward(
         ClampAt::Native { generates: true } | ClampAt::Output(_)
     );
     let tokens = super::reserve_tokens(
+        &req,
         &state,
         &ctx,
         admitted.principal.as_ref(),
         chars,
         clamps.max_output_tokens.filter(|_| generates),
-    )?;
+    )
+    .await?;
     // The body goes on as it came unless the model is renamed: Ollama's default for
     // `stream` is the route's default here too, so nothing else needs writing.
     let renamed = public != up;

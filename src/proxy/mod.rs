@@ -118,9 +118,11 @@ pub(crate) fn with_clamped_header(
 }
 
 /// Reserves the request's estimated tokens (prompt characters / 3, plus its output limit)
-/// against its key's token quotas (`token_limit`), settled when the request is over (the
-/// audit cell holds the reservation). `None`: no quota applies.
-pub(crate) fn reserve_tokens(
+/// against its key's token quotas (`token_limit`), in this process or, with
+/// `rate_limit.backend: redis`, in Redis for every gateway; settled when the request is over
+/// (the audit cell holds the reservation). `None`: no quota applies.
+pub(crate) async fn reserve_tokens(
+    req: &HttpRequest,
     state: &AppState,
     ctx: &RequestCtx,
     principal: Option<&crate::auth::Principal>,
@@ -139,7 +141,42 @@ pub(crate) fn reserve_tokens(
         None => std::sync::Arc::from(crate::admission::ip_bucket(ctx.client_ip)),
     };
     let estimate = (prompt_chars as u64).div_ceil(3) + output_limit.unwrap_or(0);
-    match state.tokens.reserve(&identity, quotas, estimate) {
+    let reserved = match &policy.limit_backend {
+        crate::policy::LimitBackend::Memory => state.tokens.reserve(&identity, quotas, estimate),
+        crate::policy::LimitBackend::Redis(cfg) => {
+            let redis = req
+                .app_data::<web::Data<crate::ratelimit::redis::RedisLimiter>>()
+                .cloned()
+                .ok_or(GatewayError::Internal)?;
+            let keys = crate::ratelimit::redis::RedisLimiter::token_keys(cfg, &identity, quotas);
+            match redis.reserve_tokens(cfg, &keys, quotas, estimate).await {
+                Ok(Ok((held, d))) => Ok((
+                    crate::ratelimit::tokens::Reservation::redis(redis, cfg.clone(), keys, held),
+                    d,
+                )),
+                Ok(Err(d)) => Err(d),
+                Err(trouble) => {
+                    let result = if cfg.fail_open {
+                        "fail_open"
+                    } else {
+                        "fail_closed"
+                    };
+                    state
+                        .metrics
+                        .ratelimit_backend_errors
+                        .get_or_create(&crate::metrics::ResultLabels { result })
+                        .inc();
+                    tracing::warn!(request_id = %ctx.request_id, ?trouble, result,
+                        "Redis could not check the token quota.");
+                    if !cfg.fail_open {
+                        return Err(GatewayError::RateLimiterUnavailable);
+                    }
+                    return Ok(None);
+                }
+            }
+        }
+    };
+    match reserved {
         Ok((reservation, decision)) => {
             ctx.audit.hold_tokens(reservation);
             Ok(Some(decision))
@@ -264,12 +301,14 @@ pub async fn chat_completions(
     native.options.num_ctx = clamps.num_ctx(native.options.num_ctx, &mut clamped)?;
     native.keep_alive = clamps.keep_alive(native.keep_alive.as_ref(), &mut clamped)?;
     let tokens = reserve_tokens(
+        &req,
         &state,
         &ctx,
         principal.as_ref(),
         chars,
         native.options.num_predict,
-    )?;
+    )
+    .await?;
     let native_body = serde_json::to_vec(&native).map_err(|_| GatewayError::Internal)?;
 
     let sent = Instant::now();

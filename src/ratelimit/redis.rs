@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use redis::aio::MultiplexedConnection;
 
 use super::Decision;
+use super::tokens::{TokenDecision, TokenQuota};
 use crate::policy::{Quota, RedisLimits};
 
 const SCRIPT: &str = r#"
@@ -34,6 +35,80 @@ if n < max then
 end
 local e = redis.call('ZRANGE', KEYS[1], n - max, n - max, 'WITHSCORES')
 return {0, 0, tonumber(e[2]) + window - now}
+"#;
+
+/// Token quotas in Redis: one hash per identity and quota, fields = time buckets (60 per
+/// window, as in memory), values = tokens. Reserve and settle are each one atomic script.
+const TOKENS_RESERVE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local est = tonumber(ARGV[1])
+local ns = {}
+local best_rem, best_lim = -1, 0
+for i = 1, #KEYS do
+  local limit = tonumber(ARGV[(i - 1) * 3 + 2])
+  local blen = tonumber(ARGV[(i - 1) * 3 + 3])
+  local n = math.floor(now / blen)
+  ns[i] = n
+  local h = redis.call('HGETALL', KEYS[i])
+  local sum = 0
+  local live = {}
+  for j = 1, #h, 2 do
+    local b = tonumber(h[j])
+    local v = tonumber(h[j + 1])
+    if b + 60 <= n then
+      redis.call('HDEL', KEYS[i], h[j])
+    else
+      sum = sum + v
+      table.insert(live, {b, v})
+    end
+  end
+  local e = math.min(est, limit)
+  if sum + e > limit then
+    table.sort(live, function(a, c) return a[1] < c[1] end)
+    local freed = 0
+    local fits = n + 60
+    for _, bv in ipairs(live) do
+      freed = freed + bv[2]
+      if sum - freed + e <= limit then
+        fits = bv[1] + 60
+        break
+      end
+    end
+    return {0, limit, math.max(limit - sum, 0), (fits - n) * blen}
+  end
+  local rem = limit - sum - e
+  if best_rem < 0 or rem < best_rem then
+    best_rem = rem
+    best_lim = limit
+  end
+end
+local out = {1, best_lim, best_rem, 0}
+for i = 1, #KEYS do
+  local limit = tonumber(ARGV[(i - 1) * 3 + 2])
+  local wms = tonumber(ARGV[(i - 1) * 3 + 4])
+  local e = math.min(est, limit)
+  redis.call('HINCRBY', KEYS[i], ns[i], e)
+  redis.call('PEXPIRE', KEYS[i], wms * 2)
+  table.insert(out, ns[i])
+  table.insert(out, e)
+end
+return out
+"#;
+
+const TOKENS_SETTLE: &str = r#"
+local real = tonumber(ARGV[1])
+for i = 1, #KEYS do
+  local b = ARGV[(i - 1) * 2 + 2]
+  local held = tonumber(ARGV[(i - 1) * 2 + 3])
+  if redis.call('HEXISTS', KEYS[i], b) == 1 then
+    local v = redis.call('HINCRBY', KEYS[i], b, real - held)
+    if v < 0 then
+      redis.call('HSET', KEYS[i], b, 0)
+    end
+  end
+end
+return {1}
 "#;
 
 /// Why Redis gave no decision.
@@ -55,6 +130,8 @@ struct Conn {
 /// Per-worker Redis access for the limiter.
 pub struct RedisLimiter {
     script: redis::Script,
+    reserve: redis::Script,
+    settle: redis::Script,
     inner: RefCell<Conn>,
 }
 
@@ -62,6 +139,8 @@ impl Default for RedisLimiter {
     fn default() -> Self {
         RedisLimiter {
             script: redis::Script::new(SCRIPT),
+            reserve: redis::Script::new(TOKENS_RESERVE),
+            settle: redis::Script::new(TOKENS_SETTLE),
             inner: RefCell::new(Conn {
                 url: String::new(),
                 conn: None,
@@ -118,6 +197,95 @@ impl RedisLimiter {
         let mut c = self.inner.borrow_mut();
         c.conn = None;
         c.failed_at = Some(Instant::now());
+    }
+
+    async fn run(
+        &self,
+        cfg: &RedisLimits,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<Vec<i64>, RedisTrouble> {
+        let mut conn = self.connection(cfg).await?;
+        let call = invocation.invoke_async::<Vec<i64>>(&mut conn);
+        match tokio::time::timeout(cfg.timeout, call).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                self.broken();
+                Err(RedisTrouble::Command(e.to_string()))
+            }
+            Err(_) => {
+                self.broken();
+                Err(RedisTrouble::Timeout)
+            }
+        }
+    }
+
+    /// The Redis keys of an identity's token quotas.
+    pub fn token_keys(cfg: &RedisLimits, identity: &str, quotas: &[TokenQuota]) -> Vec<String> {
+        quotas
+            .iter()
+            .map(|q| format!("{}tok:{}:{identity}", cfg.key_prefix, q.window.as_secs()))
+            .collect()
+    }
+
+    /// Reserves `estimate` tokens against every quota at once, across every gateway.
+    /// `Ok(Err(decision))`: refused.
+    pub async fn reserve_tokens(
+        &self,
+        cfg: &RedisLimits,
+        keys: &[String],
+        quotas: &[TokenQuota],
+        estimate: u64,
+    ) -> Result<Result<(Vec<(u64, u64)>, TokenDecision), TokenDecision>, RedisTrouble> {
+        let mut invocation = self.reserve.prepare_invoke();
+        for k in keys {
+            invocation.key(k);
+        }
+        invocation.arg(estimate);
+        for q in quotas {
+            let bucket_us = u64::try_from((q.window / 60).as_micros()).unwrap_or(u64::MAX);
+            invocation
+                .arg(q.limit)
+                .arg(bucket_us.max(1))
+                .arg(u64::try_from(q.window.as_millis()).unwrap_or(u64::MAX));
+        }
+        let reply = self.run(cfg, &invocation).await?;
+        let num = |i: usize| u64::try_from(reply.get(i).copied().unwrap_or(0)).unwrap_or(0);
+        let decision = |allowed: bool, reset: Duration| TokenDecision {
+            allowed,
+            limit: num(1),
+            remaining: num(2),
+            reset,
+        };
+        if reply.first() != Some(&1) {
+            return Ok(Err(decision(
+                false,
+                Duration::from_micros(num(3)).max(Duration::from_millis(1)),
+            )));
+        }
+        let held = (0..quotas.len())
+            .map(|i| (num(4 + 2 * i), num(5 + 2 * i)))
+            .collect();
+        let window = quotas.iter().map(|q| q.window).min().unwrap_or_default();
+        Ok(Ok((held, decision(true, window))))
+    }
+
+    /// Replaces reserved estimates with the real count.
+    pub async fn settle_tokens(
+        &self,
+        cfg: &RedisLimits,
+        keys: &[String],
+        held: &[(u64, u64)],
+        tokens: u64,
+    ) -> Result<(), RedisTrouble> {
+        let mut invocation = self.settle.prepare_invoke();
+        for k in keys {
+            invocation.key(k);
+        }
+        invocation.arg(tokens);
+        for (bucket, est) in held {
+            invocation.arg(*bucket).arg(*est);
+        }
+        self.run(cfg, &invocation).await.map(|_| ())
     }
 
     /// Admits and records one request for `identity`, atomically across every gateway.

@@ -6,7 +6,8 @@
 //! window; when the answer ends (complete, failed, or the client gone) the reservation is
 //! settled with Ollama's real counts, refunding the difference. Concurrent requests see each
 //! other's reservations, so a quota is exceeded at most by one request's settled overshoot.
-//! The log lives outside the policy: reloads keep it.
+//! The log lives outside the policy: reloads keep it. With `rate_limit.backend: redis` the
+//! same buckets live in Redis (`redis.rs`) and every gateway shares them.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -123,20 +124,69 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// An estimate held against an identity until settled with the real count.
-pub struct Reservation {
-    limiter: Arc<TokenLimiter>,
-    identity: Arc<str>,
-    /// Per quota: (bucket, tokens reserved there).
-    held: Vec<(u64, u64)>,
+pub struct Reservation(Held);
+
+enum Held {
+    Memory {
+        limiter: Arc<TokenLimiter>,
+        identity: Arc<str>,
+        /// Per quota: (bucket, tokens reserved there).
+        held: Vec<(u64, u64)>,
+    },
+    /// Shared by every gateway through Redis; settled by a task on this worker.
+    Redis {
+        redis: actix_web::web::Data<super::redis::RedisLimiter>,
+        cfg: crate::policy::RedisLimits,
+        keys: Vec<String>,
+        held: Vec<(u64, u64)>,
+    },
 }
 
 impl Reservation {
+    pub fn redis(
+        redis: actix_web::web::Data<super::redis::RedisLimiter>,
+        cfg: crate::policy::RedisLimits,
+        keys: Vec<String>,
+        held: Vec<(u64, u64)>,
+    ) -> Self {
+        Reservation(Held::Redis {
+            redis,
+            cfg,
+            keys,
+            held,
+        })
+    }
+
     /// Replaces the estimate with the real count.
     pub fn settle(self, tokens: u64) {
-        let mut g = lock(&self.limiter.inner);
-        if let Some(ledgers) = g.ledgers.get_mut(&self.identity) {
-            for (l, &(n, held)) in ledgers.iter_mut().zip(&self.held) {
-                l.settle(n, held, tokens);
+        match self.0 {
+            Held::Memory {
+                limiter,
+                identity,
+                held,
+            } => {
+                let mut g = lock(&limiter.inner);
+                if let Some(ledgers) = g.ledgers.get_mut(&identity) {
+                    for (l, &(n, h)) in ledgers.iter_mut().zip(&held) {
+                        l.settle(n, h, tokens);
+                    }
+                }
+            }
+            Held::Redis {
+                redis,
+                cfg,
+                keys,
+                held,
+            } => {
+                // Drop runs on the worker that served the request, inside its runtime.
+                actix_web::rt::spawn(async move {
+                    if let Err(e) = redis.settle_tokens(&cfg, &keys, &held, tokens).await
+                        && !matches!(e, super::redis::RedisTrouble::Backoff)
+                    {
+                        // The estimate stays counted until its bucket leaves the window.
+                        tracing::warn!(?e, "Redis could not settle a token reservation.");
+                    }
+                });
             }
         }
     }
@@ -226,11 +276,11 @@ impl TokenLimiter {
             reset: Duration::ZERO,
         });
         Ok((
-            Reservation {
+            Reservation(Held::Memory {
                 limiter: self.clone(),
                 identity: identity.clone(),
                 held,
-            },
+            }),
             decision,
         ))
     }
