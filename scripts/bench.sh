@@ -126,7 +126,7 @@ BARE=$(awk '{print $3}' "$work/bare.out")
 KEY=bench-key-0123456789
 # Every guard on: key, allowlist, a limit too high to trip (100k per second), the fair queue
 # and token quotas (never binding), audit log.
-gateway_policy() { # file upstream audit(on|off) [max_requests] [idle]
+gateway_policy() { # file upstream audit(on|off) [max_requests] [idle] [quotas(on|off)]
   cat > "$1" <<EOF
 listen: "127.0.0.1:0"
 ollama_api: "http://$2"
@@ -138,9 +138,9 @@ rate_limit: {enabled: true, max_requests: ${4:-100000}, window_seconds: 1}
 # thousands of streams at once; this measures what the queue costs per request.
 upstream: {stream_idle_timeout_seconds: ${5:-60}, max_in_flight: 10000}
 queue: {max_waiting: 10000}
-# Token quotas on too, too large to trip: every request reserves and settles.
-token_limit: {tokens_per_minute: 1000000000000}
 EOF
+  # Token quotas on too, too large to trip: every request reserves and settles.
+  [ "${6:-on}" = on ] && echo "token_limit: {tokens_per_minute: 1000000000000}" >> "$1"
   [ "$3" = on ] && echo "audit: {dir: \"$(dirname "$1")/audit\"}" >> "$1"
   return 0
 }
@@ -192,7 +192,7 @@ sut_pids() {
     bare_actix) echo "$BARE_PID" ;;
     gateway|gateway_native) echo "$GW_MAIN_PID" ;;
     nginx_gateway) echo "$(nginx_pids "$FRONT_DIR") $GW_MAIN_PID" ;;
-    gateway_noaudit|gateway_audit) echo "${GW_PIDS[$1]}" ;;
+    gateway_noaudit|gateway_audit|gateway_noquota) echo "${GW_PIDS[$1]}" ;;
   esac
 }
 
@@ -357,18 +357,20 @@ for m in "${reload_ms[@]}"; do
   [ "$m" != nan ] || { log "bench.sh: a reload was never seen by the probe"; exit 1; }
 done
 
-log "== audit log on vs off, $ROUNDS interleaved rounds of ${ROUND_DUR}s"
-# Two fresh gateways, identical but for the audit log, saturated in turns.
+log "== audit log on vs off, token quotas on vs off, $ROUNDS interleaved rounds of ${ROUND_DUR}s"
+# Three fresh gateways, identical but for the audit log (noaudit vs audit) or the token quota
+# (noquota vs audit), saturated in turns.
 declare -A GW_PIDS
-for name in gateway_noaudit gateway_audit; do
+for name in gateway_noaudit gateway_audit gateway_noquota; do
   mkdir -p "$work/$name"
-  gateway_policy "$work/$name/policy.yaml" "$FAKE" "$([ $name = gateway_audit ] && echo on || echo off)"
+  gateway_policy "$work/$name/policy.yaml" "$FAKE" "$([ $name = gateway_noaudit ] && echo off || echo on)" \
+    100000 60 "$([ $name = gateway_noquota ] && echo off || echo on)"
   start_gateway "$work/$name/policy.yaml"
   GW_PIDS[$name]=$GW_PID
   ADDR[$name]=$GW_ADDR; PATHS[$name]=/v1/chat/completions; BODY[$name]=openai; AUTH[$name]="X-Api-Key: $KEY"
 done
 for r in $(seq "$ROUNDS"); do
-  for name in gateway_noaudit gateway_audit; do
+  for name in gateway_noaudit gateway_audit gateway_noquota; do
     GW_PID=${GW_PIDS[$name]}
     run_wrk "$name" "$ROUND_DUR"
     put "$name.round$r" "{\"rps\": ${RPS:-0}, \"cpu_us\": ${CPU_US}, \"requests\": ${REQS:-0}, \"errors\": ${NON2XX}}"
@@ -475,6 +477,10 @@ on = median([x["rps"] for x in rounds["gateway_audit"]])
 off = median([x["rps"] for x in rounds["gateway_noaudit"]])
 R["audit_cost"] = 1 - round_ratio("gateway_audit", "gateway_noaudit", "rps")
 R["audit_cost_cpu"] = round_ratio("gateway_audit", "gateway_noaudit", "cpu_us") - 1
+rounds["gateway_noquota"] = [raw[k] for k in sorted(raw) if k.startswith("gateway_noquota.round")]
+R["quota_cost"] = 1 - round_ratio("gateway_audit", "gateway_noquota", "rps")
+R["quota_cost_cpu"] = round_ratio("gateway_audit", "gateway_noquota", "cpu_us") - 1
+print(f"- token quotas (reserve and settle per request): {R['quota_cost']:+.1%} throughput, {R['quota_cost_cpu']:+.1%} CPU per request (median of per-round ratios; target <= 5%)")
 print(f"- audit log: {on:.0f} req/s on vs {off:.0f} off (median of per-round ratios: {R['audit_cost']:+.1%} throughput, {R['audit_cost_cpu']:+.1%} CPU per request; target <= 5%); {raw['audit.lines']} lines for {raw['audit.counted_requests']} requests")
 json.dump(R, open(sys.argv[2], "w"), indent=2, default=str)
 print()
