@@ -21,10 +21,9 @@ use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 use crate::auth::{AuthFailure, Principal, X_API_KEY, authenticate};
 use crate::context::{RequestCtx, request_ctx};
 use crate::errors::{Dialect, GatewayError};
-use crate::metrics::ResultLabels;
 use crate::policy::LimitBackend;
 use crate::ratelimit::Decision;
-use crate::ratelimit::redis::{RedisLimiter, RedisTrouble};
+use crate::ratelimit::redis::{RedisLimiter, on_trouble};
 use crate::state::AppState;
 
 /// What admission decided: who is asking (when auth is on) and the rate-limit headers to send.
@@ -225,23 +224,7 @@ async fn guard(
                 LimitBackend::Redis(cfg) => match redis.check(cfg, identity, q).await {
                     Ok(d) => Some(d),
                     Err(trouble) => {
-                        let result = if cfg.fail_open {
-                            "fail_open"
-                        } else {
-                            "fail_closed"
-                        };
-                        state
-                            .metrics
-                            .ratelimit_backend_errors
-                            .get_or_create(&ResultLabels { result })
-                            .inc();
-                        if !matches!(trouble, RedisTrouble::Backoff) {
-                            tracing::warn!(request_id = %ctx.request_id, ?trouble, result,
-                                "Redis could not check the rate limit.");
-                        }
-                        if !cfg.fail_open {
-                            return Err(GatewayError::RateLimiterUnavailable);
-                        }
+                        on_trouble(&state.metrics, cfg, &trouble, &ctx.request_id, "rate limit")?;
                         None
                     }
                 },

@@ -156,21 +156,13 @@ pub(crate) async fn reserve_tokens(
                 )),
                 Ok(Err(d)) => Err(d),
                 Err(trouble) => {
-                    let result = if cfg.fail_open {
-                        "fail_open"
-                    } else {
-                        "fail_closed"
-                    };
-                    state
-                        .metrics
-                        .ratelimit_backend_errors
-                        .get_or_create(&crate::metrics::ResultLabels { result })
-                        .inc();
-                    tracing::warn!(request_id = %ctx.request_id, ?trouble, result,
-                        "Redis could not check the token quota.");
-                    if !cfg.fail_open {
-                        return Err(GatewayError::RateLimiterUnavailable);
-                    }
+                    crate::ratelimit::redis::on_trouble(
+                        &state.metrics,
+                        cfg,
+                        &trouble,
+                        &ctx.request_id,
+                        "token quota",
+                    )?;
                     return Ok(None);
                 }
             }

@@ -111,6 +111,39 @@ end
 return {1}
 "#;
 
+/// What a Redis failure means for a request: counted, logged (not while backing off), then
+/// admitted (`redis_failure: open`, `Ok`) or refused with 503 (`closed`).
+pub fn on_trouble(
+    metrics: &crate::metrics::Metrics,
+    cfg: &RedisLimits,
+    trouble: &RedisTrouble,
+    request_id: &str,
+    what: &'static str,
+) -> Result<(), crate::errors::GatewayError> {
+    let result = if cfg.fail_open {
+        "fail_open"
+    } else {
+        "fail_closed"
+    };
+    metrics
+        .ratelimit_backend_errors
+        .get_or_create(&crate::metrics::ResultLabels { result })
+        .inc();
+    if !matches!(trouble, RedisTrouble::Backoff) {
+        tracing::warn!(
+            request_id,
+            ?trouble,
+            result,
+            "Redis could not check the {what}."
+        );
+    }
+    if cfg.fail_open {
+        Ok(())
+    } else {
+        Err(crate::errors::GatewayError::RateLimiterUnavailable)
+    }
+}
+
 /// Why Redis gave no decision.
 #[derive(Debug)]
 pub enum RedisTrouble {
