@@ -884,6 +884,19 @@ fn last_user_text(items: &Value) -> String {
     }
 }
 
+/// A Responses or Messages request's model, the words of its answer (an echo of the last user
+/// turn at `field`), and the turn's token count.
+fn echo_turn(
+    req: &HttpRequest,
+    shared: &Shared,
+    body: &Value,
+    field: &str,
+) -> Result<(String, Vec<String>, usize), Box<HttpResponse>> {
+    let model = model_route(req, shared, body)?;
+    let text = last_user_text(&body[field]);
+    Ok((model, words_of(&text), text.split_whitespace().count()))
+}
+
 /// `POST /v1/responses` (stateless), in the shape of Ollama's Responses layer: a response
 /// object, or its SSE event sequence ending with `response.completed`.
 async fn v1_responses(
@@ -891,13 +904,10 @@ async fn v1_responses(
     body: web::Json<Value>,
     shared: web::Data<Shared>,
 ) -> HttpResponse {
-    let model = match model_route(&req, &shared, &body) {
-        Ok(m) => m,
+    let (model, words, input_tokens) = match echo_turn(&req, &shared, &body, "input") {
+        Ok(t) => t,
         Err(resp) => return *resp,
     };
-    let text = last_user_text(&body["input"]);
-    let words = words_of(&text);
-    let input_tokens = text.split_whitespace().count();
     let usage = json!({"input_tokens": input_tokens, "output_tokens": words.len(),
         "total_tokens": input_tokens + words.len(),
         "input_tokens_details": {"cached_tokens": 0},
@@ -983,13 +993,10 @@ async fn v1_messages(
     body: web::Json<Value>,
     shared: web::Data<Shared>,
 ) -> HttpResponse {
-    let model = match model_route(&req, &shared, &body) {
-        Ok(m) => m,
+    let (model, words, input_tokens) = match echo_turn(&req, &shared, &body, "messages") {
+        Ok(t) => t,
         Err(resp) => return *resp,
     };
-    let text = last_user_text(&body["messages"]);
-    let words = words_of(&text);
-    let input_tokens = text.split_whitespace().count();
     let message = |content: Value, stop: Value, output_tokens: usize| {
         json!({"id": "msg_01", "type": "message", "role": "assistant", "model": model,
                "content": content, "stop_reason": stop, "stop_sequence": null,
