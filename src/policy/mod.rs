@@ -335,6 +335,11 @@ impl Policy {
         if self.max_tracked_clients != new.max_tracked_clients {
             v.push("rate_limit.max_tracked_clients");
         }
+        // The probe and header budgets apply at once; the connect timeout is built into each
+        // worker's client at start.
+        if self.upstream.timeout != new.upstream.timeout {
+            v.push("upstream.timeout_seconds (its connect timeout)");
+        }
         v
     }
 

@@ -1046,6 +1046,17 @@ whitelist:
     }
 
     #[test]
+    fn settings_that_need_a_restart_are_named() {
+        let a = load("listen: '127.0.0.1:1'\nupstream: {timeout_seconds: 3}").unwrap();
+        let b = load("listen: '127.0.0.1:2'\nupstream: {timeout_seconds: 5}").unwrap();
+        assert_eq!(
+            a.needs_restart(&b),
+            ["listen", "upstream.timeout_seconds (its connect timeout)"]
+        );
+        assert!(a.needs_restart(&a).is_empty());
+    }
+
+    #[test]
     fn listen_forms() {
         for (s, want) in [
             (":18789", "0.0.0.0:18789"),
