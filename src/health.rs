@@ -120,11 +120,7 @@ pub async fn readyz(
                 let (slots_in_use, waiting) = b.slots.load();
                 QueueReady {
                     slots_in_use,
-                    max_in_flight: p
-                        .backends
-                        .iter()
-                        .find(|x| x.url == b.url)
-                        .map_or(0, |x| x.max_in_flight),
+                    max_in_flight: p.max_in_flight(&b.url),
                     waiting,
                 }
             },

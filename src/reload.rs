@@ -207,12 +207,8 @@ fn apply(
             state.metrics.set_key_expiry(&policy);
             // A raised max_in_flight lets waiting requests go at once.
             for (b, _) in state.backends.all(&policy) {
-                let max = policy
-                    .backends
-                    .iter()
-                    .find(|x| x.url == b.url)
-                    .map_or(1, |x| x.max_in_flight);
-                b.slots.reconcile(max, &state.audit.usage);
+                b.slots
+                    .reconcile(policy.max_in_flight(&b.url), &state.audit.usage);
             }
             state
                 .metrics

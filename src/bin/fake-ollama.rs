@@ -593,21 +593,26 @@ fn words_of(text: &str) -> Vec<String> {
     words
 }
 
-/// NDJSON lines, one per read, as Ollama streams them.
-fn ndjson_stream(lines: Vec<Value>, delay: Duration) -> HttpResponse {
+/// NDJSON lines, one per read, `delay` apart, as Ollama streams them.
+fn ndjson_stream(lines: Vec<Bytes>, delay: Duration) -> HttpResponse {
     let body = futures_util::stream::unfold(
         (lines.into_iter(), true),
         move |(mut it, first)| async move {
-            let l = it.next()?;
+            let bytes = it.next()?;
             if !first && !delay.is_zero() {
                 actix_web::rt::time::sleep(delay).await;
             }
-            Some((Ok::<Bytes, actix_web::Error>(ndjson(&l)), (it, false)))
+            Some((Ok::<Bytes, actix_web::Error>(bytes), (it, false)))
         },
     );
     HttpResponse::Ok()
         .content_type("application/x-ndjson")
         .streaming(body)
+}
+
+/// [`ndjson_stream`] of JSON values.
+fn ndjson_values(lines: Vec<Value>, delay: Duration) -> HttpResponse {
+    ndjson_stream(lines.iter().map(ndjson).collect(), delay)
 }
 
 /// `POST /api/generate`: completion of `prompt` (echoed), fill-in-the-middle with `suffix`,
@@ -648,7 +653,7 @@ async fn generate(
         .map(|w| json!({"model": model, "created_at": created, "response": w, "done": false}))
         .collect();
     lines.push(fin);
-    ndjson_stream(lines, Duration::from_millis(shared.args.chunk_delay_ms))
+    ndjson_values(lines, Duration::from_millis(shared.args.chunk_delay_ms))
 }
 
 /// `POST /api/show`: a model's details, in Ollama's shape (the Modelfile names the model).
@@ -698,7 +703,7 @@ async fn admin(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) ->
                               "body": String::from_utf8_lossy(&body)});
     }
     match req.path() {
-        "/api/pull" | "/api/push" => ndjson_stream(
+        "/api/pull" | "/api/push" => ndjson_values(
             vec![
                 json!({"status": "pulling manifest"}),
                 json!({"status": "success"}),
@@ -1049,21 +1054,10 @@ fn fast_chat(body: &[u8], shared: &Shared) -> HttpResponse {
             .content_type("application/json; charset=utf-8")
             .body(shared.canned.single.clone());
     }
-    let delay = Duration::from_millis(shared.args.chunk_delay_ms);
-    let lines = shared.canned.lines.clone();
-    let body = futures_util::stream::unfold(
-        (lines.into_iter(), true),
-        move |(mut it, first)| async move {
-            let bytes = it.next()?;
-            if !first && !delay.is_zero() {
-                actix_web::rt::time::sleep(delay).await;
-            }
-            Some((Ok::<Bytes, actix_web::Error>(bytes), (it, false)))
-        },
-    );
-    HttpResponse::Ok()
-        .content_type("application/x-ndjson")
-        .streaming(body)
+    ndjson_stream(
+        shared.canned.lines.clone(),
+        Duration::from_millis(shared.args.chunk_delay_ms),
+    )
 }
 
 async fn embed(

@@ -274,6 +274,14 @@ pub struct Policy {
 pub const DEFAULT_PATH: &str = "/etc/qwen-gateway/policy.yaml";
 
 impl Policy {
+    /// A backend's `max_in_flight` (1 for a URL the policy does not name).
+    pub fn max_in_flight(&self, url: &str) -> usize {
+        self.backends
+            .iter()
+            .find(|b| b.url == url)
+            .map_or(1, |b| b.max_in_flight)
+    }
+
     /// The prompt limit for a request: the key's own, else the model's, else `limits`.
     pub fn prompt_limit(&self, key: Option<&ApiKey>, model: Option<&str>) -> usize {
         key.and_then(|k| k.limits.max_prompt_chars)

@@ -153,11 +153,7 @@ impl Upstream {
             let mut lease = backend.lease();
             if let Some(q) = &call.queue {
                 let limits = crate::queue::QueueLimits {
-                    max_in_flight: policy
-                        .backends
-                        .iter()
-                        .find(|b| b.url == backend.url)
-                        .map_or(1, |b| b.max_in_flight),
+                    max_in_flight: policy.max_in_flight(&backend.url),
                     max_waiting: policy.upstream.max_waiting,
                     max_wait: policy.upstream.max_wait,
                 };
