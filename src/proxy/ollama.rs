@@ -106,6 +106,8 @@ pub struct RespMessage {
     pub tool_calls: Vec<ToolCall>,
 }
 
+/// `/api/tags` as the model refresh reads it: names only (the listing routes keep Ollama's
+/// whole entries, `native::gather`).
 #[derive(Debug, Deserialize)]
 pub struct Tags {
     #[serde(default)]
@@ -115,6 +117,4 @@ pub struct Tags {
 #[derive(Debug, Deserialize)]
 pub struct TagModel {
     pub name: String,
-    #[serde(default)]
-    pub modified_at: Option<String>,
 }
