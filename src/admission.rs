@@ -21,7 +21,7 @@ use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 use crate::auth::{AuthFailure, Principal, X_API_KEY, authenticate};
 use crate::context::{RequestCtx, request_ctx};
 use crate::errors::{Dialect, GatewayError};
-use crate::policy::LimitBackend;
+use crate::policy::{Guard, LimitBackend};
 use crate::ratelimit::Decision;
 use crate::ratelimit::redis::{RedisLimiter, on_trouble};
 use crate::state::AppState;
@@ -104,6 +104,12 @@ async fn admit(
         .ok_or(GatewayError::Internal)?;
     let (principal, decision) = guard(&req, &ctx, &state, &redis, class).await?;
     if class == Class::Admin && !principal.as_ref().is_some_and(Principal::is_admin) {
+        ctx.audit.update(|r| {
+            r.reason = Some(match &principal {
+                Some(p) => format!("admin: auth.keys[{}] has no admin: true", p.key_id()),
+                None => "admin: model management needs an admin key".to_owned(),
+            });
+        });
         return Err(GatewayError::AdminOnly.into());
     }
     req.extensions_mut().insert(Admitted {
@@ -111,6 +117,18 @@ async fn admit(
         decision,
     });
     next.call(req).await
+}
+
+/// What the auth guard says about a request without a usable key.
+fn auth_rule(why: AuthFailure) -> String {
+    match why {
+        AuthFailure::Missing => "no api key was sent",
+        AuthFailure::Invalid => "the api key matches no key in auth",
+        AuthFailure::Ambiguous => "two different api keys were sent",
+        AuthFailure::Expired => "the key's expires_at has passed",
+        AuthFailure::NotYetValid => "the key's not_before is still ahead",
+    }
+    .to_owned()
 }
 
 /// The identity a failed-key counter is kept under: the address, or its /64 for IPv6, where
@@ -146,7 +164,11 @@ async fn guard(
     if let Some(allow) = &policy.whitelist
         && !allow.contains(ctx.client_ip)
     {
-        return Err(GatewayError::IpNotAllowed);
+        ctx.refuse(
+            Guard::Whitelist,
+            || format!("{} matches no range in whitelist.ips", ctx.client_ip),
+            GatewayError::IpNotAllowed,
+        )?;
     }
     let principal = match &policy.auth {
         None => None,
@@ -158,26 +180,56 @@ async fn guard(
                 // mistyping a key in a shared chat UI must not lock out everyone behind it.
                 Ok(p) => Some(p),
                 // A real key outside its validity: not a guess, so not counted as one.
-                Err(AuthFailure::Expired) => return Err(GatewayError::ExpiredApiKey),
-                Err(AuthFailure::NotYetValid) => return Err(GatewayError::ApiKeyNotYetValid),
+                Err(AuthFailure::Expired) => {
+                    ctx.refuse(
+                        Guard::Auth,
+                        || "the key's expires_at has passed".to_owned(),
+                        GatewayError::ExpiredApiKey,
+                    )?;
+                    None
+                }
+                Err(AuthFailure::NotYetValid) => {
+                    ctx.refuse(
+                        Guard::Auth,
+                        || "the key's not_before is still ahead".to_owned(),
+                        GatewayError::ApiKeyNotYetValid,
+                    )?;
+                    None
+                }
+                // Report-only: served as without a key, and not counted as a failure.
+                Err(why) if policy.reports(Guard::Auth) => {
+                    ctx.refuse(Guard::Auth, || auth_rule(why), GatewayError::InvalidApiKey)?;
+                    None
+                }
                 Err(why) => {
                     // Repeated bad keys from one address: refused as throttled, uncounted.
                     let bucket = ip_bucket(ctx.client_ip);
                     let throttle = state.auth_failures.peek(&bucket, auth.failures);
                     if !throttle.allowed {
+                        ctx.audit.update(|r| {
+                            r.reason = Some(format!(
+                                "auth: {} failed keys in {}s from {} (auth.max_failures)",
+                                auth.failures.max_requests,
+                                auth.failures.window.as_secs(),
+                                ctx.client_ip
+                            ));
+                        });
                         return Err(GatewayError::AuthThrottled {
                             retry_after: throttle.retry_after(),
                         });
                     }
                     state.auth_failures.record(&bucket, auth.failures);
                     tracing::debug!(request_id = %ctx.request_id, client_ip = %ctx.client_ip, ?why, "Rejected an API key.");
-                    return Err(match why {
+                    let err = match why {
                         AuthFailure::Ambiguous => GatewayError::AmbiguousApiKey,
                         AuthFailure::Missing
                         | AuthFailure::Invalid
                         | AuthFailure::Expired
                         | AuthFailure::NotYetValid => GatewayError::InvalidApiKey,
-                    });
+                    };
+                    ctx.audit
+                        .update(|r| r.reason = Some(format!("auth: {}", auth_rule(why))));
+                    return Err(err);
                 }
             }
         }
@@ -229,12 +281,35 @@ async fn guard(
                     }
                 },
             };
-            if let Some(d) = decided
-                && !d.allowed
-            {
-                return Err(GatewayError::RateLimited(d));
+            match decided {
+                Some(d) if !d.allowed => {
+                    ctx.refuse(
+                        Guard::RateLimit,
+                        || {
+                            let scope = match &principal {
+                                Some(p) if p.rate_limit().is_some() => {
+                                    format!("auth.keys[{}].rate_limit", p.key_id())
+                                }
+                                Some(p) => format!("rate_limit for key {}", p.key_id()),
+                                None => format!("rate_limit for address {}", ctx.client_ip),
+                            };
+                            let listing = if class == Class::Listing {
+                                " (listing routes: x10)"
+                            } else {
+                                ""
+                            };
+                            format!(
+                                "{scope} {}/{}s{listing}",
+                                q.max_requests,
+                                q.window.as_secs()
+                            )
+                        },
+                        GatewayError::RateLimited(d),
+                    )?;
+                    None
+                }
+                other => other,
             }
-            decided
         }
     };
     Ok((principal, decision))

@@ -26,7 +26,7 @@ use tokio::sync::Notify;
 
 use crate::client_ip::push_ipv4;
 use crate::json_out::{int, json_opt_str, json_str, ms_into, opt_int, opt_ms};
-use crate::metrics::{FinishedRequest, Metrics, rejection_reason};
+use crate::metrics::{FinishedRequest, Metrics};
 use crate::telemetry::AuditWriter;
 
 /// A batch is handed over once it holds this much...
@@ -56,6 +56,12 @@ pub struct AuditRecord {
     pub model: Option<String>,
     pub status: u16,
     pub error: Option<&'static str>,
+    /// The `reason` label the refusal is counted under (`GatewayError::rejection`).
+    pub rejected: Option<&'static str>,
+    /// The guard and rule behind a refusal or failure, for the operator reading the line.
+    pub reason: Option<String>,
+    /// What a guard in report-only mode would have refused (the request was served).
+    pub report: Vec<(crate::policy::Guard, String)>,
     pub prompt_chars: Option<usize>,
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
@@ -64,6 +70,26 @@ pub struct AuditRecord {
     pub upstream: Option<Duration>,
     /// Time waited in the fair queue for a backend slot.
     pub queue: Option<Duration>,
+}
+
+impl AuditRecord {
+    /// The request was answered with `err`: its code, the rejection metric's label, and the
+    /// rule behind it (unless the site that refused already named a more precise one).
+    pub fn refused(&mut self, status: u16, err: &crate::errors::GatewayError) {
+        self.status = status;
+        if self.error.is_none() {
+            self.error = Some(err.code());
+            self.rejected = err.rejection();
+        }
+        if self.reason.is_none() {
+            self.reason = Some(err.rule().to_owned());
+        }
+    }
+
+    /// A guard in report-only mode would have refused this request for `why`.
+    pub fn would_refuse(&mut self, guard: crate::policy::Guard, why: String) {
+        self.report.push((guard, why));
+    }
 }
 
 /// Where finished requests go: the metrics, and the audit file when `audit.dir` is set.
@@ -139,8 +165,11 @@ impl Drop for AuditCell {
             prompt_tokens: r.prompt_tokens,
             completion_tokens: r.completion_tokens,
         });
-        if let Some(reason) = r.error.and_then(rejection_reason) {
+        if let Some(reason) = r.rejected {
             m.reject(reason);
+        }
+        for (guard, _) in &r.report {
+            m.report_only(*guard);
         }
         // What the request cost: for the fair queue's order between keys, and settled against
         // its token quota (what Ollama reported; what was seen so far for a cut stream).
@@ -301,6 +330,18 @@ fn write_line(out: &mut Vec<u8>, r: &AuditRecord, latency: Duration, now: System
     int(out, r.status);
     out.extend_from_slice(b",\"error\":");
     json_opt_str(out, r.error);
+    out.extend_from_slice(b",\"reason\":");
+    json_opt_str(out, r.reason.as_deref());
+    if !r.report.is_empty() {
+        out.extend_from_slice(b",\"report_only\":[");
+        for (i, (_, would)) in r.report.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            json_str(out, would);
+        }
+        out.push(b']');
+    }
     out.extend_from_slice(b",\"prompt_chars\":");
     opt_int(out, r.prompt_chars);
     out.extend_from_slice(b",\"prompt_tokens\":");
@@ -447,7 +488,7 @@ mod tests {
         assert_eq!(v["ttft_ms"], 1234.567);
         assert_eq!(v["queue_ms"], 40.0);
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
-        assert_eq!(keys.len(), 18, "{keys:?}");
+        assert_eq!(keys.len(), 19, "{keys:?}");
         let mut v4 = Vec::new();
         ip_into(&mut v4, "10.0.255.1".parse().unwrap());
         assert_eq!(v4, b"10.0.255.1");

@@ -21,6 +21,7 @@ use bytes::Bytes;
 
 use crate::audit::{self, AuditCell, AuditRecord};
 use crate::errors::{Dialect, GatewayError};
+use crate::policy::Guard;
 use crate::policy::Policy;
 use crate::state::AppState;
 
@@ -36,6 +37,30 @@ pub struct RequestCtx {
     pub audit: Rc<AuditCell>,
     /// How this route's errors are written (OpenAI, Anthropic or Ollama).
     pub dialect: Dialect,
+}
+
+impl RequestCtx {
+    /// A guard refuses this request with `err` because of `rule` (the policy field and what
+    /// it holds, for the operator). In force: the rule becomes the audit line's `reason` and
+    /// `err` is returned. Report-only (`report_only:` names the guard): the refusal is
+    /// recorded (audit `report_only`, metric, log) and the request goes on.
+    pub fn refuse(
+        &self,
+        guard: Guard,
+        rule: impl FnOnce() -> String,
+        err: GatewayError,
+    ) -> Result<(), GatewayError> {
+        let why = format!("{}: {}", guard.name(), rule());
+        if self.policy.reports(guard) {
+            tracing::info!(request_id = %self.request_id, guard = guard.name(), rule = %why,
+                "A report-only guard would have refused this request; served.");
+            self.audit.update(|r| r.would_refuse(guard, why));
+            Ok(())
+        } else {
+            self.audit.update(|r| r.reason = Some(why));
+            Err(err)
+        }
+    }
 }
 
 /// The request's context, as the gate left it.
@@ -110,6 +135,9 @@ fn audit_path(path: &str) -> String {
 struct InDialect {
     err: GatewayError,
     dialect: Dialect,
+    /// Sent back as `x-request-id`, so a refused user can quote it and the operator find the
+    /// audit line.
+    request_id: String,
 }
 
 impl std::fmt::Display for InDialect {
@@ -124,7 +152,11 @@ impl actix_web::ResponseError for InDialect {
     }
 
     fn error_response(&self) -> actix_web::HttpResponse {
-        self.err.response(self.dialect)
+        let mut res = self.err.response(self.dialect);
+        if let Ok(v) = HeaderValue::from_str(&self.request_id) {
+            res.headers_mut().insert(X_REQUEST_ID, v);
+        }
+        res
     }
 }
 
@@ -220,22 +252,22 @@ pub async fn gate(
                 }
             });
             let status = err.status_code().as_u16();
-            audit.update(|r| {
-                r.status = status;
-                r.error = r.error.or(Some(err.code()));
-            });
+            audit.update(|r| r.refused(status, &err));
             // The request went to the failed service, so the answer is built by actix from
             // this error: rendered in the route's dialect.
-            return Err(InDialect { err, dialect }.into());
+            return Err(InDialect {
+                err,
+                dialect,
+                request_id,
+            }
+            .into());
         }
     };
     let status = res.status().as_u16();
     let code = error.as_ref().map(GatewayError::code);
-    audit.update(|r| {
-        r.status = status;
-        if r.error.is_none() {
-            r.error = code;
-        }
+    audit.update(|r| match &error {
+        Some(err) => r.refused(status, err),
+        None => r.status = status,
     });
     if status >= 500 {
         tracing::warn!(request_id = %request_id, status, error = code.unwrap_or("unknown"), "Request failed.");

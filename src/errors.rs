@@ -142,6 +142,78 @@ impl GatewayError {
         }
     }
 
+    /// The guard and rule a refusal comes from, for the audit line's `reason` when the site
+    /// that refused did not name a more precise one. Exhaustive, so a new variant names its
+    /// rule here or does not compile.
+    pub fn rule(&self) -> &'static str {
+        match self {
+            GatewayError::InvalidApiKey => "auth: no valid key",
+            GatewayError::AmbiguousApiKey => "auth: two different keys",
+            GatewayError::ExpiredApiKey => "auth: key expires_at passed",
+            GatewayError::ApiKeyNotYetValid => "auth: key not_before ahead",
+            GatewayError::AuthThrottled { .. } => "auth: max_failures per failure_window_seconds",
+            GatewayError::IpNotAllowed => "whitelist: no range in whitelist.ips matches",
+            GatewayError::ModelNotAllowed { .. } => "models: not in the key's models",
+            GatewayError::RateLimited(_) => "rate_limit",
+            GatewayError::TokenLimited(_) => "token_limit",
+            GatewayError::PromptTooLong { .. } => "prompt_limit: limits.max_prompt_chars",
+            GatewayError::BodyTooLarge { .. } => "limits.max_body_bytes",
+            GatewayError::BadRequest { .. } => "request: not a valid request",
+            GatewayError::RequestTimeout { .. } => "limits.body_timeout_seconds",
+            GatewayError::RouteNotFound { .. } => "routes: no such route",
+            GatewayError::AdminOnly => "admin: the key has no admin: true",
+            GatewayError::UpstreamTooOld { .. } => "upstream: route needs a newer Ollama",
+            GatewayError::MethodNotAllowed => "routes: method not allowed",
+            GatewayError::ModelNotFound { .. } => "upstream: model not found",
+            GatewayError::UpstreamUnavailable { .. } => "upstream: no backend available",
+            GatewayError::UpstreamBusy { .. } => "upstream: backend busy",
+            GatewayError::UpstreamTimeout => "upstream: timeout",
+            GatewayError::UpstreamFailed => "upstream: failed answer",
+            GatewayError::RateLimiterUnavailable => "rate_limit: redis unavailable",
+            GatewayError::TooManyConcurrent => "concurrency: key max_concurrent",
+            GatewayError::QueueFull { .. } => "queue.max_waiting",
+            GatewayError::QueueTimeout { .. } => "queue.max_wait_seconds",
+            GatewayError::Overloaded => "gateway: local resources exhausted",
+            GatewayError::Interrupted => "shutdown: shutdown_grace_seconds",
+            GatewayError::Internal => "gateway: internal error",
+        }
+    }
+
+    /// The `reason` label of `qwen_gateway_rejections_total`: which guard refused, or `None`
+    /// for failures that are not refusals (upstream trouble, shutdown). Exhaustive, so a new
+    /// variant cannot miss its metric.
+    pub fn rejection(&self) -> Option<&'static str> {
+        match self {
+            GatewayError::InvalidApiKey
+            | GatewayError::AmbiguousApiKey
+            | GatewayError::ExpiredApiKey
+            | GatewayError::ApiKeyNotYetValid
+            | GatewayError::AuthThrottled { .. }
+            | GatewayError::ModelNotAllowed { .. }
+            | GatewayError::AdminOnly => Some("auth"),
+            GatewayError::IpNotAllowed => Some("ip"),
+            GatewayError::RateLimited(_)
+            | GatewayError::TokenLimited(_)
+            | GatewayError::TooManyConcurrent => Some("rate"),
+            GatewayError::PromptTooLong { .. } | GatewayError::BodyTooLarge { .. } => Some("size"),
+            GatewayError::BadRequest { .. }
+            | GatewayError::RequestTimeout { .. }
+            | GatewayError::MethodNotAllowed
+            | GatewayError::RouteNotFound { .. } => Some("invalid"),
+            GatewayError::QueueFull { .. } | GatewayError::QueueTimeout { .. } => Some("queue"),
+            GatewayError::UpstreamTooOld { .. }
+            | GatewayError::ModelNotFound { .. }
+            | GatewayError::UpstreamUnavailable { .. }
+            | GatewayError::UpstreamBusy { .. }
+            | GatewayError::UpstreamTimeout
+            | GatewayError::UpstreamFailed
+            | GatewayError::RateLimiterUnavailable
+            | GatewayError::Overloaded
+            | GatewayError::Interrupted
+            | GatewayError::Internal => None,
+        }
+    }
+
     /// OpenAI's error `type` field.
     fn kind(&self) -> &'static str {
         match self {

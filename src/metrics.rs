@@ -40,6 +40,11 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GuardLabels {
+    pub guard: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: &'static str,
 }
@@ -85,6 +90,7 @@ pub struct Metrics {
     pub prompt_tokens: Family<KeyLabels, Counter>,
     pub completion_tokens: Family<KeyLabels, Counter>,
     pub rejections: Family<ReasonLabels, Counter>,
+    pub report_only: Family<GuardLabels, Counter>,
     pub upstream_errors: Family<KindLabels, Counter>,
     pub breaker_state: Gauge<i64, AtomicI64>,
     pub backend_breaker: Family<BackendLabels, Gauge<i64, AtomicI64>>,
@@ -123,6 +129,7 @@ impl Metrics {
             prompt_tokens: Family::default(),
             completion_tokens: Family::default(),
             rejections: Family::default(),
+            report_only: Family::default(),
             upstream_errors: Family::default(),
             breaker_state: Gauge::default(),
             backend_breaker: Family::default(),
@@ -167,8 +174,13 @@ impl Metrics {
         );
         r.register(
             "rejections",
-            "Requests refused before reaching Ollama, by reason (auth, ip, rate, size, invalid)",
+            "Requests refused, by reason (auth, ip, rate, size, invalid, queue)",
             m.rejections.clone(),
+        );
+        r.register(
+            "report_only",
+            "Requests a report-only guard would have refused (served), by guard",
+            m.report_only.clone(),
         );
         r.register(
             "upstream_errors",
@@ -312,6 +324,14 @@ impl Metrics {
             .inc();
     }
 
+    pub fn report_only(&self, guard: crate::policy::Guard) {
+        self.report_only
+            .get_or_create(&GuardLabels {
+                guard: guard.name(),
+            })
+            .inc();
+    }
+
     pub fn upstream_error(&self, kind: &'static str) {
         self.upstream_errors
             .get_or_create(&KindLabels { kind })
@@ -439,23 +459,6 @@ struct LocalHandles {
 
 thread_local! {
     static LOCAL: RefCell<LocalHandles> = RefCell::new(LocalHandles::default());
-}
-
-/// Reason label for a refused request, from its error code.
-pub fn rejection_reason(code: &str) -> Option<&'static str> {
-    Some(match code {
-        "invalid_api_key"
-        | "ambiguous_api_key"
-        | "expired_api_key"
-        | "api_key_not_yet_valid"
-        | "auth_throttled"
-        | "model_not_allowed" => "auth",
-        "ip_not_allowed" => "ip",
-        "rate_limit_exceeded" | "token_limit_exceeded" | "too_many_concurrent_requests" => "rate",
-        "prompt_too_long" | "request_too_large" => "size",
-        "invalid_request" => "invalid",
-        _ => return None,
-    })
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ pub struct PolicyFile {
     pub models: Option<BTreeMap<String, ModelFile>>,
     pub audit: Option<AuditFile>,
     pub shutdown_grace_seconds: Option<u64>,
+    pub report_only: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

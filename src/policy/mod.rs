@@ -265,10 +265,55 @@ pub struct Policy {
     pub models: ModelMap,
     pub audit: AuditPolicy,
     pub shutdown_grace: Duration,
+    /// Guards that report instead of enforce.
+    pub report_only: BTreeSet<Guard>,
     /// SHA-256 of the file's bytes, hex: identifies the policy in logs, metrics and /readyz.
     pub sha256: String,
     /// Things that load but deserve an operator's attention (plaintext keys, open ranges).
     pub warnings: Vec<String>,
+}
+
+/// A guard that can be switched to report-only (`report_only:` in the policy): it still
+/// decides, but a refusal is recorded (audit `report_only`, metric, log) and the request is
+/// served. Admin-only routes and the failed-key throttle's counting are not among them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Guard {
+    Whitelist,
+    Auth,
+    RateLimit,
+    TokenLimit,
+    Models,
+    PromptLimit,
+    Clamps,
+}
+
+impl Guard {
+    pub const ALL: [Guard; 7] = [
+        Guard::Whitelist,
+        Guard::Auth,
+        Guard::RateLimit,
+        Guard::TokenLimit,
+        Guard::Models,
+        Guard::PromptLimit,
+        Guard::Clamps,
+    ];
+
+    /// The name used in `report_only:`, audit lines and the `guard` metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Guard::Whitelist => "whitelist",
+            Guard::Auth => "auth",
+            Guard::RateLimit => "rate_limit",
+            Guard::TokenLimit => "token_limit",
+            Guard::Models => "models",
+            Guard::PromptLimit => "prompt_limit",
+            Guard::Clamps => "clamps",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Guard> {
+        Guard::ALL.into_iter().find(|g| g.name() == name)
+    }
 }
 
 pub const DEFAULT_PATH: &str = "/etc/qwen-gateway/policy.yaml";
@@ -284,9 +329,30 @@ impl Policy {
 
     /// The prompt limit for a request: the key's own, else the model's, else `limits`.
     pub fn prompt_limit(&self, key: Option<&ApiKey>, model: Option<&str>) -> usize {
-        key.and_then(|k| k.limits.max_prompt_chars)
-            .or_else(|| model.and_then(|m| self.models.settings(m).max_prompt_chars))
-            .unwrap_or(self.limits.max_prompt_chars)
+        self.prompt_limit_rule(key, model).0
+    }
+
+    /// The prompt limit and the policy field it comes from (for audit reasons and `explain`).
+    pub fn prompt_limit_rule(&self, key: Option<&ApiKey>, model: Option<&str>) -> (usize, String) {
+        if let Some(k) = key
+            && let Some(max) = k.limits.max_prompt_chars
+        {
+            return (max, format!("auth.keys[{}].limits.max_prompt_chars", k.id));
+        }
+        if let Some(m) = model
+            && let Some(max) = self.models.settings(m).max_prompt_chars
+        {
+            return (max, format!("models[{m}].max_prompt_chars"));
+        }
+        (
+            self.limits.max_prompt_chars,
+            "limits.max_prompt_chars".to_owned(),
+        )
+    }
+
+    /// Whether `guard` only reports (`report_only:`) instead of refusing.
+    pub fn reports(&self, guard: Guard) -> bool {
+        self.report_only.contains(&guard)
     }
 
     /// The request clamps for a key (if any) and a public model.

@@ -366,6 +366,7 @@ pub fn validate(f: PolicyFile, sha256: String) -> Result<Policy, PolicyError> {
     }
 
     let shutdown_grace = Duration::from_secs(f.shutdown_grace_seconds.unwrap_or(30));
+    let report_only = report_only(f.report_only.unwrap_or_default(), &mut warnings)?;
 
     Ok(Policy {
         listen,
@@ -383,9 +384,39 @@ pub fn validate(f: PolicyFile, sha256: String) -> Result<Policy, PolicyError> {
         models,
         audit,
         shutdown_grace,
+        report_only,
         sha256,
         warnings,
     })
+}
+
+/// `report_only: [rate_limit, ...]`: guards that record what they would refuse and serve it.
+fn report_only(
+    names: Vec<String>,
+    warnings: &mut Vec<String>,
+) -> Result<BTreeSet<super::Guard>, PolicyError> {
+    let mut out = BTreeSet::new();
+    for (i, name) in names.iter().enumerate() {
+        let guard = super::Guard::parse(name).ok_or_else(|| {
+            let known: Vec<&str> = super::Guard::ALL.iter().map(|g| g.name()).collect();
+            PolicyError::invalid(
+                format!("report_only[{i}]"),
+                format!("must be one of {}", known.join(", ")),
+            )
+        })?;
+        if !out.insert(guard) {
+            return Err(PolicyError::invalid(
+                format!("report_only[{i}]"),
+                "names a guard listed before it",
+            ));
+        }
+        warnings.push(format!(
+            "report_only: the {} guard does not refuse; what it would refuse is served and \
+             reported",
+            guard.name()
+        ));
+    }
+    Ok(out)
 }
 
 /// `:18789` (every interface, as in Go), `HOST:PORT`, `[v6]:PORT`.

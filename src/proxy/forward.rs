@@ -24,6 +24,7 @@ use crate::admission::Admitted;
 use crate::clamp::Clamped;
 use crate::context::request_ctx;
 use crate::errors::{Dialect, GatewayError};
+use crate::policy::Guard;
 use crate::state::AppState;
 
 /// How a streamed answer comes from Ollama on this route.
@@ -498,18 +499,23 @@ pub async fn forward(
     // In the chat route's order: the prompt limit, then the key's model access.
     let public = requested_model(&v, &ctx)?.to_owned();
     let key = admitted.principal.as_ref().map(|p| &*p.key);
-    let max_prompt = policy.prompt_limit(key, Some(&public));
-    if chars > max_prompt {
-        return Err(GatewayError::PromptTooLong { max: max_prompt });
-    }
-    let up = model_access(&public, policy, admitted.principal.as_ref())?;
+    super::prompt_guard(&ctx, key, &public, chars)?;
+    let up = model_access(&public, &ctx, admitted.principal.as_ref())?;
     let clamps = policy.clamps(key, &public);
     let mut clamped = Clamped::default();
+    let apply = |obj: &mut serde_json::Map<String, Value>, clamped: &mut Clamped| match spec.clamp {
+        ClampAt::Native { generates } => clamps.native_body(obj, generates, clamped),
+        ClampAt::Output(field) => clamps.output_field(obj, field, clamped),
+        ClampAt::Nothing => Ok(()),
+    };
     if let Some(obj) = v.as_object_mut() {
-        match spec.clamp {
-            ClampAt::Native { generates } => clamps.native_body(obj, generates, &mut clamped)?,
-            ClampAt::Output(field) => clamps.output_field(obj, field, &mut clamped)?,
-            ClampAt::Nothing => {}
+        if policy.reports(Guard::Clamps) {
+            // Report-only: the clamps run on a copy; the request goes on as the client sent it.
+            let mut copy = obj.clone();
+            let mut would = Clamped::default();
+            super::report_clamps(&ctx, apply(&mut copy, &mut would), &would);
+        } else {
+            apply(obj, &mut clamped)?;
         }
     }
     let generates = matches!(

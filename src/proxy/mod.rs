@@ -107,6 +107,45 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<
     })
 }
 
+/// The prompt limit that applies to this key and model: 400 `prompt_too_long` over it
+/// (or, report-only, a note in the audit line).
+pub(crate) fn prompt_guard(
+    ctx: &RequestCtx,
+    key: Option<&crate::policy::ApiKey>,
+    model: &str,
+    chars: usize,
+) -> Result<(), GatewayError> {
+    let (max, field) = ctx.policy.prompt_limit_rule(key, Some(model));
+    if chars > max {
+        ctx.refuse(
+            crate::policy::Guard::PromptLimit,
+            || format!("{chars} chars over {field} {max}"),
+            GatewayError::PromptTooLong { max },
+        )?;
+    }
+    Ok(())
+}
+
+/// What report-only clamps would have done: refused (with the message a client would have
+/// read) or clamped (the fields and bounds). Nothing is recorded when they change nothing.
+pub(crate) fn report_clamps(
+    ctx: &RequestCtx,
+    outcome: Result<(), GatewayError>,
+    would: &crate::clamp::Clamped,
+) {
+    let note = match outcome {
+        Err(e) => Some(format!("would refuse: {}", e.message())),
+        Ok(()) => would.header().map(|h| format!("would clamp {h}")),
+    };
+    if let Some(note) = note {
+        tracing::info!(request_id = %ctx.request_id, guard = "clamps", %note,
+            "A report-only guard would have changed this request; served as sent.");
+        ctx.audit.update(|r| {
+            r.would_refuse(crate::policy::Guard::Clamps, format!("clamps: {note}"));
+        });
+    }
+}
+
 /// `x-qwen-gateway-clamped: num_ctx=32768, ...` when the request clamps changed a value.
 pub(crate) fn with_clamped_header(
     resp: &mut actix_web::HttpResponseBuilder,
@@ -173,7 +212,21 @@ pub(crate) async fn reserve_tokens(
             ctx.audit.hold_tokens(reservation);
             Ok(Some(decision))
         }
-        Err(decision) => Err(GatewayError::TokenLimited(decision)),
+        Err(decision) => {
+            let scope = match principal {
+                Some(p) if p.key.token_limit.is_some() => {
+                    format!("auth.keys[{}].token_limit", p.key.id)
+                }
+                Some(p) => format!("token_limit for key {}", p.key.id),
+                None => format!("token_limit for address {}", ctx.client_ip),
+            };
+            ctx.refuse(
+                crate::policy::Guard::TokenLimit,
+                || format!("{scope}: an estimated {estimate} tokens do not fit"),
+                GatewayError::TokenLimited(decision),
+            )?;
+            Ok(None)
+        }
     }
 }
 
@@ -274,11 +327,8 @@ pub async fn chat_completions(
     let chars = convert::prompt_chars(&chat);
     ctx.audit.update(|r| r.prompt_chars = Some(chars));
     let key = principal.as_ref().map(|p| &*p.key);
-    let max_prompt = policy.prompt_limit(key, Some(&chat.model));
-    if chars > max_prompt {
-        return Err(GatewayError::PromptTooLong { max: max_prompt });
-    }
-    let upstream_model = native::model_access(&chat.model, policy, principal.as_ref())?;
+    prompt_guard(&ctx, key, &chat.model, chars)?;
+    let upstream_model = native::model_access(&chat.model, &ctx, principal.as_ref())?;
     let mut native = convert::to_ollama(&chat, &upstream_model)?;
     convert::check_native_messages(&native, policy.limits.max_messages)?;
     // The request clamps: context, output limit (every spelling, a default when absent),
@@ -289,9 +339,25 @@ pub async fn chat_completions(
         .options
         .num_predict
         .map(|n| i64::try_from(n).unwrap_or(i64::MAX));
-    native.options.num_predict = clamps.output(asked_output, &mut clamped)?;
-    native.options.num_ctx = clamps.num_ctx(native.options.num_ctx, &mut clamped)?;
-    native.keep_alive = clamps.keep_alive(native.keep_alive.as_ref(), &mut clamped)?;
+    let asked_ctx = native.options.num_ctx;
+    let asked_keep = native.keep_alive.clone();
+    let clamp_all = |c: &mut crate::clamp::Clamped| {
+        Ok::<_, GatewayError>((
+            clamps.output(asked_output, c)?,
+            clamps.num_ctx(asked_ctx, c)?,
+            clamps.keep_alive(asked_keep.as_ref(), c)?,
+        ))
+    };
+    if policy.reports(crate::policy::Guard::Clamps) {
+        // Report-only: the clamps are worked out, not applied; the request goes on as sent.
+        let mut would = crate::clamp::Clamped::default();
+        report_clamps(&ctx, clamp_all(&mut would).map(|_| ()), &would);
+    } else {
+        let (num_predict, num_ctx, keep_alive) = clamp_all(&mut clamped)?;
+        native.options.num_predict = num_predict;
+        native.options.num_ctx = num_ctx;
+        native.keep_alive = keep_alive;
+    }
     let tokens = reserve_tokens(
         &req,
         &state,

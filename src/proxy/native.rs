@@ -19,7 +19,7 @@ use crate::admission::Admitted;
 use crate::auth::Principal;
 use crate::context::{RequestCtx, request_ctx};
 use crate::errors::GatewayError;
-use crate::policy::Policy;
+use crate::policy::{Guard, Policy};
 use crate::state::AppState;
 
 /// One Ollama model as a backend lists it (`/api/tags` or `/api/ps` entry), kept whole so
@@ -225,17 +225,22 @@ pub fn requested_model<'b>(body: &'b Value, ctx: &RequestCtx) -> Result<&'b str,
 /// use, 404 for one the gateway does not serve. Every model route asks this.
 pub fn model_access(
     public: &str,
-    policy: &Policy,
+    ctx: &RequestCtx,
     principal: Option<&Principal>,
 ) -> Result<String, GatewayError> {
-    if let Some(allowed) = principal.and_then(Principal::models)
+    if let Some(p) = principal
+        && let Some(allowed) = p.models()
         && !allowed.contains(public)
     {
-        return Err(GatewayError::ModelNotAllowed {
-            model: public.to_owned(),
-        });
+        ctx.refuse(
+            Guard::Models,
+            || format!("auth.keys[{}].models does not list {public}", p.key_id()),
+            GatewayError::ModelNotAllowed {
+                model: public.to_owned(),
+            },
+        )?;
     }
-    policy
+    ctx.policy
         .models
         .to_upstream(public)
         .map(str::to_owned)
@@ -258,7 +263,7 @@ pub async fn show(
     let body = read_body(&req, payload, &policy.limits).await?;
     let mut v: Value = parse_json(&body)?;
     let public = requested_model(&v, &ctx)?.to_owned();
-    let up = model_access(&public, policy, admitted.principal.as_ref())?;
+    let up = model_access(&public, &ctx, admitted.principal.as_ref())?;
     if let Some(obj) = v.as_object_mut() {
         obj.remove("name");
         obj.insert("model".to_owned(), Value::from(up.as_str()));

@@ -170,6 +170,7 @@ impl<S, L: Lines> State<S, L> {
         let seen = self.lines_seen;
         self.audit.update(|r| {
             r.error = Some(err.code());
+            r.reason = Some(err.rule().to_owned());
             r.completion_tokens = r.completion_tokens.or(Some(seen));
         });
         self.translator.error_event(&err, out);

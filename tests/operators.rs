@@ -1,0 +1,273 @@
+//! The operators' tools: why a request was refused (audit `reason`), report-only guards,
+//! `check`, `explain`, the reload history. Real binary, real sockets, the stand-in Ollama.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+const ALICE: &str = "alice-key-0123456789";
+
+/// Alice may use qwen3:32b, 5 requests a minute; prompts up to 100 characters; output at
+/// most 100 tokens, refused above. `{REPORT}` is replaced by the `report_only:` line.
+const POLICY: &str = r#"
+ollama_api: "{OLLAMA}"
+rate_limit: {enabled: true, max_requests: 30, window_seconds: 60}
+auth:
+  enabled: true
+  keys:
+    - {id: alice, key: "alice-key-0123456789", models: ["qwen3:32b"], rate_limit: {max_requests: 5}}
+whitelist: {enabled: true, ips: ["127.0.0.1", "10.0.0.0/16"]}
+limits: {max_prompt_chars: 100, max_output_tokens: 100, over_limit: refuse}
+audit: {dir: "{DIR}/audit"}
+{REPORT}
+"#;
+
+fn policy(report: &str) -> String {
+    POLICY.replace("{REPORT}", report)
+}
+
+fn chat(gw: &Gateway, key: Option<&str>, xff: Option<&str>, body: &Value) -> Response {
+    let mut h = vec![("Content-Type", "application/json")];
+    if let Some(k) = key {
+        h.push(("X-Api-Key", k));
+    }
+    if let Some(x) = xff {
+        h.push(("X-Forwarded-For", x));
+    }
+    request(
+        gw.addr,
+        "POST",
+        "/v1/chat/completions",
+        &h,
+        Some(body.to_string().as_bytes()),
+    )
+}
+
+fn long_prompt() -> Value {
+    json!({"model": "qwen3:32b", "messages": [{"role": "user", "content": "x".repeat(200)}]})
+}
+
+fn big_output() -> Value {
+    json!({"model": "qwen3:32b", "max_tokens": 5000,
+           "messages": [{"role": "user", "content": "hi"}]})
+}
+
+/// The audit lines of `answers`, in their order (workers write their batches independently,
+/// so the file's order is not the requests').
+fn audit_of(gw: &Gateway, answers: &[&Response]) -> Vec<Value> {
+    let ids: Vec<String> = answers
+        .iter()
+        .map(|r| r.header("x-request-id").expect("request id").to_owned())
+        .collect();
+    wait_for(Duration::from_secs(5), "audit lines", || {
+        let lines = gw.audit_lines();
+        ids.iter()
+            .map(|id| {
+                lines
+                    .iter()
+                    .find(|l| l["request_id"] == id.as_str())
+                    .cloned()
+            })
+            .collect::<Option<Vec<Value>>>()
+    })
+}
+
+fn metric(gw: &Gateway, series: &str) -> f64 {
+    let m = request(gw.addr, "GET", "/metrics", &[], None).text();
+    m.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn every_refusal_names_its_guard_and_rule() {
+    let fake = Fake::start(&[]);
+    let gw = Gateway::start(&policy(""), &fake.url());
+    let ok = hello("qwen3:32b");
+    let cases: Vec<(Response, u16, &str)> = vec![
+        (
+            chat(&gw, Some(ALICE), Some("203.0.113.9"), &ok),
+            403,
+            "whitelist: 203.0.113.9 matches no range in whitelist.ips",
+        ),
+        (chat(&gw, None, None, &ok), 401, "auth: no api key was sent"),
+        (
+            chat(&gw, Some("not-a-key-at-all"), None, &ok),
+            401,
+            "auth: the api key matches no key in auth",
+        ),
+        (
+            chat(&gw, Some(ALICE), None, &hello("llama3.2:latest")),
+            403,
+            "models: auth.keys[alice].models does not list llama3.2:latest",
+        ),
+        (
+            chat(&gw, Some(ALICE), None, &long_prompt()),
+            400,
+            "prompt_limit: 200 chars over limits.max_prompt_chars 100",
+        ),
+        (
+            chat(&gw, Some(ALICE), None, &big_output()),
+            400,
+            "request: not a valid request",
+        ),
+    ];
+    for (r, status, _) in &cases {
+        assert_eq!(r.status, *status, "{}", r.text());
+        // The rule is for the operator: the client's answer never names it.
+        assert!(!r.text().contains("whitelist"), "{}", r.text());
+        assert!(!r.text().contains("auth.keys"), "{}", r.text());
+    }
+    // Alice's five: model, prompt, output, these two; the whitelist refused before her key
+    // was read.
+    assert_eq!(chat(&gw, Some(ALICE), None, &ok).status, 200);
+    let served = chat(&gw, Some(ALICE), None, &ok);
+    let r = chat(&gw, Some(ALICE), None, &ok);
+    assert_eq!(r.status, 429);
+
+    let mut answers: Vec<&Response> = cases.iter().map(|c| &c.0).collect();
+    answers.push(&served);
+    answers.push(&r);
+    let lines = audit_of(&gw, &answers);
+    for (i, (_, status, reason)) in cases.iter().enumerate() {
+        assert_eq!(lines[i]["status"], *status);
+        assert_eq!(lines[i]["reason"], *reason, "line {i}: {}", lines[i]);
+    }
+    assert_eq!(lines[6]["reason"], Value::Null, "{}", lines[6]);
+    assert_eq!(
+        lines[7]["reason"], "rate_limit: auth.keys[alice].rate_limit 5/60s",
+        "{}",
+        lines[7]
+    );
+    assert_eq!(fake.chat_requests(), 2);
+    assert_eq!(
+        metric(&gw, "qwen_gateway_rejections_total{reason=\"ip\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&gw, "qwen_gateway_rejections_total{reason=\"auth\"}"),
+        3.0
+    );
+    assert_eq!(
+        metric(&gw, "qwen_gateway_rejections_total{reason=\"size\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&gw, "qwen_gateway_rejections_total{reason=\"rate\"}"),
+        1.0
+    );
+    assert_eq!(metric(&gw, "qwen_gateway_report_only_total"), 0.0);
+}
+
+#[test]
+fn report_only_guards_serve_and_say_what_they_would_have_refused() {
+    let fake = Fake::start(&[]);
+    let gw = Gateway::start(
+        &policy("report_only: [whitelist, auth, rate_limit, models, prompt_limit, clamps]"),
+        &fake.url(),
+    );
+    let ok = hello("qwen3:32b");
+    let served = [
+        chat(&gw, Some(ALICE), Some("203.0.113.9"), &ok),
+        chat(&gw, None, None, &ok),
+        chat(&gw, Some(ALICE), None, &hello("llama3.2:latest")),
+        chat(&gw, Some(ALICE), None, &long_prompt()),
+        chat(&gw, Some(ALICE), None, &big_output()),
+        chat(&gw, Some(ALICE), None, &ok),
+        chat(&gw, Some(ALICE), None, &ok),
+    ];
+    for r in &served {
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(r.header("x-qwen-gateway-clamped").is_none());
+    }
+    assert_eq!(fake.chat_requests(), 7);
+    // The output limit went to Ollama as the client sent it.
+    let log = fake.stats()["chat_log"].to_string();
+    assert!(!log.contains("\"num_predict\":100"), "{log}");
+
+    let lines = audit_of(&gw, &served.iter().collect::<Vec<_>>());
+    let report = |i: usize| -> String { lines[i]["report_only"].to_string() };
+    assert!(
+        report(0).contains("whitelist: 203.0.113.9 matches no range"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        report(1).contains("auth: no api key was sent"),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        report(2).contains("models: auth.keys[alice].models does not list llama3.2:latest"),
+        "{}",
+        lines[2]
+    );
+    assert!(
+        report(3).contains("prompt_limit: 200 chars over limits.max_prompt_chars 100"),
+        "{}",
+        lines[3]
+    );
+    assert!(
+        report(4).contains("clamps: would refuse: the output token limit is over"),
+        "{}",
+        lines[4]
+    );
+    // Alice's sixth request (the keyless one spent the address's budget, not hers).
+    assert!(
+        report(6).contains("rate_limit: auth.keys[alice].rate_limit 5/60s"),
+        "{}",
+        lines[6]
+    );
+    assert_eq!(lines[5]["report_only"], Value::Null, "{}", lines[5]);
+    for l in &lines {
+        assert_eq!(l["status"], 200);
+        assert_eq!(l["reason"], Value::Null);
+    }
+    for guard in [
+        "whitelist",
+        "auth",
+        "models",
+        "prompt_limit",
+        "clamps",
+        "rate_limit",
+    ] {
+        let series = format!("qwen_gateway_report_only_total{{guard=\"{guard}\"}}");
+        assert_eq!(metric(&gw, &series), 1.0, "{series}");
+    }
+    assert!(gw.stderr_text().contains("would have refused"));
+
+    // Enforce: the same file without `report_only`, and the same requests are refused.
+    let skip = gw.log_len();
+    let text = Gateway::render(&policy(""), &fake.url(), gw.dir.path());
+    let tmp = gw.dir.path().join("policy.new");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, &gw.policy_path).unwrap();
+    gw.wait_log("Policy reloaded", skip);
+    assert_eq!(chat(&gw, Some(ALICE), Some("203.0.113.9"), &ok).status, 403);
+    assert_eq!(chat(&gw, None, None, &ok).status, 401);
+    assert_eq!(chat(&gw, Some(ALICE), None, &long_prompt()).status, 429);
+}
+
+#[test]
+fn report_only_names_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.yaml");
+    let text = Gateway::render(
+        &policy("report_only: [rate_limit, ratelimit]"),
+        "http://127.0.0.1:9",
+        dir.path(),
+    );
+    std::fs::write(&path, text).unwrap();
+    let out = std::process::Command::new(GATEWAY)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("report_only[1]"), "{err}");
+}
