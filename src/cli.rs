@@ -30,9 +30,28 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Validate the policy file like `nginx -t`: exit 0 with a summary, or non-zero with the
-    /// field at fault.
-    Check,
+    /// Validate the policy file like `nginx -t`: exit 0 with a summary, or 1 with every
+    /// error (each with its field path) and warning.
+    Check {
+        /// Fail (exit 1) on warnings too, for a policy repository's CI.
+        #[arg(long)]
+        deny_warnings: bool,
+        /// Also try each Ollama backend and Redis and say what answered (a backend that does
+        /// not answer is a warning).
+        #[arg(long)]
+        probe: bool,
+        /// Print what loading this file would change in the running gateway (its `/status`;
+        /// default: the file's `listen` address). Key ids, ranges and limits; never a key.
+        #[arg(long, value_name = "URL", num_args = 0..=1, default_missing_value = "")]
+        against: Option<String>,
+    },
+    /// The running gateway's policy (redacted) and its last reloads (time, trigger, result,
+    /// sha256, what changed or the error).
+    Status {
+        /// The gateway to ask (default: the policy file's `listen` address).
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+    },
     /// Print `sha256:<hex>` for a key, the form `auth` entries should hold. Reads the key from
     /// standard input when not given (keeps it out of shell history).
     HashKey {

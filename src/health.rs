@@ -128,11 +128,15 @@ pub async fn readyz(
     }
     // Ready while at least one Ollama answers.
     let reachable = backends.iter().any(|b| b.reachable);
-    let reload = state
-        .reload
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    // The fields /readyz shows, not the history.
+    let reload = {
+        let r = state.reload.lock().unwrap_or_else(|e| e.into_inner());
+        crate::state::ReloadStatus {
+            error: r.error.clone(),
+            history: std::collections::VecDeque::new(),
+            ..*r
+        }
+    };
     let body = Ready {
         status: if reachable { "ready" } else { "not_ready" },
         policy: PolicyState {
@@ -175,4 +179,58 @@ pub async fn metrics(
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         ))
         .body(state.metrics.render()))
+}
+
+#[derive(Serialize)]
+struct Status<'a> {
+    version: &'static str,
+    policy: StatusPolicy<'a>,
+    /// The last reloads, newest last.
+    reloads: &'a std::collections::VecDeque<crate::state::ReloadEntry>,
+}
+
+#[derive(Serialize)]
+struct StatusPolicy<'a> {
+    path: String,
+    sha256: &'a str,
+    loaded_at: String,
+    warnings: &'a [String],
+    /// The running policy without secrets (`policy::view`).
+    view: serde_json::Value,
+}
+
+/// `/status`: the running policy (redacted) and the reload history, for the operator on the
+/// gateway's host (`qwen-gateway status`, `qwen-gateway check --against`).
+pub async fn status(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, GatewayError> {
+    let ctx = request_ctx(&req)?;
+    let p = &ctx.policy;
+    if !p.trusted_proxies.contains(ctx.client_ip) {
+        ctx.audit.update(|r| {
+            r.reason = Some(format!(
+                "operator: {} is not in trusted_proxies (/status is for the gateway's host)",
+                ctx.client_ip
+            ));
+        });
+        return Err(GatewayError::IpNotAllowed);
+    }
+    let r = state.reload.lock().unwrap_or_else(|e| e.into_inner());
+    let body = Status {
+        version: env!("CARGO_PKG_VERSION"),
+        policy: StatusPolicy {
+            path: state.policy_path.display().to_string(),
+            sha256: &p.sha256,
+            loaded_at: rfc3339(r.loaded_at),
+            warnings: &p.warnings,
+            view: crate::policy::view::view(p),
+        },
+        reloads: &r.history,
+    };
+    let text = serde_json::to_string_pretty(&body).map_err(|_| GatewayError::Internal)?;
+    drop(r);
+    Ok(HttpResponse::Ok()
+        .insert_header((CONTENT_TYPE, "application/json"))
+        .body(text))
 }

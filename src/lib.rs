@@ -21,6 +21,7 @@ pub mod health;
 pub mod ids;
 pub mod json_out;
 pub mod metrics;
+pub mod ops;
 pub mod policy;
 pub mod proxy;
 pub mod queue;

@@ -10,12 +10,17 @@ use qwen_gateway::app;
 use qwen_gateway::cli::{Cli, Command};
 use qwen_gateway::policy::{Policy, hash_key};
 use qwen_gateway::state::AppState;
-use qwen_gateway::{reload, telemetry};
+use qwen_gateway::{ops, reload, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Check) => check(&cli.config),
+        Some(Command::Check {
+            deny_warnings,
+            probe,
+            against,
+        }) => check(&cli.config, deny_warnings, probe, against),
+        Some(Command::Status { url }) => status(&cli.config, url),
         Some(Command::HashKey { key }) => hash(key),
         Some(Command::GenKey { id }) => gen_key(&id),
         None => match run(&cli.config, cli.workers, !cli.no_watch) {
@@ -28,22 +33,38 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(path: &Path) -> ExitCode {
-    match Policy::load(path) {
-        Ok(p) => {
-            print!("{}", p.summary());
-            println!("qwen-gateway: the policy file {} is valid", path.display());
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("qwen-gateway: {e}");
-            eprintln!(
-                "qwen-gateway: the policy file {} is NOT valid",
-                path.display()
-            );
-            ExitCode::FAILURE
-        }
-    }
+fn check(path: &Path, deny_warnings: bool, probe: bool, against: Option<String>) -> ExitCode {
+    // `--against` without a URL: the gateway this file configures.
+    let against = match against {
+        Some(url) if url.is_empty() => match Policy::load(path) {
+            Ok(p) => Some(ops::local_url(&p)),
+            Err(_) => None,
+        },
+        other => other,
+    };
+    ops::check(
+        path,
+        &ops::CheckOptions {
+            deny_warnings,
+            probe,
+            against,
+        },
+    )
+}
+
+/// `status`: asks the gateway at `url`, or at the policy file's `listen` address.
+fn status(path: &Path, url: Option<String>) -> ExitCode {
+    let url = match url {
+        Some(u) => u,
+        None => match Policy::load(path) {
+            Ok(p) => ops::local_url(&p),
+            Err(e) => {
+                eprintln!("qwen-gateway: give --url, or a valid --config to find it: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    ops::status(&url)
 }
 
 fn gen_key(id: &str) -> ExitCode {

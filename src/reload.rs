@@ -32,7 +32,7 @@ use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
 use crate::metrics::ResultLabels;
 use crate::policy::source::{self, FileIdentity};
 use crate::policy::{Policy, PolicyError, sha256_hex};
-use crate::state::{AppState, ReloadStatus};
+use crate::state::{AppState, ReloadEntry, ReloadStatus};
 
 /// Quiet time that ends a burst of events: short enough that a rename is live well within
 /// 50 ms, long enough to fold the burst of events one save produces.
@@ -57,6 +57,14 @@ pub enum Trigger {
 }
 
 impl Trigger {
+    /// How the reload history names what started a reload.
+    fn history_name(self) -> &'static str {
+        match self {
+            Trigger::File | Trigger::Renamed => "watcher",
+            Trigger::Signal => "SIGHUP",
+        }
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             Trigger::File => "file change",
@@ -132,14 +140,17 @@ impl Reload {
         } else {
             settled_read(path)
         };
+        let mut read_sha = None;
         let result = read.and_then(|(bytes, identity)| {
             self.last_read = Some(identity);
-            if sha256_hex(&bytes) == current.sha256 {
+            let sha = sha256_hex(&bytes);
+            read_sha = Some(sha.clone());
+            if sha == current.sha256 {
                 return Ok(None);
             }
             Policy::from_bytes(&bytes, path).map(Some)
         });
-        let outcome = apply(state, &current, result, trigger);
+        let outcome = apply(state, &current, result, trigger, read_sha);
         lock(state).in_progress_since = None;
         outcome
     }
@@ -154,9 +165,19 @@ fn apply(
     current: &Policy,
     result: Result<Option<Policy>, PolicyError>,
     trigger: Trigger,
+    read_sha: Option<String>,
 ) -> Outcome {
     let now = SystemTime::now();
     let mut status = lock(state);
+    let entry = |result: &'static str| ReloadEntry {
+        at: crate::audit::rfc3339(now),
+        trigger: trigger.history_name(),
+        result,
+        sha256: read_sha.clone(),
+        changes: Vec::new(),
+        needs_restart: Vec::new(),
+        error: None,
+    };
     match result {
         Ok(None) => {
             tracing::debug!(trigger = trigger.as_str(), "Policy file unchanged.");
@@ -166,6 +187,7 @@ fn apply(
                 status.ok = true;
                 status.error = None;
                 status.at = now;
+                status.record(entry("restored"));
                 tracing::info!(trigger = trigger.as_str(), policy_sha256 = %current.sha256,
                     "Policy file is back to the running policy.");
             }
@@ -182,6 +204,10 @@ fn apply(
             status.ok = false;
             status.at = now;
             status.error = Some(e.to_string());
+            status.record(ReloadEntry {
+                error: Some(e.to_string()),
+                ..entry("rejected")
+            });
             Outcome::Rejected
         }
         Ok(Some(new)) => {
@@ -193,7 +219,12 @@ fn apply(
                     restart.join(", ")
                 );
             }
-            let summary = current.diff_summary(&new);
+            let changes = crate::policy::view::changes(current, &new);
+            let summary = if changes.is_empty() {
+                "no effective change".to_owned()
+            } else {
+                changes.join("; ")
+            };
             if new.log_level != current.log_level {
                 state.log_level.set(&new.log_level);
             }
@@ -220,6 +251,11 @@ fn apply(
             status.at = now;
             status.error = None;
             status.loaded_at = now;
+            status.record(ReloadEntry {
+                changes,
+                needs_restart: restart,
+                ..entry("applied")
+            });
             Outcome::Applied
         }
     }

@@ -24,6 +24,10 @@ pub enum Access {
     Open,
     /// Trusted proxies and allowed addresses, no key: `/readyz`, `/metrics`.
     Observer,
+    /// The gateway's own host (addresses in `trusted_proxies`, by the resolved client
+    /// address, so never a client behind Nginx): `/status`, with the redacted policy and
+    /// the reload history.
+    Operator,
     /// A valid key (when auth is on), after the IP allowlist and the rate limit.
     Key,
     /// A valid key, with a limit of its own (10x the request limit): model lists, details,
@@ -52,7 +56,7 @@ fn def(method: Method, path: &'static str, access: Access, route: fn() -> Route)
 
 /// Every route. Paths with `{...}` take a path parameter.
 pub fn table() -> Vec<RouteDef> {
-    use Access::{Admin, Key, Listing, Observer, Open};
+    use Access::{Admin, Key, Listing, Observer, Open, Operator};
     vec![
         def(Method::GET, "/healthz", Open, || {
             web::get().to(health::healthz)
@@ -62,6 +66,9 @@ pub fn table() -> Vec<RouteDef> {
         }),
         def(Method::GET, "/metrics", Observer, || {
             web::get().to(health::metrics)
+        }),
+        def(Method::GET, "/status", Operator, || {
+            web::get().to(health::status)
         }),
         // OpenAI surface.
         def(Method::POST, "/v1/chat/completions", Key, || {
@@ -157,7 +164,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             resource = resource.route((d.route)());
         }
         match access {
-            Access::Open | Access::Observer => cfg.service(resource),
+            Access::Open | Access::Observer | Access::Operator => cfg.service(resource),
             Access::Key => cfg.service(resource.wrap(from_fn(admission::key))),
             Access::Listing => cfg.service(resource.wrap(from_fn(admission::listing))),
             Access::Admin => cfg.service(resource.wrap(from_fn(admission::admin))),

@@ -29,6 +29,41 @@ pub struct ReloadStatus {
     pub loaded_at: SystemTime,
     /// Set while a reload reads and checks the file: one that stays set is stuck.
     pub in_progress_since: Option<SystemTime>,
+    /// The last [`HISTORY`] reloads, oldest first, for `/status`.
+    pub history: std::collections::VecDeque<ReloadEntry>,
+}
+
+/// Reloads kept in the history.
+pub const HISTORY: usize = 32;
+
+/// One reload attempt, as `/status` and `qwen-gateway status` show it. Never a secret: key
+/// ids and what changed, or the error (which names fields, never values).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadEntry {
+    pub at: String,
+    /// `startup`, `watcher` (a file event) or `SIGHUP`.
+    pub trigger: &'static str,
+    /// `loaded` (startup), `applied`, `rejected`, or `restored` (the file is back to the
+    /// running policy after a rejected edit).
+    pub result: &'static str,
+    /// SHA-256 of the file read, when it could be read.
+    pub sha256: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<String>,
+    /// Changed settings that apply only after a restart.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub needs_restart: Vec<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl ReloadStatus {
+    pub fn record(&mut self, entry: ReloadEntry) {
+        if self.history.len() == HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back(entry);
+    }
 }
 
 pub struct AppState {
@@ -63,6 +98,7 @@ impl AppState {
         metrics.set_key_expiry(&policy);
         let max_tracked = policy.max_tracked_clients;
         let now = SystemTime::now();
+        let sha256 = policy.sha256.clone();
         AppState {
             limiter: RateLimiter::with_counters(
                 policy.max_tracked_clients,
@@ -83,6 +119,15 @@ impl AppState {
                 error: None,
                 loaded_at: now,
                 in_progress_since: None,
+                history: std::collections::VecDeque::from([ReloadEntry {
+                    at: crate::audit::rfc3339(now),
+                    trigger: "startup",
+                    result: "loaded",
+                    sha256: Some(sha256),
+                    changes: Vec::new(),
+                    needs_restart: Vec::new(),
+                    error: None,
+                }]),
             }),
             log_level,
             shutdown: Arc::new(Shutdown::default()),

@@ -385,7 +385,7 @@ fn reload_by_in_place_write() {
     .unwrap();
     assert_switched_to_b(&gw);
     gw.wait_log("Policy reloaded.", 0);
-    assert!(gw.stderr_text().contains("keys added: new"));
+    assert!(gw.stderr_text().contains("key added: new"));
     assert!(!gw.stderr_text().contains("new-key-1111"), "key in the log");
 }
 

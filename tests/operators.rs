@@ -272,3 +272,192 @@ fn report_only_names_are_checked() {
     assert!(!out.status.success());
     assert!(err.contains("report_only[1]"), "{err}");
 }
+
+fn gateway_cmd(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(GATEWAY)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_reports_every_error_warnings_and_what_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.yaml");
+    let p = path.to_str().unwrap();
+    std::fs::write(
+        &path,
+        "rate_limit: {enabled: true, max_requests: 0}\n\
+         auth: {enabled: true, keys: [{id: \"bad id\", key: \"sk-live-should-not-print\"}]}\n\
+         whitelist: {enabled: true, ips: []}\n\
+         limits: {over_limit: maybe}\n\
+         upstream: {timeout_seconds: [1]}\n",
+    )
+    .unwrap();
+    let (ok, _, err) = gateway_cmd(&["check", "--config", p]);
+    assert!(!ok);
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+    // A type error stops the run before values are checked (each section's type errors are
+    // all reported; values are checked once every section reads).
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(errors[0].contains("upstream.timeout_seconds"), "{err}");
+    std::fs::write(
+        &path,
+        "rate_limit: {enabled: true, max_requests: 0}\n\
+         auth: {enabled: true, keys: [{id: \"bad id\", key: \"sk-live-should-not-print\"}]}\n\
+         whitelist: {enabled: true, ips: []}\n\
+         limits: {over_limit: maybe}\n",
+    )
+    .unwrap();
+    let (ok, _, err) = gateway_cmd(&["check", "--config", p]);
+    assert!(!ok);
+    for field in [
+        "rate_limit.max_requests",
+        "auth.keys[0].id",
+        "whitelist.ips",
+        "limits.over_limit",
+    ] {
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with("error: ") && l.contains(field)),
+            "{field}: {err}"
+        );
+    }
+    assert!(err.contains("NOT valid (4 errors)"), "{err}");
+    assert!(!err.contains("sk-live"), "{err}");
+
+    // Valid with warnings: fine, unless warnings are denied. The probe says what answered.
+    let fake = Fake::start(&[]);
+    std::fs::write(
+        &path,
+        format!(
+            "backends: [{{url: \"{}\"}}, {{url: \"http://127.0.0.1:9\"}}]\n\
+             rate_limit: {{enabled: true}}\n\
+             auth: {{enabled: true, keys: [{{id: a, key: \"short-key-1\"}}]}}\n\
+             whitelist: {{enabled: false}}\n",
+            fake.url()
+        ),
+    )
+    .unwrap();
+    let (ok, out, _) = gateway_cmd(&["check", "--config", p]);
+    assert!(ok, "{out}");
+    assert!(out.contains("warning: "), "{out}");
+    let (ok, _, err) = gateway_cmd(&["check", "--config", p, "--deny-warnings"]);
+    assert!(!ok);
+    assert!(err.contains("--deny-warnings"), "{err}");
+    let (ok, out, _) = gateway_cmd(&["check", "--config", p, "--probe"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "probe: backend {}: answered, Ollama 0.0.0-stand-in, 3 model(s)",
+            fake.url()
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("probe: backend http://127.0.0.1:9: did not answer"),
+        "{out}"
+    );
+}
+
+#[test]
+fn status_shows_the_reload_history_and_check_compares_with_the_running_policy() {
+    let fake = Fake::start(&[]);
+    let gw = Gateway::start(&policy(""), &fake.url());
+    let url = format!("http://{}", gw.addr);
+    let write = |text: String| {
+        let tmp = gw.dir.path().join("policy.new");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &gw.policy_path).unwrap();
+    };
+    let original = std::fs::read_to_string(&gw.policy_path).unwrap();
+    // The edit to review: a rotated secret for alice, a new key, a wider range, a tighter limit.
+    let edited = original
+        .replace(
+            "key: \"alice-key-0123456789\"",
+            "key: \"alice-key-9876543210\"",
+        )
+        .replace(
+            "rate_limit: {max_requests: 5}}",
+            "rate_limit: {max_requests: 5}}\n    - {id: carol, key: \"carol-key-0123456789\"}",
+        )
+        .replace("\"10.0.0.0/16\"]", "\"10.0.0.0/16\", \"192.168.7.0/24\"]")
+        .replace("max_prompt_chars: 100", "max_prompt_chars: 50");
+    let draft = gw.dir.path().join("draft.yaml");
+    std::fs::write(&draft, &edited).unwrap();
+    let (ok, out, err) = gateway_cmd(&[
+        "check",
+        "--config",
+        draft.to_str().unwrap(),
+        "--against",
+        &url,
+    ]);
+    assert!(ok, "{out}{err}");
+    for line in [
+        "key added: carol",
+        "whitelist: [\"127.0.0.1/32\",\"10.0.0.0/16\"] -> [\"127.0.0.1/32\",\"10.0.0.0/16\",\"192.168.7.0/24\"]",
+        "limits.max_prompt_chars: 100 -> 50",
+    ] {
+        assert!(out.contains(line), "{line}: {out}");
+    }
+    assert!(
+        !out.contains("carol-key") && !out.contains("alice-key"),
+        "{out}"
+    );
+
+    // Apply it, then a broken file, then the good one back.
+    let skip = gw.log_len();
+    write(edited.clone());
+    gw.wait_log("Policy reloaded", skip);
+    let skip = gw.log_len();
+    write(edited.replace("max_prompt_chars: 50", "max_prompt_chars: -1"));
+    gw.wait_log("Policy reload rejected", skip);
+    let skip = gw.log_len();
+    write(edited.clone());
+    gw.wait_log("back to the running policy", skip);
+
+    let (ok, out, err) = gateway_cmd(&["status", "--url", &url]);
+    assert!(ok, "{err}");
+    let results: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("  20"))
+        .map(|l| l.split_whitespace().nth(2).unwrap_or_default())
+        .collect();
+    assert_eq!(
+        results,
+        ["loaded", "applied", "rejected", "restored"],
+        "{out}"
+    );
+    assert!(out.contains("key added: carol"), "{out}");
+    // A rotated secret is a change, named without the secret.
+    assert!(
+        out.contains("auth.keys[alice]: secret changed (1 new, 1 retired)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("error: invalid value for `limits.max_prompt_chars`"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("alice-key") && !out.contains("carol-key"),
+        "{out}"
+    );
+
+    // /status is for the gateway's host only: a client behind Nginx is refused.
+    let r = request(
+        gw.addr,
+        "GET",
+        "/status",
+        &[("X-Forwarded-For", "10.0.0.5")],
+        None,
+    );
+    assert_eq!(r.status, 403);
+    let r = request(gw.addr, "GET", "/status", &[], None);
+    assert_eq!(r.status, 200);
+    assert!(!r.text().contains("alice-key"));
+}

@@ -113,6 +113,18 @@ fn every_route_but_the_open_ones_refuses_a_request_without_a_key() {
             Access::Open | Access::Observer => {
                 assert_ne!(resp.status, 401, "{method} {path} asked for a key");
             }
+            Access::Operator => {
+                // The local host only: a client behind the (trusted) proxy is refused.
+                assert_ne!(resp.status, 401, "{method} {path} asked for a key");
+                let behind = request(
+                    gw.addr,
+                    method,
+                    &path,
+                    &[("X-Forwarded-For", "10.0.0.9")],
+                    body,
+                );
+                assert_eq!(behind.status, 403, "{method} {path} served a remote client");
+            }
             Access::Key | Access::Listing | Access::Admin => {
                 assert_eq!(resp.status, 401, "{method} {path} served without a key");
                 if method != "HEAD" {

@@ -18,6 +18,14 @@ pub enum PolicyError {
         section: &'static str,
         reason: &'static str,
     },
+    /// More than one independent problem: `check` prints each on its own line.
+    #[error("{} problems: {}", .0.len(), join(.0))]
+    Several(Vec<PolicyError>),
+}
+
+fn join(errors: &[PolicyError]) -> String {
+    let parts: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    parts.join("; ")
 }
 
 impl PolicyError {
@@ -28,12 +36,30 @@ impl PolicyError {
         }
     }
 
+    /// One error for a list of them: itself when alone.
+    pub fn from_many(mut errors: Vec<PolicyError>) -> Option<PolicyError> {
+        match errors.len() {
+            0 => None,
+            1 => errors.pop(),
+            _ => Some(PolicyError::Several(errors)),
+        }
+    }
+
+    /// Each independent problem.
+    pub fn each(&self) -> Vec<&PolicyError> {
+        match self {
+            PolicyError::Several(v) => v.iter().collect(),
+            one => vec![one],
+        }
+    }
+
     /// Short label for the `policy_reloads_total{result}` metric.
     pub fn kind(&self) -> &'static str {
         match self {
             PolicyError::Read { .. } => "read_error",
             PolicyError::Parse { .. } => "parse_error",
             PolicyError::Invalid { .. } | PolicyError::MissingSection { .. } => "invalid",
+            PolicyError::Several(v) => v.first().map_or("invalid", PolicyError::kind),
         }
     }
 }

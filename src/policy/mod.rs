@@ -9,6 +9,7 @@ mod error;
 mod file;
 pub mod source;
 mod validate;
+pub mod view;
 mod yaml;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -390,7 +391,16 @@ impl Policy {
         if text.trim().is_empty() {
             return Err(parse_err("the file is empty".into()));
         }
-        let file = yaml::parse(text).map_err(|e| e.into_policy_error(path))?;
+        let file = yaml::parse(text).map_err(|errors| {
+            let errors = errors
+                .into_iter()
+                .map(|e| e.into_policy_error(path))
+                .collect();
+            PolicyError::from_many(errors).unwrap_or(PolicyError::Parse {
+                path: path.to_owned(),
+                message: "unreadable".to_owned(),
+            })
+        })?;
         validate::validate(file, sha256_hex(bytes))
     }
 
@@ -415,87 +425,6 @@ impl Policy {
             v.push("upstream.timeout_seconds (its connect timeout)");
         }
         v
-    }
-
-    /// A short, redacted description of what a reload changed: key ids, never keys.
-    pub fn diff_summary(&self, new: &Policy) -> String {
-        let mut parts: Vec<String> = Vec::new();
-        let ids = |p: &Policy| -> BTreeSet<String> {
-            p.auth
-                .as_ref()
-                .map(|a| a.keys.iter().map(|k| k.id.to_string()).collect())
-                .unwrap_or_default()
-        };
-        let (old_ids, new_ids) = (ids(self), ids(new));
-        let added: Vec<_> = new_ids.difference(&old_ids).cloned().collect();
-        let removed: Vec<_> = old_ids.difference(&new_ids).cloned().collect();
-        if !added.is_empty() {
-            parts.push(format!("keys added: {}", added.join(",")));
-        }
-        if !removed.is_empty() {
-            parts.push(format!("keys removed: {}", removed.join(",")));
-        }
-        if self.auth.is_some() != new.auth.is_some() {
-            parts.push(format!("auth enabled: {}", new.auth.is_some()));
-        }
-        if self.whitelist != new.whitelist {
-            parts.push(format!(
-                "whitelist: {}",
-                describe_set(new.whitelist.as_ref())
-            ));
-        }
-        if self.trusted_proxies != new.trusted_proxies {
-            parts.push(format!(
-                "trusted_proxies: {}",
-                describe_set(Some(&new.trusted_proxies))
-            ));
-        }
-        if self.rate_limit != new.rate_limit {
-            parts.push(format!("rate_limit: {}", describe_quota(new.rate_limit)));
-        }
-        let key_limits = |p: &Policy| -> Vec<(String, Option<Quota>, Option<BTreeSet<String>>)> {
-            p.auth
-                .as_ref()
-                .map(|a| {
-                    a.keys
-                        .iter()
-                        .map(|k| (k.id.to_string(), k.rate_limit, k.models.clone()))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        if key_limits(self) != key_limits(new) && added.is_empty() && removed.is_empty() {
-            parts.push("per-key limits or models changed".to_owned());
-        }
-        if self.limits != new.limits {
-            parts.push(format!(
-                "limits: prompt {} chars, body {} bytes",
-                new.limits.max_prompt_chars, new.limits.max_body_bytes
-            ));
-        }
-        if self.upstream != new.upstream {
-            parts.push("upstream settings changed".to_owned());
-        }
-        if self.backends != new.backends {
-            parts.push(format!("backends: {}", describe_backends(&new.backends)));
-        }
-        if self.limit_backend != new.limit_backend {
-            parts.push(format!(
-                "rate_limit.backend: {}",
-                describe_limit_backend(&new.limit_backend)
-            ));
-        }
-        if self.models != new.models {
-            parts.push(format!("models: {} aliases", new.models.entries().len()));
-        }
-        if self.log_level != new.log_level {
-            parts.push(format!("log_level: {}", new.log_level));
-        }
-        if parts.is_empty() {
-            "no effective change".to_owned()
-        } else {
-            parts.join("; ")
-        }
     }
 
     /// The one-screen summary `qwen-gateway check` prints.

@@ -44,7 +44,7 @@ pub const GUARD_SECTIONS: [&str; 3] = ["auth", "whitelist", "rate_limit"];
 
 /// A policy cut anywhere before its end must not switch a guard off, so a guard is never off
 /// by omission: its section and its `enabled` flag must both be written out.
-fn guards_explicit(f: &PolicyFile) -> Result<(), PolicyError> {
+fn guards_explicit(f: &PolicyFile, errors: &mut Vec<PolicyError>) {
     let enabled = [
         f.auth.as_ref().map(|a| a.enabled.is_some()),
         f.whitelist.as_ref().map(|w| w.enabled.is_some()),
@@ -52,31 +52,141 @@ fn guards_explicit(f: &PolicyFile) -> Result<(), PolicyError> {
     ];
     for (section, state) in GUARD_SECTIONS.into_iter().zip(enabled) {
         match state {
-            None => {
-                return Err(PolicyError::MissingSection {
-                    section,
-                    reason: "section is missing: every policy must say whether this guard is on \
-                             (write `enabled: false` to turn it off)",
-                });
-            }
-            Some(false) => {
-                return Err(PolicyError::MissingSection {
-                    section,
-                    reason: "section does not set `enabled`: write `enabled: true` or \
-                             `enabled: false`",
-                });
-            }
+            None => errors.push(PolicyError::MissingSection {
+                section,
+                reason: "section is missing: every policy must say whether this guard is on \
+                         (write `enabled: false` to turn it off)",
+            }),
+            Some(false) => errors.push(PolicyError::MissingSection {
+                section,
+                reason: "section does not set `enabled`: write `enabled: true` or \
+                         `enabled: false`",
+            }),
             Some(true) => {}
         }
     }
-    Ok(())
 }
 
-pub fn validate(f: PolicyFile, sha256: String) -> Result<Policy, PolicyError> {
-    guards_explicit(&f)?;
-    let mut warnings = Vec::new();
+/// The section's value, or `None` with its error kept: sections are validated
+/// independently, so one run reports every broken section.
+fn take<T>(errors: &mut Vec<PolicyError>, r: Result<T, PolicyError>) -> Option<T> {
+    match r {
+        Ok(v) => Some(v),
+        Err(e) => {
+            errors.push(e);
+            None
+        }
+    }
+}
 
-    let listen = parse_listen(f.listen.as_deref().unwrap_or(DEFAULT_LISTEN))?;
+/// `PolicyFile` -> `Policy`: one function per section, every section checked even when
+/// another failed; all errors are returned together.
+pub fn validate(f: PolicyFile, sha256: String) -> Result<Policy, PolicyError> {
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    guards_explicit(&f, &mut errors);
+    let e = &mut errors;
+    let listen = take(e, validate_listen(f.listen.as_deref(), &mut warnings));
+    let backends = take(e, validate_backends(&f));
+    let log_level = take(e, validate_log_level(f.log_level.clone()));
+    let rate = take(e, validate_rate_limit(f.rate_limit.unwrap_or_default()));
+    let token_limit = take(
+        e,
+        f.token_limit
+            .as_ref()
+            .map_or(Ok(Vec::new()), |t| token_quotas("token_limit", t)),
+    );
+    let models = take(e, validate_models(f.models.unwrap_or_default()));
+    let auth = take(
+        e,
+        validate_auth(f.auth.unwrap_or_default(), models.as_ref(), &mut warnings),
+    );
+    let whitelist = take(e, validate_whitelist(f.whitelist.unwrap_or_default()));
+    let trusted_proxies = take(
+        e,
+        validate_trusted_proxies(f.trusted_proxies, &mut warnings),
+    );
+    let limits = take(e, validate_limits(f.limits.unwrap_or_default()));
+    let upstream = take(
+        e,
+        validate_upstream(f.upstream.unwrap_or_default(), f.queue.unwrap_or_default()),
+    );
+    let audit = take(
+        e,
+        validate_audit(f.audit.unwrap_or_default(), &mut warnings),
+    );
+    let report_only = take(
+        e,
+        report_only(f.report_only.unwrap_or_default(), &mut warnings),
+    );
+    if let Some(e) = PolicyError::from_many(errors) {
+        return Err(e);
+    }
+    let (
+        Some(listen),
+        Some(backends),
+        Some(log_level),
+        Some((rate_limit, limit_backend, max_tracked_clients)),
+        Some(token_limit),
+        Some(models),
+        Some(auth),
+        Some(whitelist),
+        Some(trusted_proxies),
+        Some(limits),
+        Some(upstream),
+        Some(audit),
+        Some(report_only),
+    ) = (
+        listen,
+        backends,
+        log_level,
+        rate,
+        token_limit,
+        models,
+        auth,
+        whitelist,
+        trusted_proxies,
+        limits,
+        upstream,
+        audit,
+        report_only,
+    )
+    else {
+        // Every `None` above pushed its error, so this is not reached.
+        return Err(PolicyError::invalid("policy", "could not be validated"));
+    };
+    if auth.is_none() {
+        warnings.push(
+            "auth is disabled: anyone who can reach the gateway can use the model".to_owned(),
+        );
+    }
+    Ok(Policy {
+        listen,
+        backends,
+        log_level,
+        rate_limit,
+        token_limit,
+        limit_backend,
+        max_tracked_clients,
+        auth,
+        whitelist,
+        trusted_proxies,
+        limits,
+        upstream,
+        models,
+        audit,
+        shutdown_grace: Duration::from_secs(f.shutdown_grace_seconds.unwrap_or(30)),
+        report_only,
+        sha256,
+        warnings,
+    })
+}
+
+fn validate_listen(
+    listen: Option<&str>,
+    warnings: &mut Vec<String>,
+) -> Result<SocketAddr, PolicyError> {
+    let listen = parse_listen(listen.unwrap_or(DEFAULT_LISTEN))?;
     if listen.ip().is_unspecified() {
         warnings.push(format!(
             "listen {listen} accepts connections on every interface; behind a local Nginx, \
@@ -84,6 +194,12 @@ pub fn validate(f: PolicyFile, sha256: String) -> Result<Policy, PolicyError> {
             listen.port()
         ));
     }
+    Ok(listen)
+}
+
+/// `ollama_api` (one Ollama) or `backends` (several), with `upstream.max_in_flight` as each
+/// backend's default.
+fn validate_backends(f: &PolicyFile) -> Result<Vec<Backend>, PolicyError> {
     let default_in_flight = in_flight(
         "upstream.max_in_flight",
         f.upstream
@@ -91,7 +207,7 @@ pub fn validate(f: PolicyFile, sha256: String) -> Result<Policy, PolicyError> {
             .and_then(|u| u.max_in_flight)
             .unwrap_or(DEFAULT_MAX_IN_FLIGHT),
     )?;
-    let backends = match (f.ollama_api, f.backends) {
+    let backends = match (&f.ollama_api, &f.backends) {
         (Some(_), Some(_)) => {
             return Err(PolicyError::invalid(
                 "backends",
@@ -99,7 +215,7 @@ pub fn validate(f: PolicyFile, sha256: String) -> Result<Policy, PolicyError> {
             ));
         }
         (Some(one), None) => vec![Backend {
-            url: parse_ollama("ollama_api", &one)?,
+            url: parse_ollama("ollama_api", one)?,
             weight: 1,
             max_in_flight: default_in_flight,
         }],
@@ -113,7 +229,7 @@ pub fn validate(f: PolicyFile, sha256: String) -> Result<Policy, PolicyError> {
                 return Err(PolicyError::invalid("backends", "needs at least one entry"));
             }
             let mut out: Vec<Backend> = Vec::new();
-            for (i, b) in list.into_iter().enumerate() {
+            for (i, b) in list.iter().enumerate() {
                 let url = parse_ollama(&format!("backends[{i}].url"), &b.url)?;
                 if out.iter().any(|o| o.url == url) {
                     return Err(PolicyError::invalid(
@@ -141,16 +257,24 @@ pub fn validate(f: PolicyFile, sha256: String) -> Result<Policy, PolicyError> {
             out
         }
     };
+    Ok(backends)
+}
 
-    let log_level = f.log_level.unwrap_or_else(|| "info".to_owned());
+fn validate_log_level(level: Option<String>) -> Result<String, PolicyError> {
+    let log_level = level.unwrap_or_else(|| "info".to_owned());
     if !["trace", "debug", "info", "warn", "error"].contains(&log_level.as_str()) {
         return Err(PolicyError::invalid(
             "log_level",
             "must be one of trace, debug, info, warn, error",
         ));
     }
+    Ok(log_level)
+}
 
-    let rl = f.rate_limit.unwrap_or_default();
+/// The default request limit, where it is counted, and how many identities are tracked.
+fn validate_rate_limit(
+    rl: super::file::RateLimitFile,
+) -> Result<(Option<Quota>, LimitBackend, u64), PolicyError> {
     let rate_limit = if rl.enabled.unwrap_or(false) {
         Some(quota(
             "rate_limit",
@@ -224,20 +348,10 @@ pub fn validate(f: PolicyFile, sha256: String) -> Result<Policy, PolicyError> {
             "must be between 100 and 10000000",
         ));
     }
+    Ok((rate_limit, limit_backend, max_tracked_clients))
+}
 
-    let token_limit = match &f.token_limit {
-        Some(t) => token_quotas("token_limit", t)?,
-        None => Vec::new(),
-    };
-    let models = validate_models(f.models.unwrap_or_default())?;
-    let auth = validate_auth(f.auth.unwrap_or_default(), &models, &mut warnings)?;
-    if auth.is_none() {
-        warnings.push(
-            "auth is disabled: anyone who can reach the gateway can use the model".to_owned(),
-        );
-    }
-
-    let wl = f.whitelist.unwrap_or_default();
+fn validate_whitelist(wl: super::file::WhitelistFile) -> Result<Option<IpSet>, PolicyError> {
     let whitelist = if wl.enabled.unwrap_or(false) {
         let ips = wl.ips.unwrap_or_default();
         if ips.is_empty() {
@@ -251,8 +365,14 @@ pub fn validate(f: PolicyFile, sha256: String) -> Result<Policy, PolicyError> {
     } else {
         None
     };
+    Ok(whitelist)
+}
 
-    let trusted_proxies = match f.trusted_proxies {
+fn validate_trusted_proxies(
+    list: Option<Vec<String>>,
+    warnings: &mut Vec<String>,
+) -> Result<IpSet, PolicyError> {
+    let trusted_proxies = match list {
         Some(list) => ip_set("trusted_proxies", &list)?,
         None => ip_set(
             "trusted_proxies",
@@ -266,8 +386,10 @@ pub fn validate(f: PolicyFile, sha256: String) -> Result<Policy, PolicyError> {
                 .to_owned(),
         );
     }
+    Ok(trusted_proxies)
+}
 
-    let lf = f.limits.unwrap_or_default();
+fn validate_limits(lf: super::file::LimitsFile) -> Result<Limits, PolicyError> {
     let limits = Limits {
         max_prompt_chars: lf.max_prompt_chars.unwrap_or(DEFAULT_MAX_PROMPT_CHARS),
         max_body_bytes: lf.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
@@ -307,9 +429,14 @@ pub fn validate(f: PolicyFile, sha256: String) -> Result<Policy, PolicyError> {
     if limits.max_messages == 0 {
         return Err(PolicyError::invalid("limits.max_messages", "must be > 0"));
     }
+    Ok(limits)
+}
 
-    let uf = f.upstream.unwrap_or_default();
-    let qf = f.queue.unwrap_or_default();
+/// `upstream` and `queue`: timeouts, the breaker, the fair queue's bounds.
+fn validate_upstream(
+    uf: super::file::UpstreamFile,
+    qf: super::file::QueueFile,
+) -> Result<UpstreamPolicy, PolicyError> {
     let bf = uf.breaker.unwrap_or_default();
     let upstream = UpstreamPolicy {
         timeout: seconds("upstream.timeout_seconds", uf.timeout_seconds, 3.0)?,
@@ -352,8 +479,13 @@ pub fn validate(f: PolicyFile, sha256: String) -> Result<Policy, PolicyError> {
             "must be > 0",
         ));
     }
+    Ok(upstream)
+}
 
-    let af = f.audit.unwrap_or_default();
+fn validate_audit(
+    af: super::file::AuditFile,
+    warnings: &mut Vec<String>,
+) -> Result<AuditPolicy, PolicyError> {
     let audit = AuditPolicy {
         dir: af.dir.filter(|d| !d.trim().is_empty()).map(PathBuf::from),
         user_id_header: header_name(
@@ -364,30 +496,7 @@ pub fn validate(f: PolicyFile, sha256: String) -> Result<Policy, PolicyError> {
     if audit.dir.is_none() {
         warnings.push("audit.dir is not set: no audit log is written".to_owned());
     }
-
-    let shutdown_grace = Duration::from_secs(f.shutdown_grace_seconds.unwrap_or(30));
-    let report_only = report_only(f.report_only.unwrap_or_default(), &mut warnings)?;
-
-    Ok(Policy {
-        listen,
-        backends,
-        log_level,
-        rate_limit,
-        token_limit,
-        limit_backend,
-        max_tracked_clients,
-        auth,
-        whitelist,
-        trusted_proxies,
-        limits,
-        upstream,
-        models,
-        audit,
-        shutdown_grace,
-        report_only,
-        sha256,
-        warnings,
-    })
+    Ok(audit)
 }
 
 /// `report_only: [rate_limit, ...]`: guards that record what they would refuse and serve it.
@@ -628,7 +737,8 @@ fn key_digest(key: &str, path: &str, warnings: &mut Vec<String>) -> Result<[u8; 
 
 fn validate_auth(
     af: AuthFile,
-    models: &ModelMap,
+    // `None` when `models` itself is invalid: its names are then not checked here.
+    models: Option<&ModelMap>,
     warnings: &mut Vec<String>,
 ) -> Result<Option<AuthPolicy>, PolicyError> {
     let header = header_name(
@@ -695,7 +805,7 @@ fn validate_auth(
             Some(list) => {
                 let mut set = BTreeSet::new();
                 for (j, m) in list.into_iter().enumerate() {
-                    if models.to_upstream(&m).is_none() {
+                    if models.is_some_and(|models| models.to_upstream(&m).is_none()) {
                         return Err(PolicyError::invalid(
                             format!("{path}.models[{j}]"),
                             "is not one of the public names under `models`",
@@ -857,6 +967,47 @@ whitelist:
     }
 
     #[test]
+    fn independent_errors_are_all_reported() {
+        let e = load_exact(
+            "rate_limit: {enabled: true, max_requests: 0}\n\
+             auth: {enabled: true, keys: [{id: \"bad id\", key: aaaaaaaaaaaaaaaa}]}\n\
+             whitelist: {enabled: true, ips: []}\n\
+             limits: {over_limit: maybe}\n\
+             upstream: {timeout_seconds: 10, first_token_timeout_seconds: 5}\n\
+             report_only: [nothing]\n",
+        )
+        .err()
+        .unwrap();
+        let keys: Vec<String> = e
+            .each()
+            .iter()
+            .map(|e| match e {
+                PolicyError::Invalid { key, .. } => key.clone(),
+                other => other.to_string(),
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "rate_limit.max_requests",
+                "auth.keys[0].id",
+                "whitelist.ips",
+                "limits.over_limit",
+                "upstream.first_token_timeout_seconds",
+                "report_only[0]"
+            ],
+            "{e}"
+        );
+        assert!(e.to_string().starts_with("6 problems: "), "{e}");
+        // A missing guard section and a broken other one: both.
+        let e =
+            load_exact("auth: {enabled: false}\nwhitelist: {enabled: false}\nlog_level: loud\n")
+                .err()
+                .unwrap();
+        assert_eq!(e.each().len(), 2, "{e}");
+    }
+
+    #[test]
     fn a_file_cut_anywhere_never_loads_with_a_guard_off() {
         // Every prefix of the article's file and of the shipped policy (cut at any byte)
         // either fails or keeps all three guards on, with the same ranges or fewer.
@@ -920,8 +1071,12 @@ whitelist:
                 "whitelist",
             ),
         ] {
-            match load_exact(yaml) {
-                Err(PolicyError::MissingSection { section: s, .. }) => assert_eq!(s, section),
+            // Each file is refused, and the first section it lacks is named first.
+            let err = load_exact(yaml).err();
+            match err.as_ref().map(|e| e.each()).as_deref() {
+                Some([PolicyError::MissingSection { section: s, .. }, ..]) => {
+                    assert_eq!(*s, section)
+                }
                 other => panic!("{yaml}: expected MissingSection({section}), got {other:?}"),
             }
         }

@@ -18,15 +18,37 @@ use super::{PolicyError, PolicyFile};
 /// Deepest nesting of flow collections accepted. The shipped policy uses two.
 pub const MAX_FLOW_DEPTH: usize = 32;
 
-pub fn parse(text: &str) -> Result<PolicyFile, ParseError> {
-    flow_depth_ok(text)?;
-    let value: Value = serde_yaml::from_str(text).map_err(|e| ParseError::Syntax(scrub(&e)))?;
-    if !matches!(value, Value::Mapping(_)) {
-        return Err(ParseError::Syntax(
+/// The typed policy, or every independent problem found: all empty values, and one type
+/// or name error per top-level section (serde stops at the first error in what it reads, so
+/// each section is read on its own first).
+pub fn parse(text: &str) -> Result<PolicyFile, Vec<ParseError>> {
+    flow_depth_ok(text).map_err(|e| vec![e])?;
+    let value: Value =
+        serde_yaml::from_str(text).map_err(|e| vec![ParseError::Syntax(scrub(&e))])?;
+    let Value::Mapping(sections) = &value else {
+        return Err(vec![ParseError::Syntax(
             "the file must be a YAML mapping of policy sections".to_owned(),
-        ));
+        )]);
+    };
+    let mut errors = Vec::new();
+    no_empty_values(&value, &mut String::new(), &mut errors);
+    if !errors.is_empty() {
+        return Err(errors);
     }
-    no_empty_values(&value, &mut String::new())?;
+    for (name, section) in sections {
+        let mut one = serde_yaml::Mapping::new();
+        one.insert(name.clone(), section.clone());
+        if let Err(e) = typed(Value::Mapping(one)) {
+            errors.push(e);
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    typed(value).map_err(|e| vec![e])
+}
+
+fn typed(value: Value) -> Result<PolicyFile, ParseError> {
     serde_path_to_error::deserialize::<_, PolicyFile>(value).map_err(|e| {
         let path = e.path().to_string();
         let reason = scrub(e.inner());
@@ -110,8 +132,8 @@ fn flow_depth_ok(text: &str) -> Result<(), ParseError> {
     Ok(())
 }
 
-/// Refuses `key:` with nothing after it, and `- ` list items with nothing in them.
-fn no_empty_values(v: &Value, path: &mut String) -> Result<(), ParseError> {
+/// Finds every `key:` with nothing after it, and `- ` list items with nothing in them.
+fn no_empty_values(v: &Value, path: &mut String, errors: &mut Vec<ParseError>) {
     match v {
         Value::Mapping(m) => {
             for (k, child) in m {
@@ -124,14 +146,14 @@ fn no_empty_values(v: &Value, path: &mut String) -> Result<(), ParseError> {
                     _ => path.push('?'),
                 }
                 if child.is_null() {
-                    return Err(ParseError::Field {
+                    errors.push(ParseError::Field {
                         key: path.clone(),
                         reason: "has no value (was the file cut short?); write a value or \
                                  remove the line"
                             .to_owned(),
                     });
                 }
-                no_empty_values(child, path)?;
+                no_empty_values(child, path, errors);
                 path.truncate(len);
             }
         }
@@ -140,19 +162,18 @@ fn no_empty_values(v: &Value, path: &mut String) -> Result<(), ParseError> {
                 let len = path.len();
                 path.push_str(&format!("[{i}]"));
                 if child.is_null() {
-                    return Err(ParseError::Field {
+                    errors.push(ParseError::Field {
                         key: path.clone(),
                         reason: "is an empty list item".to_owned(),
                     });
                 }
-                no_empty_values(child, path)?;
+                no_empty_values(child, path, errors);
                 path.truncate(len);
             }
         }
-        Value::Tagged(t) => no_empty_values(&t.value, path)?,
+        Value::Tagged(t) => no_empty_values(&t.value, path, errors),
         _ => {}
     }
-    Ok(())
 }
 
 /// serde's message without the value it quotes: `invalid type: string "x", expected a
@@ -222,9 +243,34 @@ mod tests {
     fn err(text: &str) -> String {
         match parse(text) {
             Ok(_) => String::from("(parsed)"),
-            Err(ParseError::Syntax(m)) => m,
-            Err(ParseError::Field { key, reason }) => format!("{key}: {reason}"),
+            Err(errors) => errors
+                .into_iter()
+                .map(|e| match e {
+                    ParseError::Syntax(m) => m,
+                    ParseError::Field { key, reason } => format!("{key}: {reason}"),
+                })
+                .collect::<Vec<_>>()
+                .join("\n"),
         }
+    }
+
+    #[test]
+    fn every_section_and_every_empty_value_is_reported() {
+        let e = err("listen: [1]
+rate_limit: {enabled: yes-please}
+whitelsit: {}
+");
+        let lines: Vec<&str> = e.lines().collect();
+        assert_eq!(lines.len(), 3, "{e}");
+        assert!(lines[0].starts_with("listen: "), "{e}");
+        assert!(lines[1].starts_with("rate_limit.enabled: "), "{e}");
+        assert!(lines[2].contains("whitelsit"), "{e}");
+        let e = err("auth:
+  header_key:
+limits:
+  max_messages:
+");
+        assert_eq!(e.lines().count(), 2, "{e}");
     }
 
     #[test]

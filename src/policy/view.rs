@@ -1,0 +1,274 @@
+//! A redacted, structured view of a policy, and what changed between two.
+//!
+//! The view is what operators may see of a running policy (`/status`, `check --against`):
+//! key ids with their limits, ranges, quotas, never a key or a key's hash, never a Redis URL
+//! (it may hold a password). [`changes`] compares two policies for the reload history and the
+//! reload log; unlike the view it also sees each key id's secrets, so a key rotated under the
+//! same id is a change, reported without the secret.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+use super::{ApiKey, LimitBackend, Policy, Quota};
+
+fn secs(d: Duration) -> Value {
+    let s = d.as_secs_f64();
+    if s.fract() == 0.0 {
+        json!(d.as_secs())
+    } else {
+        json!(s)
+    }
+}
+
+fn quota(q: Option<Quota>) -> Value {
+    match q {
+        None => Value::Null,
+        Some(q) => json!(format!("{}/{}s", q.max_requests, q.window.as_secs())),
+    }
+}
+
+fn token_quotas(list: &[crate::ratelimit::tokens::TokenQuota]) -> Value {
+    list.iter()
+        .map(|t| json!(format!("{}/{}s", t.limit, t.window.as_secs())))
+        .collect()
+}
+
+fn time(t: Option<std::time::SystemTime>) -> Value {
+    t.map_or(Value::Null, |t| json!(crate::audit::rfc3339(t)))
+}
+
+/// One key id's view. Several entries under one id (a rotation) are one client; the view
+/// says how many secrets it has, not what they are.
+fn key_view(entries: &[&ApiKey]) -> Value {
+    let Some(k) = entries.first() else {
+        return Value::Null;
+    };
+    json!({
+        "secrets": entries.len(),
+        "models": k.models.as_ref().map(|m| m.iter().collect::<Vec<_>>()),
+        "admin": k.admin,
+        "rate_limit": quota(k.rate_limit),
+        "token_limit": k.token_limit.as_deref().map(token_quotas),
+        "max_concurrent": k.max_concurrent,
+        "weight": k.weight,
+        "limits": {
+            "max_prompt_chars": k.limits.max_prompt_chars,
+            "max_num_ctx": k.limits.max_num_ctx,
+            "max_output_tokens": k.limits.max_output_tokens,
+            "max_keep_alive_seconds": k.limits.max_keep_alive.map(secs),
+        },
+        "expires_at": time(entries.iter().filter_map(|k| k.expires_at).max()),
+        "not_before": time(entries.iter().filter_map(|k| k.not_before).min()),
+    })
+}
+
+/// Keys grouped by id, in id order.
+fn keys_by_id(p: &Policy) -> BTreeMap<&str, Vec<&ApiKey>> {
+    let mut out: BTreeMap<&str, Vec<&ApiKey>> = BTreeMap::new();
+    if let Some(a) = &p.auth {
+        for k in &a.keys {
+            out.entry(&k.id).or_default().push(k);
+        }
+    }
+    out
+}
+
+/// The redacted view of `p`.
+pub fn view(p: &Policy) -> Value {
+    let nets = |s: &crate::client_ip::IpSet| -> Value {
+        s.nets().iter().map(|n| json!(n.to_string())).collect()
+    };
+    let auth = p.auth.as_ref().map(|a| {
+        let keys: Map<String, Value> = keys_by_id(p)
+            .into_iter()
+            .map(|(id, entries)| (id.to_owned(), key_view(&entries)))
+            .collect();
+        json!({
+            "header": a.header.as_str(),
+            "failures": quota(Some(a.failures)),
+            "keys": keys,
+        })
+    });
+    json!({
+        "listen": p.listen.to_string(),
+        "backends": p.backends.iter().map(|b| json!({
+            "url": b.url, "weight": b.weight, "max_in_flight": b.max_in_flight,
+        })).collect::<Vec<_>>(),
+        "log_level": p.log_level,
+        "auth": auth,
+        "whitelist": p.whitelist.as_ref().map(nets),
+        "trusted_proxies": nets(&p.trusted_proxies),
+        "rate_limit": quota(p.rate_limit),
+        "rate_limit_backend": match &p.limit_backend {
+            LimitBackend::Memory => json!("memory"),
+            LimitBackend::Redis(r) => json!({
+                "backend": "redis",
+                "failure": if r.fail_open { "open" } else { "closed" },
+                "timeout_ms": u64::try_from(r.timeout.as_millis()).unwrap_or(u64::MAX),
+            }),
+        },
+        "max_tracked_clients": p.max_tracked_clients,
+        "token_limit": token_quotas(&p.token_limit),
+        "limits": {
+            "max_prompt_chars": p.limits.max_prompt_chars,
+            "max_body_bytes": p.limits.max_body_bytes,
+            "max_messages": p.limits.max_messages,
+            "body_timeout_seconds": secs(p.limits.body_timeout),
+            "max_num_ctx": p.limits.max_num_ctx,
+            "max_output_tokens": p.limits.max_output_tokens,
+            "max_keep_alive_seconds": secs(p.limits.max_keep_alive),
+            "over_limit": if p.limits.refuse_over_limit { "refuse" } else { "clamp" },
+        },
+        "upstream": {
+            "timeout_seconds": secs(p.upstream.timeout),
+            "first_token_timeout_seconds": secs(p.upstream.first_token_timeout),
+            "stream_idle_timeout_seconds": secs(p.upstream.stream_idle_timeout),
+            "max_stream_seconds": secs(p.upstream.max_stream),
+            "model_refresh_seconds": secs(p.upstream.model_refresh),
+            "breaker": {
+                "failure_threshold": p.upstream.breaker.failure_threshold,
+                "cooldown_seconds": secs(p.upstream.breaker.cooldown),
+            },
+        },
+        "queue": {
+            "max_waiting": p.upstream.max_waiting,
+            "max_wait_seconds": secs(p.upstream.max_wait),
+        },
+        "models": p.models.entries(),
+        "audit": {
+            "dir": p.audit.dir.as_ref().map(|d| d.display().to_string()),
+            "user_id_header": p.audit.user_id_header.as_str(),
+        },
+        "shutdown_grace_seconds": secs(p.shutdown_grace),
+        "report_only": p.report_only.iter().map(|g| g.name()).collect::<Vec<_>>(),
+    })
+}
+
+fn short(v: &Value) -> String {
+    match v {
+        Value::Null => "none".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// What differs between two views, one line per changed field (dotted path), key ids
+/// added or removed named as such.
+pub fn diff(old: &Value, new: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    walk("", old, new, &mut out);
+    out
+}
+
+fn walk(path: &str, old: &Value, new: &Value, out: &mut Vec<String>) {
+    match (old, new) {
+        (Value::Object(a), Value::Object(b)) => {
+            let names: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for name in names {
+                let child = if path.is_empty() {
+                    name.clone()
+                } else if path == "auth.keys" {
+                    format!("auth.keys[{name}]")
+                } else {
+                    format!("{path}.{name}")
+                };
+                match (a.get(name), b.get(name)) {
+                    (Some(x), Some(y)) => walk(&child, x, y, out),
+                    (None, Some(_)) if path == "auth.keys" => {
+                        out.push(format!("key added: {name}"));
+                    }
+                    (Some(_), None) if path == "auth.keys" => {
+                        out.push(format!("key removed: {name}"));
+                    }
+                    (None, Some(y)) => out.push(format!("{child}: added, {}", short(y))),
+                    (Some(x), None) => out.push(format!("{child}: removed (was {})", short(x))),
+                    (None, None) => {}
+                }
+            }
+        }
+        (a, b) if a != b => out.push(format!("{path}: {} -> {}", short(a), short(b))),
+        _ => {}
+    }
+}
+
+/// What a reload from `old` to `new` changes, for the reload log and history: the views'
+/// differences, and each key id whose secrets changed (a rotation) though its view did not.
+pub fn changes(old: &Policy, new: &Policy) -> Vec<String> {
+    let mut out = diff(&view(old), &view(new));
+    let (a, b) = (keys_by_id(old), keys_by_id(new));
+    for (id, entries) in &b {
+        let Some(before) = a.get(id) else { continue };
+        let digests =
+            |e: &[&ApiKey]| -> BTreeSet<[u8; 32]> { e.iter().map(|k| k.digest).collect() };
+        let (was, now) = (digests(before), digests(entries));
+        if was != now {
+            let added = now.difference(&was).count();
+            let removed = was.difference(&now).count();
+            out.push(format!(
+                "auth.keys[{id}]: secret changed ({added} new, {removed} retired)"
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::path::Path;
+
+    fn load(s: &str) -> Policy {
+        Policy::from_bytes(s.as_bytes(), Path::new("p.yaml")).unwrap()
+    }
+
+    const BASE: &str = "rate_limit: {enabled: true, max_requests: 30}\n\
+        whitelist: {enabled: true, ips: [10.0.0.0/16]}\n\
+        auth: {enabled: true, keys: [{id: alice, key: alice-secret-0001}, {id: bob, key: bob-secret-00001}]}\n";
+
+    #[test]
+    fn view_never_holds_a_secret() {
+        let p = load(
+            "rate_limit: {enabled: true, backend: redis, redis_url: 'redis://:hunter2@r:6379'}\n\
+             whitelist: {enabled: false}\n\
+             auth: {enabled: true, keys: [{id: alice, key: alice-secret-0001}]}\n",
+        );
+        let text = view(&p).to_string();
+        assert!(!text.contains("alice-secret"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+        let hash = hex::encode(p.auth.as_ref().unwrap().keys[0].digest);
+        assert!(!text.contains(&hash[..16]), "{text}");
+        assert!(text.contains("\"alice\""), "{text}");
+    }
+
+    #[test]
+    fn changes_name_keys_ranges_limits_and_rotations() {
+        let old = load(BASE);
+        let new = load(
+            "rate_limit: {enabled: true, max_requests: 10}\n\
+             whitelist: {enabled: true, ips: [10.0.0.0/16, 192.168.1.0/24]}\n\
+             auth: {enabled: true, keys: [{id: alice, key: alice-secret-0002}, {id: carol, key: carol-secret-001}]}\n",
+        );
+        let c = changes(&old, &new);
+        assert!(c.contains(&"key added: carol".to_owned()), "{c:?}");
+        assert!(c.contains(&"key removed: bob".to_owned()), "{c:?}");
+        assert!(
+            c.contains(&"rate_limit: 30/60s -> 10/60s".to_owned()),
+            "{c:?}"
+        );
+        assert!(
+            c.contains(
+                &"whitelist: [\"10.0.0.0/16\"] -> [\"10.0.0.0/16\",\"192.168.1.0/24\"]".to_owned()
+            ),
+            "{c:?}"
+        );
+        assert!(
+            c.contains(&"auth.keys[alice]: secret changed (1 new, 1 retired)".to_owned()),
+            "{c:?}"
+        );
+        assert!(!c.join(" ").contains("secret-000"), "{c:?}");
+        assert!(changes(&old, &load(BASE)).is_empty());
+    }
+}
