@@ -45,6 +45,9 @@ pub enum Command {
         #[arg(long, value_name = "URL", num_args = 0..=1, default_missing_value = "")]
         against: Option<String>,
     },
+    /// What the gateway would do with a described request under this policy file: each
+    /// guard in order with its decision and the rule behind it, and the final status.
+    Explain(ExplainArgs),
     /// The running gateway's policy (redacted) and its last reloads (time, trigger, result,
     /// sha256, what changed or the error).
     Status {
@@ -65,4 +68,38 @@ pub enum Command {
         #[arg(long, default_value = "new-client")]
         id: String,
     },
+}
+
+/// A request as Nginx hands it to the gateway.
+#[derive(Debug, clap::Args)]
+pub struct ExplainArgs {
+    /// The route's path, e.g. /v1/chat/completions.
+    #[arg(long, default_value = "/v1/chat/completions")]
+    pub route: String,
+    #[arg(long, default_value = "POST")]
+    pub method: String,
+    /// The connecting address (Nginx on the same host: 127.0.0.1).
+    #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
+    pub peer: std::net::IpAddr,
+    /// X-Forwarded-For as Nginx sends it (`$proxy_add_x_forwarded_for`).
+    #[arg(long, value_name = "LIST")]
+    pub forwarded_for: Option<String>,
+    /// X-Real-IP as Nginx sends it.
+    #[arg(long, value_name = "IP")]
+    pub real_ip: Option<String>,
+    /// The key sent (checked as the server checks it). Prefer --key-id in shared shells.
+    #[arg(long, conflicts_with = "key_id")]
+    pub key: Option<String>,
+    /// The key's id in the policy (its secret is not checked).
+    #[arg(long)]
+    pub key_id: Option<String>,
+    /// The model the request names.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Characters of prompt the request carries (everything the model reads).
+    #[arg(long, default_value_t = 0)]
+    pub prompt_chars: usize,
+    /// The output limit the request asks for (max_tokens, num_predict, ...).
+    #[arg(long)]
+    pub max_tokens: Option<i64>,
 }

@@ -17,6 +17,7 @@ pub mod cli;
 pub mod client_ip;
 pub mod context;
 pub mod errors;
+pub mod explain;
 pub mod health;
 pub mod ids;
 pub mod json_out;

@@ -21,6 +21,7 @@ fn main() -> ExitCode {
             against,
         }) => check(&cli.config, deny_warnings, probe, against),
         Some(Command::Status { url }) => status(&cli.config, url),
+        Some(Command::Explain(args)) => explain(&cli.config, args),
         Some(Command::HashKey { key }) => hash(key),
         Some(Command::GenKey { id }) => gen_key(&id),
         None => match run(&cli.config, cli.workers, !cli.no_watch) {
@@ -50,6 +51,37 @@ fn check(path: &Path, deny_warnings: bool, probe: bool, against: Option<String>)
             against,
         },
     )
+}
+
+/// `explain`: the walk through the guards for a described request; exit 0 when it would be
+/// served, 1 when refused, 2 when the policy file is not valid.
+fn explain(path: &Path, a: qwen_gateway::cli::ExplainArgs) -> ExitCode {
+    let policy = match Policy::load(path) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("qwen-gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let described = qwen_gateway::explain::Described {
+        peer: Some(a.peer),
+        x_forwarded_for: a.forwarded_for,
+        x_real_ip: a.real_ip,
+        key: a.key,
+        key_id: a.key_id,
+        method: a.method,
+        path: a.route,
+        model: a.model,
+        prompt_chars: a.prompt_chars,
+        max_tokens: a.max_tokens,
+    };
+    let e = qwen_gateway::explain::explain(&policy, &described);
+    print!("{}", qwen_gateway::explain::render(&e));
+    if e.code.is_none() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 /// `status`: asks the gateway at `url`, or at the policy file's `listen` address.

@@ -461,3 +461,114 @@ fn status_shows_the_reload_history_and_check_compares_with_the_running_policy() 
     assert_eq!(r.status, 200);
     assert!(!r.text().contains("alice-key"));
 }
+
+/// `explain`'s verdict for a described request is what the running gateway answers to the
+/// same request.
+#[test]
+fn explain_agrees_with_the_gateway() {
+    let fake = Fake::start(&[]);
+    for report in ["", "report_only: [whitelist, models, prompt_limit]"] {
+        let gw = Gateway::start(&policy(report), &fake.url());
+        let p = gw.policy_path.to_str().unwrap().to_owned();
+        // (forwarded-for, key, model, prompt chars, max_tokens)
+        let cases: [(Option<&str>, Option<&str>, &str, usize, Option<i64>); 7] = [
+            (Some("10.0.3.7"), Some(ALICE), "qwen3:32b", 20, None),
+            (Some("203.0.113.9"), Some(ALICE), "qwen3:32b", 20, None),
+            (None, None, "qwen3:32b", 20, None),
+            (None, Some("wrong-key-0000000000"), "qwen3:32b", 20, None),
+            (None, Some(ALICE), "llama3.2:latest", 20, None),
+            (None, Some(ALICE), "qwen3:32b", 150, None),
+            (None, Some(ALICE), "qwen3:32b", 20, Some(5000)),
+        ];
+        for (xff, key, model, chars, max_tokens) in cases {
+            let mut args: Vec<String> = vec![
+                "explain".into(),
+                "--config".into(),
+                p.clone(),
+                "--model".into(),
+                model.into(),
+                "--prompt-chars".into(),
+                chars.to_string(),
+            ];
+            if let Some(x) = xff {
+                args.extend(["--forwarded-for".into(), x.into()]);
+            }
+            if let Some(k) = key {
+                args.extend(["--key".into(), k.into()]);
+            }
+            if let Some(n) = max_tokens {
+                args.extend(["--max-tokens".into(), n.to_string()]);
+            }
+            let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (_, out, err) = gateway_cmd(&argv);
+            let last = out.lines().last().unwrap_or_default().to_owned();
+            let said: u16 = last
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("no final status: {out}{err}"));
+            let mut body = json!({"model": model,
+                "messages": [{"role": "user", "content": "y".repeat(chars)}]});
+            if let Some(n) = max_tokens {
+                body["max_tokens"] = json!(n);
+            }
+            let r = chat(&gw, key, xff, &body);
+            assert_eq!(r.status, said, "{report}: {argv:?}\n{out}\n{}", r.text());
+        }
+    }
+}
+
+#[test]
+fn explain_names_each_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.yaml");
+    std::fs::write(
+        &path,
+        Gateway::render(&policy(""), "http://127.0.0.1:9", dir.path()),
+    )
+    .unwrap();
+    let (ok, out, _) = gateway_cmd(&[
+        "explain",
+        "--config",
+        path.to_str().unwrap(),
+        "--forwarded-for",
+        "10.0.3.7",
+        "--key-id",
+        "alice",
+        "--model",
+        "qwen3:32b",
+        "--prompt-chars",
+        "80",
+    ]);
+    assert!(ok, "{out}");
+    for line in [
+        "client        10.0.3.7 (from X-Forwarded-For via trusted 127.0.0.1)",
+        "whitelist     10.0.3.7 allowed by whitelist.ips[1] 10.0.0.0/16",
+        "auth          key id `alice`",
+        "rate_limit    5/60s by auth.keys[alice].rate_limit",
+        "prompt_limit  80 chars within limits.max_prompt_chars 100",
+        "models        model qwen3:32b allowed",
+        "clamps        output limit 100 tokens",
+        "final         200",
+    ] {
+        assert!(out.contains(line), "{line}\n{out}");
+    }
+    // An unknown id and an address outside every range: refused, exit 1, by the first guard.
+    let (ok, out, _) = gateway_cmd(&[
+        "explain",
+        "--config",
+        path.to_str().unwrap(),
+        "--peer",
+        "192.0.2.1",
+        "--forwarded-for",
+        "10.0.3.7",
+        "--key-id",
+        "mallory",
+    ]);
+    assert!(!ok);
+    assert!(
+        out.contains("192.0.2.1 is not in trusted_proxies: forwarded headers ignored"),
+        "{out}"
+    );
+    assert!(out.contains("final         403 ip_not_allowed"), "{out}");
+}

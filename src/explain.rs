@@ -1,0 +1,474 @@
+//! `qwen-gateway explain`: what the gateway would do with a described request under a policy
+//! file, guard by guard, with the rule behind each decision and the final status.
+//!
+//! It walks the same decisions the server makes, in the same order, with the server's own
+//! pieces: the route table, `client_ip::resolve`, `auth::authenticate`, the policy's prompt
+//! limit and clamps. What it cannot know is live state (how much of a rate window or token
+//! quota is spent, queue length, whether Ollama answers); those steps say what limit applies.
+
+use std::net::IpAddr;
+
+use actix_web::ResponseError as _;
+use actix_web::http::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
+
+use crate::auth::{AuthFailure, Principal, authenticate};
+use crate::errors::GatewayError;
+use crate::policy::{ApiKey, Guard, Policy};
+use crate::routes::{Access, table};
+
+/// The request to explain, as Nginx would hand it to the gateway.
+#[derive(Debug, Clone, Default)]
+pub struct Described {
+    /// The connecting peer (Nginx: 127.0.0.1).
+    pub peer: Option<IpAddr>,
+    pub x_forwarded_for: Option<String>,
+    pub x_real_ip: Option<String>,
+    /// The key itself (checked like the server does)...
+    pub key: Option<String>,
+    /// ...or only its id (the secret is not checked).
+    pub key_id: Option<String>,
+    pub method: String,
+    pub path: String,
+    pub model: Option<String>,
+    pub prompt_chars: usize,
+    /// The output limit the request asks for (`max_tokens`, `num_predict`, ...).
+    pub max_tokens: Option<i64>,
+}
+
+/// One guard's decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub guard: &'static str,
+    pub decision: String,
+}
+
+#[derive(Debug)]
+pub struct Explanation {
+    pub steps: Vec<Step>,
+    /// What the gateway would answer, if nothing live (a spent window, Ollama down) differs.
+    pub status: u16,
+    pub code: Option<&'static str>,
+}
+
+struct Walk<'a> {
+    policy: &'a Policy,
+    steps: Vec<Step>,
+}
+
+impl Walk<'_> {
+    fn say(&mut self, guard: &'static str, decision: String) {
+        self.steps.push(Step { guard, decision });
+    }
+
+    /// A refusal: final unless the guard is report-only.
+    fn refuse(
+        &mut self,
+        guard: Guard,
+        decision: String,
+        err: GatewayError,
+    ) -> Result<(), GatewayError> {
+        if self.policy.reports(guard) {
+            self.say(
+                guard.name(),
+                format!("{decision} -> would refuse, but report_only: served and reported"),
+            );
+            Ok(())
+        } else {
+            self.say(guard.name(), format!("{decision} -> REFUSED"));
+            Err(err)
+        }
+    }
+}
+
+fn route_matches(pattern: &str, path: &str) -> bool {
+    let (mut a, mut b) = (pattern.split('/'), path.split('/'));
+    loop {
+        match (a.next(), b.next()) {
+            (None, None) => return true,
+            (Some(p), Some(s)) if p.starts_with('{') || p == s => {}
+            _ => return false,
+        }
+    }
+}
+
+pub fn explain(policy: &Policy, req: &Described) -> Explanation {
+    let mut w = Walk {
+        policy,
+        steps: Vec::new(),
+    };
+    let outcome = walk(&mut w, req);
+    let (status, code) = match &outcome {
+        Ok(()) => (200, None),
+        Err(e) => (e.status_code().as_u16(), Some(e.code())),
+    };
+    Explanation {
+        steps: w.steps,
+        status,
+        code,
+    }
+}
+
+fn headers(req: &Described) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    let mut put = |name: HeaderName, v: &str| {
+        if let Ok(v) = HeaderValue::from_str(v) {
+            h.append(name, v);
+        }
+    };
+    if let Some(x) = &req.x_forwarded_for {
+        put(HeaderName::from_static("x-forwarded-for"), x);
+    }
+    if let Some(x) = &req.x_real_ip {
+        put(HeaderName::from_static("x-real-ip"), x);
+    }
+    if let Some(k) = &req.key {
+        put(AUTHORIZATION, &format!("Bearer {k}"));
+    }
+    h
+}
+
+fn walk(w: &mut Walk<'_>, req: &Described) -> Result<(), GatewayError> {
+    let p = w.policy;
+    let peer = req.peer.unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let h = headers(req);
+    let client = crate::client_ip::resolve(peer, &h, &p.trusted_proxies);
+    let how = if !p.trusted_proxies.contains(peer) {
+        format!("the peer itself ({peer} is not in trusted_proxies: forwarded headers ignored)")
+    } else if client == peer {
+        format!("the peer {peer} (trusted, no usable forwarded address)")
+    } else if req.x_forwarded_for.is_some() {
+        format!("from X-Forwarded-For via trusted {peer}")
+    } else {
+        format!("from X-Real-IP via trusted {peer}")
+    };
+    w.say("client", format!("{client} ({how})"));
+
+    let method = req.method.to_ascii_uppercase();
+    let Some(route) = table()
+        .into_iter()
+        .find(|r| r.method.as_str() == method && route_matches(r.path, &req.path))
+    else {
+        w.say(
+            "route",
+            format!("{method} {} is not a route -> 404", req.path),
+        );
+        return Err(GatewayError::RouteNotFound {
+            method,
+            path: req.path.clone(),
+        });
+    };
+    w.say(
+        "route",
+        format!("{method} {} ({:?} access)", route.path, route.access),
+    );
+    match route.access {
+        Access::Open => return Ok(()),
+        Access::Observer => {
+            let ok = p.trusted_proxies.contains(client)
+                || p.whitelist.as_ref().is_some_and(|s| s.contains(client));
+            w.say(
+                "observer",
+                if ok {
+                    format!("{client} is in trusted_proxies or whitelist.ips -> allowed")
+                } else {
+                    format!("{client} is in neither trusted_proxies nor whitelist.ips -> REFUSED")
+                },
+            );
+            return if ok {
+                Ok(())
+            } else {
+                Err(GatewayError::IpNotAllowed)
+            };
+        }
+        Access::Operator => {
+            let ok = p.trusted_proxies.contains(client);
+            w.say(
+                "operator",
+                if ok {
+                    format!("{client} is in trusted_proxies -> allowed")
+                } else {
+                    format!("{client} is not in trusted_proxies -> REFUSED")
+                },
+            );
+            return if ok {
+                Ok(())
+            } else {
+                Err(GatewayError::IpNotAllowed)
+            };
+        }
+        Access::Key | Access::Listing | Access::Admin => {}
+    }
+
+    // 1. The allowlist.
+    match &p.whitelist {
+        None => w.say(
+            "whitelist",
+            "off (whitelist.enabled: false): every address".to_owned(),
+        ),
+        Some(set) => match set.nets().iter().position(|n| n.contains(client)) {
+            Some(i) => w.say(
+                "whitelist",
+                format!("{client} allowed by whitelist.ips[{i}] {}", set.nets()[i]),
+            ),
+            None => w.refuse(
+                Guard::Whitelist,
+                format!("{client} matches no range in whitelist.ips"),
+                GatewayError::IpNotAllowed,
+            )?,
+        },
+    }
+
+    // 2. The key.
+    let principal: Option<Principal> = match &p.auth {
+        None => {
+            w.say(
+                "auth",
+                "off (auth.enabled: false): no key needed".to_owned(),
+            );
+            None
+        }
+        Some(auth) => match (&req.key, &req.key_id) {
+            (_, Some(id)) => match auth.keys.iter().find(|k| &*k.id == id.as_str()) {
+                Some(k) => {
+                    w.say(
+                        "auth",
+                        format!("key id `{id}` (given by id: its secret is not checked)"),
+                    );
+                    validity(w, k)?;
+                    Some(Principal { key: k.clone() })
+                }
+                None => {
+                    w.refuse(
+                        Guard::Auth,
+                        format!("no key has the id `{id}`"),
+                        GatewayError::InvalidApiKey,
+                    )?;
+                    None
+                }
+            },
+            (Some(_), None) => match authenticate(&h, auth, None) {
+                Ok(pr) => {
+                    w.say("auth", format!("key id `{}`", pr.key_id()));
+                    Some(pr)
+                }
+                Err(why) => {
+                    let (text, err) = match why {
+                        AuthFailure::Expired => (
+                            "the key's expires_at has passed",
+                            GatewayError::ExpiredApiKey,
+                        ),
+                        AuthFailure::NotYetValid => (
+                            "the key's not_before is still ahead",
+                            GatewayError::ApiKeyNotYetValid,
+                        ),
+                        AuthFailure::Ambiguous => (
+                            "two different keys were sent",
+                            GatewayError::AmbiguousApiKey,
+                        ),
+                        AuthFailure::Missing | AuthFailure::Invalid => (
+                            "the key matches no key in auth",
+                            GatewayError::InvalidApiKey,
+                        ),
+                    };
+                    w.refuse(Guard::Auth, text.to_owned(), err)?;
+                    None
+                }
+            },
+            (None, None) => {
+                w.refuse(
+                    Guard::Auth,
+                    "no key was given".to_owned(),
+                    GatewayError::InvalidApiKey,
+                )?;
+                None
+            }
+        },
+    };
+    let key: Option<&ApiKey> = principal.as_ref().map(|pr| &*pr.key);
+
+    // 3. The rate limit (its live count is the server's).
+    let listing = route.access == Access::Listing;
+    let quota = key.and_then(|k| k.rate_limit).or(p.rate_limit);
+    match quota {
+        None => w.say("rate_limit", "off".to_owned()),
+        Some(q) => {
+            let (max, note) = if listing {
+                (
+                    q.max_requests
+                        .saturating_mul(crate::admission::LISTING_FACTOR),
+                    " (listing routes: 10x, counted apart)",
+                )
+            } else {
+                (q.max_requests, "")
+            };
+            let whose = match key {
+                Some(k) if k.rate_limit.is_some() => format!("auth.keys[{}].rate_limit", k.id),
+                Some(k) => format!("rate_limit, per key `{}`", k.id),
+                None => format!("rate_limit, per address {client}"),
+            };
+            let mode = if p.reports(Guard::RateLimit) {
+                "; report_only: over it is served and reported"
+            } else {
+                "; over it: 429 with Retry-After"
+            };
+            w.say(
+                "rate_limit",
+                format!("{max}/{}s by {whose}{note}{mode}", q.window.as_secs()),
+            );
+        }
+    }
+
+    // 4. Admin routes.
+    if route.access == Access::Admin {
+        if key.is_some_and(|k| k.admin) {
+            w.say("admin", "the key has admin: true".to_owned());
+        } else {
+            w.say(
+                "admin",
+                "model management needs a key with admin: true -> REFUSED".to_owned(),
+            );
+            return Err(GatewayError::AdminOnly);
+        }
+    }
+    if route.access == Access::Listing {
+        return Ok(());
+    }
+
+    // 5. The body: prompt limit, model access, clamps, token quota.
+    let Some(model) = &req.model else {
+        w.say(
+            "model",
+            "no model given: body guards not explained".to_owned(),
+        );
+        return Ok(());
+    };
+    let (max, field) = p.prompt_limit_rule(key, Some(model));
+    if req.prompt_chars > max {
+        w.refuse(
+            Guard::PromptLimit,
+            format!("{} chars over {field} {max}", req.prompt_chars),
+            GatewayError::PromptTooLong { max },
+        )?;
+    } else {
+        w.say(
+            "prompt_limit",
+            format!("{} chars within {field} {max}", req.prompt_chars),
+        );
+    }
+    if let Some(k) = key
+        && let Some(allowed) = &k.models
+        && !allowed.contains(model)
+    {
+        w.refuse(
+            Guard::Models,
+            format!("auth.keys[{}].models does not list {model}", k.id),
+            GatewayError::ModelNotAllowed {
+                model: model.clone(),
+            },
+        )?;
+    } else {
+        match p.models.to_upstream(model) {
+            Some(up) if up == model => w.say("models", format!("model {model} allowed")),
+            Some(up) => w.say(
+                "models",
+                format!("model {model} allowed, sent to Ollama as {up}"),
+            ),
+            None => {
+                w.say(
+                    "models",
+                    format!("{model} is not a public name under `models` -> 404"),
+                );
+                return Err(GatewayError::ModelNotFound {
+                    model: model.clone(),
+                });
+            }
+        }
+    }
+    let clamps = p.clamps(key, model);
+    let mut noted = crate::clamp::Clamped::default();
+    let mut output = req.max_tokens.and_then(|n| u64::try_from(n).ok());
+    match clamps.output(req.max_tokens, &mut noted) {
+        Err(e) => w.refuse(Guard::Clamps, format!("output limit: {}", e.message()), e)?,
+        Ok(n) => {
+            output = n;
+            w.say(
+                "clamps",
+                match (noted.header(), n) {
+                    (Some(h), _) => format!("clamped: {h}"),
+                    (None, Some(n)) => format!("output limit {n} tokens"),
+                    (None, None) => "no output limit".to_owned(),
+                },
+            )
+        }
+    }
+    let quotas = key
+        .and_then(|k| k.token_limit.as_deref())
+        .unwrap_or(&p.token_limit);
+    if quotas.is_empty() {
+        w.say("token_limit", "off".to_owned());
+    } else {
+        // As the chat route reserves: prompt characters / 3, plus the output limit sent on.
+        let estimate = (req.prompt_chars as u64).div_ceil(3) + output.unwrap_or(0);
+        let list: Vec<String> = quotas
+            .iter()
+            .map(|q| format!("{}/{}s", q.limit, q.window.as_secs()))
+            .collect();
+        // The server reserves at most a whole quota, so one request always fits an empty
+        // window; what is left of each window is live state.
+        let capped = if quotas.iter().any(|q| estimate > q.limit) {
+            " (more than a whole quota: it reserves the whole quota, so it is served only when \
+             that window is empty)"
+        } else {
+            ""
+        };
+        let mode = if p.reports(Guard::TokenLimit) {
+            "; report_only: over it is served and reported"
+        } else {
+            "; over what is left: 429 with Retry-After"
+        };
+        w.say(
+            "token_limit",
+            format!(
+                "an estimated {estimate} tokens against {}{capped}{mode}",
+                list.join(", ")
+            ),
+        );
+    }
+    Ok(())
+}
+
+fn validity(w: &mut Walk<'_>, k: &ApiKey) -> Result<(), GatewayError> {
+    let now = std::time::SystemTime::now();
+    if k.not_before.is_some_and(|t| now < t) {
+        return w.refuse(
+            Guard::Auth,
+            format!("auth.keys[{}].not_before is still ahead", k.id),
+            GatewayError::ApiKeyNotYetValid,
+        );
+    }
+    if k.expires_at.is_some_and(|t| now >= t) {
+        return w.refuse(
+            Guard::Auth,
+            format!("auth.keys[{}].expires_at has passed", k.id),
+            GatewayError::ExpiredApiKey,
+        );
+    }
+    Ok(())
+}
+
+/// The explanation as `qwen-gateway explain` prints it.
+pub fn render(e: &Explanation) -> String {
+    let mut out = String::new();
+    for s in &e.steps {
+        out.push_str(&format!("{:<13} {}\n", s.guard, s.decision));
+    }
+    match e.code {
+        None => out.push_str(&format!(
+            "final         {} (sent on to Ollama; a spent rate window, token quota or queue, \
+             or Ollama itself may still answer otherwise)\n",
+            e.status
+        )),
+        Some(code) => out.push_str(&format!("final         {} {code}\n", e.status)),
+    }
+    out
+}
