@@ -462,6 +462,15 @@ fn status_shows_the_reload_history_and_check_compares_with_the_running_policy() 
     assert!(!r.text().contains("alice-key"));
 }
 
+/// (forwarded-for, key, model, prompt chars, max_tokens)
+type Case<'a> = (
+    Option<&'a str>,
+    Option<&'a str>,
+    &'a str,
+    usize,
+    Option<i64>,
+);
+
 /// `explain`'s verdict for a described request is what the running gateway answers to the
 /// same request.
 #[test]
@@ -470,8 +479,7 @@ fn explain_agrees_with_the_gateway() {
     for report in ["", "report_only: [whitelist, models, prompt_limit]"] {
         let gw = Gateway::start(&policy(report), &fake.url());
         let p = gw.policy_path.to_str().unwrap().to_owned();
-        // (forwarded-for, key, model, prompt chars, max_tokens)
-        let cases: [(Option<&str>, Option<&str>, &str, usize, Option<i64>); 7] = [
+        let cases: [Case; 7] = [
             (Some("10.0.3.7"), Some(ALICE), "qwen3:32b", 20, None),
             (Some("203.0.113.9"), Some(ALICE), "qwen3:32b", 20, None),
             (None, None, "qwen3:32b", 20, None),
