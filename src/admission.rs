@@ -164,11 +164,21 @@ async fn guard(
     if let Some(allow) = &policy.whitelist
         && !allow.contains(ctx.client_ip)
     {
-        ctx.refuse(
+        let refused = ctx.refuse(
             Guard::Whitelist,
             || format!("{} matches no range in whitelist.ips", ctx.client_ip),
             GatewayError::IpNotAllowed,
-        )?;
+        );
+        if refused.is_err() {
+            // For the operator only: whose valid key was refused for its address (the answer
+            // is the same whatever the key).
+            if let Some(auth) = &policy.auth
+                && let Ok(p) = authenticate(req.headers(), auth, None)
+            {
+                ctx.audit.update(|r| r.key_id = Some(p.key_id().clone()));
+            }
+        }
+        refused?;
     }
     let principal = match &policy.auth {
         None => None,

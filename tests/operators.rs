@@ -580,3 +580,90 @@ fn explain_names_each_rule() {
     );
     assert!(out.contains("final         403 ip_not_allowed"), "{out}");
 }
+
+fn report(dir: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/ops/qwen-gateway-report"
+        ))
+        .arg("--dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The report script finds refusals in the gateway's real audit lines by key, address,
+/// reason and time.
+#[test]
+fn report_filters_refusals_by_key_address_reason_and_time() {
+    let fake = Fake::start(&[]);
+    let gw = Gateway::start(&policy("report_only: [prompt_limit]"), &fake.url());
+    let ok = hello("qwen3:32b");
+    let answers = [
+        chat(&gw, Some(ALICE), Some("203.0.113.9"), &ok),
+        chat(&gw, Some(ALICE), None, &hello("llama3.2:latest")),
+        chat(&gw, Some(ALICE), None, &long_prompt()),
+        chat(&gw, None, Some("10.0.3.7"), &ok),
+        chat(&gw, Some(ALICE), None, &ok),
+        chat(&gw, Some(ALICE), None, &ok),
+        chat(&gw, Some(ALICE), None, &ok),
+        chat(&gw, Some(ALICE), None, &ok),
+    ];
+    let statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [403, 403, 200, 401, 200, 200, 200, 429]);
+    audit_of(&gw, &answers.iter().collect::<Vec<_>>());
+    let dir = gw.dir.path().join("audit");
+
+    let (ok, out) = report(&dir, &["--key", "alice"]);
+    assert!(ok, "{out}");
+    // The whitelist's refusal too: the audit line names the valid key it refused.
+    assert!(out.contains("\n7 matching requests"), "{out}");
+    assert!(
+        out.contains("models: auth.keys[alice].models does not list llama3.2:latest"),
+        "{out}"
+    );
+    assert!(
+        out.contains("rate_limit: auth.keys[alice].rate_limit 5/60s"),
+        "{out}"
+    );
+
+    let (_, out) = report(&dir, &["--reason", "rate_limit"]);
+    assert!(out.contains("\n1 matching requests"), "{out}");
+    let (_, out) = report(&dir, &["--ip", "203.0.113.0/24"]);
+    assert!(out.contains("\n1 matching requests"), "{out}");
+    assert!(
+        out.contains("whitelist: 203.0.113.9 matches no range"),
+        "{out}"
+    );
+    let (_, out) = report(&dir, &["--ip", "10.0.3.7", "--reason", "auth"]);
+    assert!(out.contains("\n1 matching requests"), "{out}");
+    assert!(out.contains("auth: no api key was sent"), "{out}");
+    let (_, out) = report(&dir, &["--reason", "report_only"]);
+    assert!(out.contains("\n1 matching requests"), "{out}");
+    assert!(
+        out.contains("report_only prompt_limit: 200 chars over"),
+        "{out}"
+    );
+    // A time range after these requests: nothing matches.
+    let later = "2099-01-01T00:00";
+    let (_, out) = report(&dir, &["--key", "alice", "--since", later]);
+    assert!(!out.contains("alice"), "{out}");
+    // The day's summary counts refusals by reason.
+    let (ok, out) = report(&dir, &[]);
+    assert!(ok, "{out}");
+    assert!(out.contains("refusals by reason: 4"), "{out}");
+    assert!(
+        out.contains("report-only guards would have refused: 1"),
+        "{out}"
+    );
+}
