@@ -73,6 +73,11 @@ impl Nginx {
     }
 
     fn start(gateway: &str, chat_ui: &str) -> Nginx {
+        Self::start_with(gateway, chat_ui, &[])
+    }
+
+    /// With more site.env values (`{DIR}` in a value is the instance's directory).
+    fn start_with(gateway: &str, chat_ui: &str, env: &[(&str, &str)]) -> Nginx {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         for sub in ["snippets", "acme/.well-known/acme-challenge", "logs"] {
@@ -120,7 +125,13 @@ impl Nginx {
             .env("HTTPS_PORT", https.to_string())
             .env("GATEWAY_ADDR", gateway)
             .env("CHATUI_ADDR", chat_ui)
-            .env("ACME_ROOT", d.join("acme")));
+            .env("ACCESS_LOG", d.join("logs/site.access.log"))
+            .env("ERROR_LOG", d.join("logs/site.error.log"))
+            .env("ACME_ROOT", d.join("acme"))
+            .envs(
+                env.iter()
+                    .map(|(k, v)| (*k, v.replace("{DIR}", &d.display().to_string()))),
+            ));
         assert!(o.status.success(), "{}", text(&o));
         let site = String::from_utf8(o.stdout).unwrap();
         // The test copy differs from the shipped template only in the substituted values.
@@ -826,4 +837,172 @@ fn ops_scripts_read_the_audit_log_and_endpoints() {
     ]));
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("DOWN  ollama"));
+}
+
+/// A static chat UI (Python's http.server over a directory shaped like Open WebUI's build) on a
+/// free port; killed on drop.
+struct StaticUi {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl StaticUi {
+    fn start() -> StaticUi {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for (path, body) in [
+            ("index.html", "<html>chat</html>"),
+            ("_app/immutable/entry/app.B3x9Yq2Z.js", "console.log(1)"),
+            ("assets/index-DfB3x9Yq.js", "console.log(2)"),
+            ("static/custom.css", "body{}"),
+            ("static/loader.js", "console.log(3)"),
+        ] {
+            let p = d.join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, body).unwrap();
+        }
+        let port = free_port();
+        let child = Command::new(python())
+            .args(["-m", "http.server", "--bind", "127.0.0.1"])
+            .arg(port.to_string())
+            .arg("--directory")
+            .arg(d)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start http.server");
+        wait_for(Duration::from_secs(10), "the chat UI to listen", || {
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .ok()
+                .map(|_| ())
+        });
+        StaticUi {
+            child,
+            addr: format!("127.0.0.1:{port}"),
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for StaticUi {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn header_values<'a>(headers: &'a str, name: &str) -> Vec<&'a str> {
+    headers
+        .lines()
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map(str::trim)
+        .collect()
+}
+
+#[test]
+fn nginx_serves_a_chat_ui_with_its_csp_caches_only_fingerprinted_assets_and_keeps_chat_bodies_in_memory()
+ {
+    let fake = Fake::start(&[]);
+    let gw = Gateway::start(E2E_POLICY, &fake.url());
+    let ui = StaticUi::start();
+    let ngx = Nginx::start(&gw.addr.to_string(), &ui.addr);
+    let ca = ngx.cert();
+    let ca_s = ca.to_str().unwrap();
+    let base = format!("https://localhost:{}", ngx.https);
+    let get = |path: &str| curl(&["--cacert", ca_s, &format!("{base}{path}")]);
+
+    // Open WebUI's policy, alone (the UI's own header is hidden): media from data: and blob:.
+    let (s, h, body) = get("/");
+    assert_eq!((s, body.as_str()), (200, "<html>chat</html>"));
+    let csp = header_values(&h, "content-security-policy");
+    assert_eq!(csp.len(), 1, "{h}");
+    assert!(csp[0].contains("media-src 'self' data: blob:"), "{h}");
+    assert!(csp[0].contains("worker-src 'self' blob:"), "{h}");
+    assert!(h.contains("strict-transport-security"), "{h}");
+    // Fingerprinted assets for a year; the rest keep the UI's own caching.
+    for path in [
+        "/_app/immutable/entry/app.B3x9Yq2Z.js",
+        "/assets/index-DfB3x9Yq.js",
+    ] {
+        let (s, h, _) = get(path);
+        assert_eq!(s, 200, "{path}");
+        assert_eq!(
+            header_values(&h, "cache-control"),
+            ["public, max-age=31536000, immutable"],
+            "{path}: {h}"
+        );
+        assert_eq!(header_values(&h, "content-security-policy").len(), 1);
+    }
+    for path in ["/static/custom.css", "/static/loader.js", "/"] {
+        let (s, h, _) = get(path);
+        assert_eq!(s, 200, "{path}");
+        assert!(
+            !h.contains("immutable") && !h.contains("max-age=31536000"),
+            "{path}: {h}"
+        );
+    }
+    // API answers: a deny-all policy and no caching, never the UI's.
+    let (_, h, _) = get("/v1/models");
+    assert_eq!(
+        header_values(&h, "content-security-policy"),
+        ["default-src 'none'; frame-ancestors 'none'"],
+        "{h}"
+    );
+
+    // A 25 KB chat body, to the UI and to the API, stays in memory; a 2 MB one is written to a
+    // temporary file, which Nginx logs (so the log would show the small ones too).
+    let error_log = ngx.dir.path().join("logs/site.error.log");
+    let body_file = ngx.dir.path().join("body.json");
+    let post = |path: &str, size: usize| {
+        std::fs::write(
+            &body_file,
+            format!(
+                "{{\"model\":\"qwen3:32b\",\"pad\":\"{}\"}}",
+                "x".repeat(size)
+            ),
+        )
+        .unwrap();
+        let data = format!("@{}", body_file.display());
+        curl(&[
+            "--cacert",
+            ca_s,
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &data,
+            &format!("{base}{path}"),
+        ])
+        .0
+    };
+    post("/", 25_000);
+    post("/v1/chat/completions", 25_000);
+    let log = std::fs::read_to_string(&error_log).unwrap_or_default();
+    assert!(!log.contains("buffered to a temporary file"), "{log}");
+    post("/", 2_000_000);
+    wait_for(Duration::from_secs(5), "the large body's log line", || {
+        std::fs::read_to_string(&error_log)
+            .unwrap_or_default()
+            .contains("buffered to a temporary file")
+            .then_some(())
+    });
+    // The log paths come from site.env.
+    let access = std::fs::read_to_string(ngx.dir.path().join("logs/site.access.log")).unwrap();
+    assert!(access.contains("GET /static/custom.css"), "{access}");
+    let site = std::fs::read_to_string(ngx.dir.path().join("site.conf")).unwrap();
+    assert!(!site.contains("/var/log/nginx"), "a fixed log path is left");
+
+    // OpenClaw's Control UI: its own policy, rendered from CHAT_UI.
+    let ngx = Nginx::start_with(&gw.addr.to_string(), &ui.addr, &[("CHAT_UI", "openclaw")]);
+    let (_, h, _) = curl(&[
+        "--cacert",
+        ngx.cert().to_str().unwrap(),
+        &format!("https://localhost:{}/", ngx.https),
+    ]);
+    let csp = header_values(&h, "content-security-policy");
+    assert_eq!(csp.len(), 1, "{h}");
+    assert!(
+        csp[0].contains("script-src 'self';") && csp[0].contains("connect-src 'self' ws: wss:"),
+        "{h}"
+    );
 }
