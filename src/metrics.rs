@@ -99,6 +99,9 @@ pub struct Metrics {
     pub ratelimit_backend_errors: Family<ResultLabels, Counter>,
     pub reloads: Family<ResultLabels, Counter>,
     pub policy_info: Family<PolicyLabels, Gauge<i64, AtomicI64>>,
+    /// 1 while the policy file on disk is the one in force; 0 after a rejected reload, until
+    /// a good file (or the old one) is back.
+    pub reload_ok: Gauge<i64, AtomicI64>,
     pub in_flight: Gauge<i64, AtomicI64>,
     pub streams: Gauge<i64, AtomicI64>,
     pub ratelimit_tracked: Gauge<i64, AtomicI64>,
@@ -138,6 +141,7 @@ impl Metrics {
             ratelimit_backend_errors: Family::default(),
             reloads: Family::default(),
             policy_info: Family::default(),
+            reload_ok: Gauge::default(),
             in_flight: Gauge::default(),
             streams: Gauge::default(),
             ratelimit_tracked: Gauge::default(),
@@ -231,6 +235,11 @@ impl Metrics {
             "policy_reloads",
             "Policy reload attempts, by result",
             m.reloads.clone(),
+        );
+        r.register(
+            "policy_reload_ok",
+            "1 while the policy file is the one in force, 0 after a rejected reload until fixed",
+            m.reload_ok.clone(),
         );
         r.register(
             "policy_info",

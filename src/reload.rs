@@ -188,6 +188,7 @@ fn apply(
                 status.error = None;
                 status.at = now;
                 status.record(entry("restored"));
+                state.metrics.reload_ok.set(1);
                 tracing::info!(trigger = trigger.as_str(), policy_sha256 = %current.sha256,
                     "Policy file is back to the running policy.");
             }
@@ -208,6 +209,7 @@ fn apply(
                 error: Some(e.to_string()),
                 ..entry("rejected")
             });
+            state.metrics.reload_ok.set(0);
             Outcome::Rejected
         }
         Ok(Some(new)) => {
@@ -251,6 +253,7 @@ fn apply(
             status.at = now;
             status.error = None;
             status.loaded_at = now;
+            state.metrics.reload_ok.set(1);
             status.record(ReloadEntry {
                 changes,
                 needs_restart: restart,

@@ -95,6 +95,7 @@ impl AppState {
     ) -> Self {
         let metrics = Arc::new(Metrics::new());
         metrics.set_policy(&policy.sha256);
+        metrics.reload_ok.set(1);
         metrics.set_key_expiry(&policy);
         let max_tracked = policy.max_tracked_clients;
         let now = SystemTime::now();
