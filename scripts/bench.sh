@@ -8,7 +8,7 @@
 # Systems: (a) direct to the stand-in's /api/chat, (b) a plain Nginx hop (1 worker, upstream
 # keepalive), (c) the gateway with every guard on (key, IP allowlist, a rate limit too high to
 # trip, translation, audit log), (d) Nginx in front of the gateway, and (e) the framework floor:
-# src/bin/bare-proxy.rs, the cheapest actix-web + awc pass-through (no guards, no translation),
+# tools/src/bin/bare-proxy.rs, the cheapest actix-web + awc pass-through (no guards, no translation),
 # and (f) the gateway's native /api/chat: every guard, no translation (target: >= 85% of the
 # floor's requests per second). The system under test is pinned to CPU 1, the load generator and the stand-in to CPU 0.
 # Saturation runs in interleaved rounds (every system once per round) and reports medians,
@@ -45,7 +45,7 @@ done
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-if [ $PROFILE = release ]; then cargo build --release --locked --bins; else cargo build --locked --bins; fi
+if [ $PROFILE = release ]; then cargo build --release --locked --workspace --bins; else cargo build --locked --workspace --bins; fi
 BIN=$repo/target/$PROFILE
 
 if [ "$(nproc)" -ge 2 ]; then LOAD="taskset -c 0"; SUT="taskset -c 1"; else LOAD=; SUT=; fi

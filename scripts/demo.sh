@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --release --locked --bins
+cargo build --release --locked --workspace --bins
 BIN=target/release
 OLLAMA=http://127.0.0.1:11434
 FAKE_PID=

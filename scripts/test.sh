@@ -47,10 +47,13 @@ say "cargo fmt --check"
 cargo fmt --all -- --check
 
 say "cargo clippy -D warnings"
-cargo clippy --locked --all-targets -- -D warnings
+cargo clippy --locked --workspace --all-targets -- -D warnings
+
+say "cargo build (the gateway and the test helpers in tools/, which the tests start)"
+cargo build --locked --workspace --bins
 
 say "cargo test"
-cargo test --locked --all-targets
+cargo test --locked --workspace --all-targets
 
 say "benchmark smoke (keeps scripts/bench.sh working; its numbers mean nothing)"
 BENCH_OUT="$PWD/target/bench-smoke" bash scripts/bench.sh --smoke

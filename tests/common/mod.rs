@@ -17,7 +17,17 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub const GATEWAY: &str = env!("CARGO_BIN_EXE_qwen-gateway");
-pub const FAKE: &str = env!("CARGO_BIN_EXE_fake-ollama");
+/// The stand-in Ollama, built from the `tools` workspace member next to the gateway
+/// (`cargo build --workspace --bins`, as scripts/test.sh does before the tests).
+pub static FAKE: std::sync::LazyLock<PathBuf> = std::sync::LazyLock::new(|| {
+    let p = Path::new(GATEWAY).with_file_name("fake-ollama");
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace --bins` (scripts/test.sh does)",
+        p.display()
+    );
+    p
+});
 
 /// Polls `f` every 10 ms until it returns `Some`, or panics with `what` after `limit`.
 pub fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
@@ -55,7 +65,7 @@ impl Fake {
 
     /// On a chosen address (to bring a killed backend back on its old port).
     pub fn start_at(listen: &str, extra: &[&str]) -> Fake {
-        let mut child = Command::new(FAKE)
+        let mut child = Command::new(&*FAKE)
             .args(["--listen", listen])
             .args(extra)
             .stdout(Stdio::piped())
