@@ -2,7 +2,7 @@
 # Runs every check and test, exactly as CI does: format, clippy (warnings are errors), unit and
 # integration tests (real binaries, real sockets, real Nginx). Installs what the tests need
 # when it is missing: Debian's nginx, redis-server, openssl, nftables, curl, wrk, systemd's
-# analyzer and promtool, plus a Python venv with the official OpenAI, Ollama and Anthropic clients for the
+# analyzer and promtool, cargo-deb, plus a Python venv with the official OpenAI, Ollama and Anthropic clients for the
 # end-to-end client checks.
 # Ends with a seconds-long smoke run of the benchmark.
 set -euo pipefail
@@ -30,6 +30,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO chmod +x /usr/sbin/policy-rc.d
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   $SUDO rm -f /usr/sbin/policy-rc.d
+fi
+
+# cargo-deb builds the Debian package the deploy tests install into a throwaway root.
+if ! command -v cargo-deb >/dev/null 2>&1; then
+  say "installing cargo-deb"
+  cargo install --locked --quiet cargo-deb --version '^3.8'
 fi
 
 VENV="${QWEN_TEST_VENV:-$PWD/target/test-venv}"

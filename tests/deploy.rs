@@ -1006,3 +1006,169 @@ fn nginx_serves_a_chat_ui_with_its_csp_caches_only_fingerprinted_assets_and_keep
         "{h}"
     );
 }
+
+/// A throwaway root that dpkg can install into without chroot: an empty package database and
+/// the account files the maintainer scripts edit.
+fn dpkg_root() -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    for d in ["etc", "var/lib/dpkg/info", "var/lib/dpkg/updates", "tmp"] {
+        std::fs::create_dir_all(r.join(d)).unwrap();
+    }
+    for (f, text) in [
+        ("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"),
+        ("etc/group", "root:x:0:\n"),
+        ("etc/shadow", "root:*:19000:0:99999:7:::\n"),
+        ("etc/gshadow", "root:*::\n"),
+        ("var/lib/dpkg/status", ""),
+        ("var/lib/dpkg/available", ""),
+    ] {
+        std::fs::write(r.join(f), text).unwrap();
+    }
+    root
+}
+
+/// dpkg on the throwaway root: the maintainer scripts really run (without chroot, with
+/// DPKG_ROOT pointing at the root, as Debian's chrootless bootstrapping does).
+fn dpkg(root: &Path, args: &[&str]) -> Output {
+    let r = root.display().to_string();
+    run(Command::new(tool("dpkg"))
+        .arg(format!("--instdir={r}"))
+        .arg(format!("--admindir={r}/var/lib/dpkg"))
+        .arg(format!("--log={r}/dpkg.log"))
+        .args([
+            "--force-script-chrootless",
+            "--force-not-root",
+            // libc6 and passwd are the host's, not in this empty database.
+            "--force-depends",
+            "--force-confdef",
+            "--force-confold",
+        ])
+        .args(args))
+}
+
+#[test]
+fn debian_package_installs_keeps_edited_conffiles_and_checks_the_policy() {
+    // Built by cargo-deb from the tests' debug build (no second compile).
+    let out = tempfile::tempdir().unwrap();
+    let o = run(Command::new(Path::new(REPO).join("scripts/package-deb.sh"))
+        .args(["--profile", "dev", "-o"])
+        .arg(out.path()));
+    assert!(o.status.success(), "{}", text(&o));
+    let deb = std::fs::read_dir(out.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .expect("a .deb");
+    let deb = deb.to_str().unwrap();
+
+    // The package carries the gateway alone: no test or benchmark helper.
+    let o = run(Command::new(tool("dpkg-deb")).args(["-c", deb]));
+    let listing = text(&o);
+    for helper in ["fake-ollama", "qwen-bench", "bare-proxy"] {
+        assert!(!listing.contains(helper), "{helper} is in the package");
+    }
+    let o = run(Command::new(tool("dpkg-deb")).args(["-I", deb, "conffiles"]));
+    let conffiles = text(&o);
+    for c in [
+        "/etc/qwen-gateway/policy.yaml",
+        "/etc/qwen-gateway/site.env",
+        "/etc/nginx/snippets/qwen-gateway-api.conf",
+        "/etc/letsencrypt/renewal-hooks/deploy/50-qwen-gateway-nginx",
+    ] {
+        assert!(conffiles.contains(c), "{c} is not a conffile: {conffiles}");
+    }
+
+    let root = dpkg_root();
+    let r = root.path();
+    let o = dpkg(r, &["-i", deb]);
+    let said = text(&o);
+    assert!(o.status.success(), "{said}");
+    assert!(said.contains("passes qwen-gateway check"), "{said}");
+    assert!(said.contains("Next steps"), "{said}");
+    // The service user, in the target root only; the policy readable by its group only.
+    let passwd = std::fs::read_to_string(r.join("etc/passwd")).unwrap();
+    let user = passwd
+        .lines()
+        .find(|l| l.starts_with("qwen-gateway:"))
+        .unwrap_or_else(|| panic!("no service user: {passwd}"));
+    assert!(user.ends_with(":/nonexistent:/usr/sbin/nologin"), "{user}");
+    let gid: u32 = user.split(':').nth(3).unwrap().parse().unwrap();
+    let host = std::fs::read_to_string("/etc/passwd").unwrap();
+    assert!(
+        !host.contains("qwen-gateway service"),
+        "the host was changed"
+    );
+    use std::os::unix::fs::MetadataExt as _;
+    let policy = r.join("etc/qwen-gateway/policy.yaml");
+    let meta = std::fs::metadata(&policy).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o777),
+        (0, gid, 0o640)
+    );
+    // The unit runs the packaged binary; the installed binary checks the installed policy.
+    let unit =
+        std::fs::read_to_string(r.join("usr/lib/systemd/system/qwen-gateway.service")).unwrap();
+    assert!(
+        unit.contains("ExecStart=/usr/bin/qwen-gateway --config /etc/qwen-gateway/policy.yaml")
+    );
+    assert!(!unit.contains("/usr/local"), "{unit}");
+    let o = run(Command::new(r.join("usr/bin/qwen-gateway"))
+        .args(["check", "--config"])
+        .arg(&policy));
+    assert!(o.status.success(), "{}", text(&o));
+    for f in [
+        "usr/bin/qwen-gateway-report",
+        "usr/share/qwen-gateway/nginx/render.sh",
+        "usr/share/qwen-gateway/monitoring/qwen-gateway-alerts.yml",
+        "etc/nginx/modules-enabled/90-qwen-gateway-main.conf",
+        "var/www/letsencrypt",
+    ] {
+        assert!(r.join(f).exists(), "{f} missing");
+    }
+
+    // An operator's edit survives an upgrade (the same package again).
+    let edited = std::fs::read_to_string(&policy)
+        .unwrap()
+        .replace("max_requests: 30 ", "max_requests: 12 ");
+    assert!(edited.contains("max_requests: 12 "));
+    std::fs::write(&policy, &edited).unwrap();
+    let o = dpkg(r, &["-i", deb]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(std::fs::read_to_string(&policy).unwrap(), edited);
+    assert!(
+        text(&o).contains("passes qwen-gateway check"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        !text(&o).contains("Next steps"),
+        "an upgrade is not a first install"
+    );
+
+    // A broken policy: the package still configures, says which field is wrong, and does not
+    // start (or restart) the service.
+    std::fs::write(
+        &policy,
+        edited.replace("max_requests: 12 ", "max_requests: 0 "),
+    )
+    .unwrap();
+    let o = dpkg(r, &["-i", deb]);
+    let said = text(&o);
+    assert!(o.status.success(), "{said}");
+    assert!(
+        said.contains("does NOT pass qwen-gateway check; the service is not (re)started"),
+        "{said}"
+    );
+    assert!(said.contains("rate_limit.max_requests"), "{said}");
+
+    // Removal keeps the operator's files; purge takes the conffiles.
+    let o = dpkg(r, &["-r", "qwen-gateway"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!r.join("usr/bin/qwen-gateway").exists());
+    assert!(policy.exists(), "remove took the policy");
+    let o = dpkg(r, &["-P", "qwen-gateway"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!policy.exists(), "purge left the policy");
+}
