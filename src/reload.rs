@@ -8,6 +8,13 @@
 //! next reload forever. Events are debounced, then sent, like SIGHUP, down one channel to one
 //! reload thread, so reloads never race each other.
 //!
+//! The watcher heals itself: the reload thread owns it and re-arms it when what it should
+//! watch changed (a symlinked policy re-pointed to another directory, checked after every
+//! batch), when a watched directory itself is removed or renamed, when the watcher reports
+//! an error, and, every two seconds when idle, when a directory was re-created (compared by
+//! device, inode and birth time). Each re-arm reads the file, since it may have changed
+//! unseen.
+//!
 //! A reload skips the file when its identity (device, inode, size, mtime) is the one it last
 //! read. Otherwise it reads it (a regular file only, capped: `policy::source`); after a write
 //! (rather than a complete file renamed into place, which is read at once) it reads it twice,
@@ -54,13 +61,18 @@ pub enum Trigger {
     /// swap): what appears is whole, and is read at once.
     Renamed,
     Signal,
+    /// The watcher reported an error, or the watched directories changed (a directory removed
+    /// and re-created, a symlink re-pointed elsewhere): it was re-armed, and the file is read.
+    Rearmed,
+    /// The process is stopping: the reload thread ends.
+    Stop,
 }
 
 impl Trigger {
     /// How the reload history names what started a reload.
     fn history_name(self) -> &'static str {
         match self {
-            Trigger::File | Trigger::Renamed => "watcher",
+            Trigger::File | Trigger::Renamed | Trigger::Rearmed | Trigger::Stop => "watcher",
             Trigger::Signal => "SIGHUP",
         }
     }
@@ -70,14 +82,21 @@ impl Trigger {
             Trigger::File => "file change",
             Trigger::Renamed => "file renamed over",
             Trigger::Signal => "SIGHUP",
+            Trigger::Rearmed => "watcher re-armed",
+            Trigger::Stop => "stop",
         }
     }
 }
 
-/// Keeps the watcher alive; dropping it stops watching.
+/// The handle on the reload thread; dropping it stops the thread and its watcher.
 pub struct Reloader {
     pub trigger: Sender<Trigger>,
-    _watcher: Option<RecommendedWatcher>,
+}
+
+impl Drop for Reloader {
+    fn drop(&mut self) {
+        let _ = self.trigger.send(Trigger::Stop);
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -267,8 +286,27 @@ fn apply(
 /// A burst of events keeps a reload waiting this long at most, however busy the directory.
 const MAX_DEBOUNCE: Duration = Duration::from_secs(1);
 
-fn reload_loop(state: Arc<AppState>, rx: Receiver<Trigger>, mut reload: Reload) {
-    while let Ok(first) = rx.recv() {
+/// How often the reload thread checks, when idle, that the watched directories are still the
+/// ones on disk (a directory removed and re-created sends no event to a watch on it).
+const HEAL_EVERY: Duration = Duration::from_secs(2);
+
+fn reload_loop(
+    state: Arc<AppState>,
+    rx: Receiver<Trigger>,
+    mut reload: Reload,
+    mut watch: Option<Watch>,
+) {
+    loop {
+        let first = match rx.recv_timeout(HEAL_EVERY) {
+            Ok(Trigger::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+            Ok(t) => t,
+            Err(RecvTimeoutError::Timeout) => {
+                if watch.as_mut().is_some_and(Watch::heal) {
+                    reload.run(&state, Trigger::Rearmed);
+                }
+                continue;
+            }
+        };
         // Fold a burst of triggers (one save makes several events) into one reload, once
         // DEBOUNCE has passed without another: a signal wins (it always reads), and a write
         // anywhere in the burst means the file must settle.
@@ -276,9 +314,11 @@ fn reload_loop(state: Arc<AppState>, rx: Receiver<Trigger>, mut reload: Reload) 
         let started = Instant::now();
         while started.elapsed() < MAX_DEBOUNCE {
             match rx.recv_timeout(DEBOUNCE) {
+                Ok(Trigger::Stop) => return,
                 Ok(t) => {
                     trigger = match (trigger, t) {
                         (Trigger::Signal, _) | (_, Trigger::Signal) => Trigger::Signal,
+                        (Trigger::Rearmed, _) | (_, Trigger::Rearmed) => Trigger::Rearmed,
                         (Trigger::File, _) | (_, Trigger::File) => Trigger::File,
                         _ => Trigger::Renamed,
                     };
@@ -287,7 +327,18 @@ fn reload_loop(state: Arc<AppState>, rx: Receiver<Trigger>, mut reload: Reload) 
                 Err(RecvTimeoutError::Disconnected) => return,
             }
         }
+        if trigger == Trigger::Rearmed
+            && let Some(w) = watch.as_mut()
+        {
+            // The watcher reported an error: build a new one.
+            w.broken = true;
+            w.heal();
+        }
         reload.run(&state, trigger);
+        // After every batch: a symlink re-pointed to another directory moves the watch there.
+        if watch.as_mut().is_some_and(Watch::heal) {
+            reload.run(&state, Trigger::Rearmed);
+        }
     }
 }
 
@@ -315,49 +366,129 @@ fn changes(kind: &EventKind) -> bool {
 /// Starts the reload thread and, when `watch` is set, the directory watcher.
 pub fn spawn(state: Arc<AppState>, loaded: FileIdentity, watch: bool) -> anyhow::Result<Reloader> {
     let (tx, rx) = channel();
-    let watcher = if watch {
-        Some(watch_policy(&state.policy_path, tx.clone())?)
+    let watch = if watch {
+        Some(Watch::arm(&state.policy_path, tx.clone())?)
     } else {
         tracing::info!("Not watching the policy file; SIGHUP reloads it.");
         None
     };
     std::thread::Builder::new()
         .name("policy-reload".into())
-        .spawn(move || reload_loop(state, rx, Reload::new(loaded)))?;
-    Ok(Reloader {
-        trigger: tx,
-        _watcher: watcher,
-    })
+        .spawn(move || reload_loop(state, rx, Reload::new(loaded), watch))?;
+    Ok(Reloader { trigger: tx })
 }
 
-fn watch_policy(path: &Path, tx: Sender<Trigger>) -> anyhow::Result<RecommendedWatcher> {
-    let path = path.to_path_buf();
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let mut names: Vec<OsString> = path.file_name().map(OsString::from).into_iter().collect();
-    let mut dirs = vec![dir.clone()];
-    // A policy that is a symlink to a file elsewhere: watch the target's directory too.
-    if let Ok(target) = std::fs::canonicalize(&path) {
-        if let Some(n) = target.file_name() {
-            names.push(n.to_owned());
+/// A directory's identity: re-created, it is another directory, and a watch on the old one
+/// hears nothing. The inode number alone is not enough (a new directory often gets the one
+/// just freed); its birth time tells them apart.
+fn dir_id(dir: &Path) -> Option<DirId> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(dir).ok()?;
+    let born = m
+        .created()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    Some((m.dev(), m.ino(), born))
+}
+
+type DirId = (u64, u64, u128);
+
+/// The directory watcher, owned by the reload thread, which re-arms it when what it should
+/// watch changed: after every batch of events, every [`HEAL_EVERY`] when idle, and after a
+/// watcher error.
+struct Watch {
+    path: PathBuf,
+    tx: Sender<Trigger>,
+    watcher: Option<RecommendedWatcher>,
+    /// The directories watched, with their identity when armed (`None`: missing then).
+    armed: Vec<(PathBuf, Option<DirId>)>,
+    /// The watcher reported an error: rebuild it even if the directories look the same.
+    broken: bool,
+}
+
+impl Watch {
+    /// The first watch, at startup: a directory that cannot be watched is fatal here.
+    fn arm(path: &Path, tx: Sender<Trigger>) -> anyhow::Result<Watch> {
+        let mut w = Watch {
+            path: path.to_path_buf(),
+            tx,
+            watcher: None,
+            armed: Vec::new(),
+            broken: false,
+        };
+        let (dirs, names) = wanted(path);
+        let mut watcher = w.new_watcher(names, dirs.clone())?;
+        for d in &dirs {
+            watcher
+                .watch(d, RecursiveMode::NonRecursive)
+                .map_err(|e| anyhow::anyhow!("cannot watch {}: {e}", d.display()))?;
         }
-        if let Some(tdir) = target.parent()
-            && std::fs::canonicalize(&dir).ok().as_deref() != Some(tdir)
-        {
-            dirs.push(tdir.to_path_buf());
-        }
+        tracing::info!(dirs = ?dirs, "Watching the policy file for changes (SIGHUP also reloads).");
+        w.armed = dirs.into_iter().map(|d| (d.clone(), dir_id(&d))).collect();
+        w.watcher = Some(watcher);
+        Ok(w)
     }
 
-    // Raw events, debounced by the reload thread: a debouncer that merges "created, then
-    // renamed" into one creation would hide that a complete file was moved into place.
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        match res {
+    /// Re-arms when the directories to watch (or their identities) changed, or after an
+    /// error. True when it did: the file may have changed unseen, so the caller reads it.
+    fn heal(&mut self) -> bool {
+        let (dirs, names) = wanted(&self.path);
+        let now: Vec<(PathBuf, Option<DirId>)> =
+            dirs.iter().map(|d| (d.clone(), dir_id(d))).collect();
+        if now == self.armed && !self.broken {
+            return false;
+        }
+        // The old watcher goes first: two watchers on one directory would double every event.
+        self.watcher = None;
+        let mut watching = Vec::new();
+        match self.new_watcher(names, dirs) {
+            Ok(mut watcher) => {
+                for (d, id) in &now {
+                    if id.is_none() {
+                        continue; // Missing now; watched once it is back.
+                    }
+                    match watcher.watch(d, RecursiveMode::NonRecursive) {
+                        Ok(()) => watching.push(d.clone()),
+                        Err(e) => tracing::warn!(dir = %d.display(), error = %e,
+                            "Cannot watch the policy directory; retrying."),
+                    }
+                }
+                self.watcher = Some(watcher);
+                self.broken = watching.len() < now.iter().filter(|(_, id)| id.is_some()).count();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot create the policy watcher; retrying.");
+                self.broken = true;
+            }
+        }
+        tracing::info!(dirs = ?watching, "Policy watcher re-armed.");
+        self.armed = now;
+        // Nothing to read while the directory is missing; its return re-arms and reads.
+        !watching.is_empty()
+    }
+
+    fn new_watcher(
+        &self,
+        names: Vec<OsString>,
+        dirs: Vec<PathBuf>,
+    ) -> notify::Result<RecommendedWatcher> {
+        let tx = self.tx.clone();
+        // Raw events, debounced by the reload thread: a debouncer that merges "created, then
+        // renamed" into one creation would hide that a complete file was moved into place.
+        notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
             Ok(e) => {
                 tracing::trace!(kind = ?e.kind, paths = ?e.paths, "Policy directory event.");
                 if e.need_rescan() {
                     let _ = tx.send(Trigger::File);
+                } else if matches!(
+                    e.kind,
+                    EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_))
+                ) && e.paths.iter().any(|p| dirs.contains(p))
+                {
+                    // A watched directory itself went away (removed, or renamed): this watch
+                    // is dead, so the reload thread builds a new one.
+                    let _ = tx.send(Trigger::Rearmed);
                 } else if changes(&e.kind) && e.paths.iter().any(|p| relevant(&names, p)) {
                     // A rename onto the path: a finished file was moved into place.
                     let renamed = matches!(e.kind, EventKind::Modify(ModifyKind::Name(_)));
@@ -369,16 +500,31 @@ fn watch_policy(path: &Path, tx: Sender<Trigger>) -> anyhow::Result<RecommendedW
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "Policy watcher error.");
-                let _ = tx.send(Trigger::File);
+                tracing::warn!(error = %e, "Policy watcher error; re-arming it.");
+                let _ = tx.send(Trigger::Rearmed);
             }
-        }
-    })?;
-    for d in &dirs {
-        watcher
-            .watch(d, RecursiveMode::NonRecursive)
-            .map_err(|e| anyhow::anyhow!("cannot watch {}: {e}", d.display()))?;
+        })
     }
-    tracing::info!(dirs = ?dirs, "Watching the policy file for changes (SIGHUP also reloads).");
-    Ok(watcher)
+}
+
+/// The directories to watch for `path` and the names in them that matter: the file's own
+/// directory, and, for a policy that is a symlink, its target's directory and name.
+fn wanted(path: &Path) -> (Vec<PathBuf>, Vec<OsString>) {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut names: Vec<OsString> = path.file_name().map(OsString::from).into_iter().collect();
+    let mut dirs = vec![dir.clone()];
+    if let Ok(target) = std::fs::canonicalize(path) {
+        if let Some(n) = target.file_name() {
+            names.push(n.to_owned());
+        }
+        if let Some(tdir) = target.parent()
+            && std::fs::canonicalize(&dir).ok().as_deref() != Some(tdir)
+        {
+            dirs.push(tdir.to_path_buf());
+        }
+    }
+    (dirs, names)
 }

@@ -449,6 +449,106 @@ fn reload_by_kubernetes_symlink_swap() {
     assert_switched_to_b(&gw);
 }
 
+const RELOAD_C: &str = r#"
+ollama_api: "{OLLAMA}"
+whitelist: {enabled: false}
+rate_limit: {enabled: false}
+auth: {enabled: true, keys: [{id: third, key: "third-key-2222"}]}
+"#;
+
+/// The policy is a symlink to a file in another directory; the symlink is re-pointed to a
+/// third directory, and later edits there (in place) must still be seen: the watcher moves
+/// to the new target's directory.
+#[test]
+fn watcher_follows_a_symlink_re_pointed_to_another_directory() {
+    let fake = Fake::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for sub in ["a", "b", "conf"] {
+        std::fs::create_dir(d.join(sub)).unwrap();
+    }
+    std::fs::write(
+        d.join("a/policy.yaml"),
+        Gateway::render(RELOAD_A, &fake.url(), d),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(d.join("a/policy.yaml"), d.join("conf/policy.yaml")).unwrap();
+    let path = d.join("conf/policy.yaml");
+    let gw = Gateway::spawn(dir, path, &[]);
+    assert_eq!(models_status(&gw, "old-key-0000"), 200);
+    let d = gw.dir.path();
+    // Re-point: a new symlink renamed over the old one.
+    std::fs::write(
+        d.join("b/policy.yaml"),
+        Gateway::render(RELOAD_B, &fake.url(), d),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(d.join("b/policy.yaml"), d.join("conf/.policy.tmp")).unwrap();
+    std::fs::rename(d.join("conf/.policy.tmp"), d.join("conf/policy.yaml")).unwrap();
+    assert_switched_to_b(&gw);
+    gw.wait_log("Policy watcher re-armed", 0);
+    // An in-place edit in the new directory: seen only by a watch on b/.
+    let mark = gw.log_len();
+    std::fs::write(
+        d.join("b/policy.yaml"),
+        Gateway::render(RELOAD_C, &fake.url(), d),
+    )
+    .unwrap();
+    gw.wait_log("Policy reloaded.", mark);
+    assert_eq!(models_status(&gw, "third-key-2222"), 200);
+    // The old directory no longer matters.
+    let mark = gw.log_len();
+    std::fs::write(d.join("a/policy.yaml"), "garbage: [").unwrap();
+    std::fs::write(
+        d.join("b/policy.yaml"),
+        Gateway::render(RELOAD_B, &fake.url(), d),
+    )
+    .unwrap();
+    gw.wait_log("Policy reloaded.", mark);
+    assert!(
+        !gw.stderr_text().contains("Policy reload rejected"),
+        "the old target's directory is still watched"
+    );
+}
+
+/// The policy's directory is removed and re-created (configuration management does this): a
+/// watch on the old directory hears nothing, so the watcher re-arms itself.
+#[test]
+fn watcher_re_arms_after_the_directory_is_removed_and_re_created() {
+    let fake = Fake::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("conf");
+    std::fs::create_dir(&conf).unwrap();
+    std::fs::write(
+        conf.join("policy.yaml"),
+        Gateway::render(RELOAD_A, &fake.url(), dir.path()),
+    )
+    .unwrap();
+    let gw = Gateway::spawn(dir, conf.join("policy.yaml"), &[]);
+    assert_eq!(models_status(&gw, "old-key-0000"), 200);
+    std::fs::remove_dir_all(&conf).unwrap();
+    // The running policy stays while the directory is gone.
+    assert_eq!(models_status(&gw, "old-key-0000"), 200);
+    let tmp = gw.dir.path().join("conf.new");
+    std::fs::create_dir(&tmp).unwrap();
+    std::fs::write(
+        tmp.join("policy.yaml"),
+        Gateway::render(RELOAD_B, &fake.url(), gw.dir.path()),
+    )
+    .unwrap();
+    std::fs::rename(&tmp, &conf).unwrap();
+    assert_switched_to_b(&gw);
+    // And the new directory is watched: a later edit applies.
+    let mark = gw.log_len();
+    std::fs::write(
+        conf.join("policy.yaml"),
+        Gateway::render(RELOAD_C, &fake.url(), gw.dir.path()),
+    )
+    .unwrap();
+    gw.wait_log("Policy reloaded.", mark);
+    assert_eq!(models_status(&gw, "third-key-2222"), 200);
+}
+
 #[test]
 fn reload_by_sighup() {
     let fake = Fake::start(&[]);
