@@ -35,4 +35,6 @@ else
   cargo build --profile "$profile" --locked -p qwen-gateway --bin qwen-gateway
 fi
 mkdir -p "$out"
-cargo deb --no-build --locked -p qwen-gateway --profile "$profile" -o "$out" --no-strip --fast
+# A release package is stripped and xz-compressed; the tests' debug one is neither (faster).
+if [ "$profile" = release ]; then pack=(--strip); else pack=(--no-strip --fast); fi
+cargo deb --no-build --locked -p qwen-gateway --profile "$profile" -o "$out" "${pack[@]}"
