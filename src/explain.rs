@@ -166,35 +166,17 @@ fn walk(w: &mut Walk<'_>, req: &Described) -> Result<(), GatewayError> {
         Access::Observer => {
             let ok = p.trusted_proxies.contains(client)
                 || p.whitelist.as_ref().is_some_and(|s| s.contains(client));
-            w.say(
+            return by_address(
+                w,
                 "observer",
-                if ok {
-                    format!("{client} is in trusted_proxies or whitelist.ips -> allowed")
-                } else {
-                    format!("{client} is in neither trusted_proxies nor whitelist.ips -> REFUSED")
-                },
+                ok,
+                client,
+                "trusted_proxies or whitelist.ips",
             );
-            return if ok {
-                Ok(())
-            } else {
-                Err(GatewayError::IpNotAllowed)
-            };
         }
         Access::Operator => {
             let ok = p.trusted_proxies.contains(client);
-            w.say(
-                "operator",
-                if ok {
-                    format!("{client} is in trusted_proxies -> allowed")
-                } else {
-                    format!("{client} is not in trusted_proxies -> REFUSED")
-                },
-            );
-            return if ok {
-                Ok(())
-            } else {
-                Err(GatewayError::IpNotAllowed)
-            };
+            return by_address(w, "operator", ok, client, "trusted_proxies");
         }
         Access::Key | Access::Listing | Access::Admin => {}
     }
@@ -435,6 +417,23 @@ fn walk(w: &mut Walk<'_>, req: &Described) -> Result<(), GatewayError> {
         );
     }
     Ok(())
+}
+
+/// The keyless routes: allowed or refused by the client's address alone.
+fn by_address(
+    w: &mut Walk<'_>,
+    class: &'static str,
+    ok: bool,
+    client: IpAddr,
+    sets: &str,
+) -> Result<(), GatewayError> {
+    if ok {
+        w.say(class, format!("{client} is in {sets} -> allowed"));
+        Ok(())
+    } else {
+        w.say(class, format!("{client} is not in {sets} -> REFUSED"));
+        Err(GatewayError::IpNotAllowed)
+    }
 }
 
 fn validity(w: &mut Walk<'_>, k: &ApiKey) -> Result<(), GatewayError> {

@@ -17,16 +17,6 @@ use serde_json::Value;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
-fn tool(name: &str) -> PathBuf {
-    for dir in ["/usr/sbin", "/sbin", "/usr/bin", "/bin", "/usr/local/bin"] {
-        let p = Path::new(dir).join(name);
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!("{name} is not installed; scripts/test.sh installs it");
-}
-
 fn run(cmd: &mut Command) -> Output {
     cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
 }

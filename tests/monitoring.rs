@@ -28,16 +28,6 @@ audit: {dir: "{DIR}/audit"}
 report_only: [rate_limit]
 "#;
 
-fn tool(name: &str) -> std::path::PathBuf {
-    for dir in ["/usr/sbin", "/sbin", "/usr/bin", "/bin", "/usr/local/bin"] {
-        let p = Path::new(dir).join(name);
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!("{name} is not installed; scripts/test.sh installs it");
-}
-
 /// Series names and the label names seen on each, from Prometheus text.
 fn series(text: &str) -> BTreeMap<String, BTreeSet<String>> {
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();

@@ -623,3 +623,15 @@ pub const KEY: &str = "prod-key-2024-qwen3";
 pub fn hello(model: &str) -> Value {
     serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hello there"}]})
 }
+
+/// A system program the tests drive (nginx, openssl, dpkg, promtool, ...), wherever Debian
+/// puts it.
+pub fn tool(name: &str) -> PathBuf {
+    for dir in ["/usr/sbin", "/sbin", "/usr/bin", "/bin", "/usr/local/bin"] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{name} is not installed; scripts/test.sh installs it");
+}
