@@ -52,7 +52,7 @@ impl RequestCtx {
     ) -> Result<(), GatewayError> {
         let why = format!("{}: {}", guard.name(), rule());
         if self.policy.reports(guard) {
-            tracing::info!(request_id = %self.request_id, guard = guard.name(), rule = %why,
+            tracing::info!(request_id = %self.request_id, guard = guard.name(), rule = ?why,
                 "A report-only guard would have refused this request; served.");
             self.audit.update(|r| r.would_refuse(guard, why));
             Ok(())

@@ -240,6 +240,23 @@ fn report_only_guards_serve_and_say_what_they_would_have_refused() {
         assert_eq!(metric(&gw, &series), 1.0, "{series}");
     }
     assert!(gw.stderr_text().contains("would have refused"));
+    // A client-chosen model name in the report cannot forge a log line.
+    let r = chat(
+        &gw,
+        Some(ALICE),
+        None,
+        &hello("x\n2026-01-01T00:00:00Z ERROR forged line"),
+    );
+    assert_eq!(r.status, 404, "{}", r.text());
+    wait_for(Duration::from_secs(5), "the report's log line", || {
+        gw.stderr_text().contains("forged line").then_some(())
+    });
+    assert!(
+        !gw.stderr_text()
+            .lines()
+            .any(|l| l.starts_with("2026-01-01T00:00:00Z")),
+        "a forged log line"
+    );
 
     // Enforce: the same file without `report_only`, and the same requests are refused.
     let skip = gw.log_len();

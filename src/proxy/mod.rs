@@ -138,7 +138,7 @@ pub(crate) fn report_clamps(
         Ok(()) => would.header().map(|h| format!("would clamp {h}")),
     };
     if let Some(note) = note {
-        tracing::info!(request_id = %ctx.request_id, guard = "clamps", %note,
+        tracing::info!(request_id = %ctx.request_id, guard = "clamps", note = ?note,
             "A report-only guard would have changed this request; served as sent.");
         ctx.audit.update(|r| {
             r.would_refuse(crate::policy::Guard::Clamps, format!("clamps: {note}"));
