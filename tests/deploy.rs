@@ -248,6 +248,8 @@ audit: {dir: "{DIR}/audit"}
 
 #[test]
 fn nginx_in_front_of_the_gateway_end_to_end() {
+    // Its stream timings must not share two cores with the package build.
+    let _quiet = QUIET.lock().unwrap_or_else(|p| p.into_inner());
     let fake = Fake::start(&[]);
     let chat_ui = Fake::start(&[]);
     let gw = Gateway::start(E2E_POLICY, &fake.url());
@@ -997,6 +999,10 @@ fn nginx_serves_a_chat_ui_with_its_csp_caches_only_fingerprinted_assets_and_keep
     );
 }
 
+/// Held by the tests that measure stream timing and by the CPU-heavy package build, so they
+/// never run at once on a 2-core machine.
+static QUIET: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A throwaway root that dpkg can install into without chroot: an empty package database and
 /// the account files the maintainer scripts edit.
 fn dpkg_root() -> tempfile::TempDir {
@@ -1039,10 +1045,12 @@ fn dpkg(root: &Path, args: &[&str]) -> Output {
 
 #[test]
 fn debian_package_installs_keeps_edited_conffiles_and_checks_the_policy() {
-    // Built by cargo-deb from the tests' debug build (no second compile).
+    let _quiet = QUIET.lock().unwrap_or_else(|p| p.into_inner());
+    // Built by cargo-deb from the tests' debug binary as it is (no build: relinking it would
+    // replace the binary under the other tests).
     let out = tempfile::tempdir().unwrap();
     let o = run(Command::new(Path::new(REPO).join("scripts/package-deb.sh"))
-        .args(["--profile", "dev", "-o"])
+        .args(["--profile", "dev", "--no-build", "-o"])
         .arg(out.path()));
     assert!(o.status.success(), "{}", text(&o));
     let deb = std::fs::read_dir(out.path())
