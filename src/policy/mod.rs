@@ -274,6 +274,24 @@ pub struct Policy {
     pub warnings: Vec<String>,
 }
 
+/// Where a prompt limit is set: `auth.keys[id].limits`, `models[name]` or `limits`.
+#[derive(Debug, Clone, Copy)]
+pub enum LimitField<'a> {
+    Key(&'a str),
+    Model(&'a str),
+    Limits,
+}
+
+impl std::fmt::Display for LimitField<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LimitField::Key(id) => write!(f, "auth.keys[{id}].limits.max_prompt_chars"),
+            LimitField::Model(m) => write!(f, "models[{m}].max_prompt_chars"),
+            LimitField::Limits => f.write_str("limits.max_prompt_chars"),
+        }
+    }
+}
+
 /// A guard that can be switched to report-only (`report_only:` in the policy): it still
 /// decides, but a refusal is recorded (audit `report_only`, metric, log) and the request is
 /// served. Admin-only routes and the failed-key throttle's counting are not among them.
@@ -333,22 +351,24 @@ impl Policy {
         self.prompt_limit_rule(key, model).0
     }
 
-    /// The prompt limit and the policy field it comes from (for audit reasons and `explain`).
-    pub fn prompt_limit_rule(&self, key: Option<&ApiKey>, model: Option<&str>) -> (usize, String) {
+    /// The prompt limit and the policy field it comes from (for audit reasons and `explain`;
+    /// named only when printed, so the per-request check allocates nothing).
+    pub fn prompt_limit_rule<'a>(
+        &'a self,
+        key: Option<&'a ApiKey>,
+        model: Option<&'a str>,
+    ) -> (usize, LimitField<'a>) {
         if let Some(k) = key
             && let Some(max) = k.limits.max_prompt_chars
         {
-            return (max, format!("auth.keys[{}].limits.max_prompt_chars", k.id));
+            return (max, LimitField::Key(&k.id));
         }
         if let Some(m) = model
             && let Some(max) = self.models.settings(m).max_prompt_chars
         {
-            return (max, format!("models[{m}].max_prompt_chars"));
+            return (max, LimitField::Model(m));
         }
-        (
-            self.limits.max_prompt_chars,
-            "limits.max_prompt_chars".to_owned(),
-        )
+        (self.limits.max_prompt_chars, LimitField::Limits)
     }
 
     /// Whether `guard` only reports (`report_only:`) instead of refusing.

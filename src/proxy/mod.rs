@@ -340,7 +340,7 @@ pub async fn chat_completions(
         .num_predict
         .map(|n| i64::try_from(n).unwrap_or(i64::MAX));
     let asked_ctx = native.options.num_ctx;
-    let asked_keep = native.keep_alive.clone();
+    let asked_keep = native.keep_alive.take();
     let clamp_all = |c: &mut crate::clamp::Clamped| {
         Ok::<_, GatewayError>((
             clamps.output(asked_output, c)?,
@@ -352,6 +352,7 @@ pub async fn chat_completions(
         // Report-only: the clamps are worked out, not applied; the request goes on as sent.
         let mut would = crate::clamp::Clamped::default();
         report_clamps(&ctx, clamp_all(&mut would).map(|_| ()), &would);
+        native.keep_alive = asked_keep;
     } else {
         let (num_predict, num_ctx, keep_alive) = clamp_all(&mut clamped)?;
         native.options.num_predict = num_predict;
