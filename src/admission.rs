@@ -119,16 +119,14 @@ async fn admit(
     next.call(req).await
 }
 
-/// What the auth guard says about a request without a usable key.
-fn auth_rule(why: AuthFailure) -> String {
-    match why {
-        AuthFailure::Missing => "no api key was sent",
-        AuthFailure::Invalid => "the api key matches no key in auth",
-        AuthFailure::Ambiguous => "two different api keys were sent",
-        AuthFailure::Expired => "the key's expires_at has passed",
-        AuthFailure::NotYetValid => "the key's not_before is still ahead",
+/// Whose rate limit applies, as the policy names it: a key's own, the default per key, or the
+/// default per address (audit reasons and `explain`).
+pub fn rate_scope(key: Option<&crate::policy::ApiKey>, client: IpAddr) -> String {
+    match key {
+        Some(k) if k.rate_limit.is_some() => format!("auth.keys[{}].rate_limit", k.id),
+        Some(k) => format!("rate_limit for key {}", k.id),
+        None => format!("rate_limit for address {client}"),
     }
-    .to_owned()
 }
 
 /// The identity a failed-key counter is kept under: the address, or its /64 for IPv6, where
@@ -190,25 +188,12 @@ async fn guard(
                 // mistyping a key in a shared chat UI must not lock out everyone behind it.
                 Ok(p) => Some(p),
                 // A real key outside its validity: not a guess, so not counted as one.
-                Err(AuthFailure::Expired) => {
-                    ctx.refuse(
-                        Guard::Auth,
-                        || "the key's expires_at has passed".to_owned(),
-                        GatewayError::ExpiredApiKey,
-                    )?;
-                    None
-                }
-                Err(AuthFailure::NotYetValid) => {
-                    ctx.refuse(
-                        Guard::Auth,
-                        || "the key's not_before is still ahead".to_owned(),
-                        GatewayError::ApiKeyNotYetValid,
-                    )?;
-                    None
-                }
                 // Report-only: served as without a key, and not counted as a failure.
-                Err(why) if policy.reports(Guard::Auth) => {
-                    ctx.refuse(Guard::Auth, || auth_rule(why), GatewayError::InvalidApiKey)?;
+                Err(why)
+                    if matches!(why, AuthFailure::Expired | AuthFailure::NotYetValid)
+                        || policy.reports(Guard::Auth) =>
+                {
+                    ctx.refuse(Guard::Auth, || why.rule().to_owned(), why.refusal())?;
                     None
                 }
                 Err(why) => {
@@ -230,16 +215,9 @@ async fn guard(
                     }
                     state.auth_failures.record(&bucket, auth.failures);
                     tracing::debug!(request_id = %ctx.request_id, client_ip = %ctx.client_ip, ?why, "Rejected an API key.");
-                    let err = match why {
-                        AuthFailure::Ambiguous => GatewayError::AmbiguousApiKey,
-                        AuthFailure::Missing
-                        | AuthFailure::Invalid
-                        | AuthFailure::Expired
-                        | AuthFailure::NotYetValid => GatewayError::InvalidApiKey,
-                    };
                     ctx.audit
-                        .update(|r| r.reason = Some(format!("auth: {}", auth_rule(why))));
-                    return Err(err);
+                        .update(|r| r.reason = Some(format!("auth: {}", why.rule())));
+                    return Err(why.refusal());
                 }
             }
         }
@@ -296,13 +274,8 @@ async fn guard(
                     ctx.refuse(
                         Guard::RateLimit,
                         || {
-                            let scope = match &principal {
-                                Some(p) if p.rate_limit().is_some() => {
-                                    format!("auth.keys[{}].rate_limit", p.key_id())
-                                }
-                                Some(p) => format!("rate_limit for key {}", p.key_id()),
-                                None => format!("rate_limit for address {}", ctx.client_ip),
-                            };
+                            let scope =
+                                rate_scope(principal.as_ref().map(|p| &*p.key), ctx.client_ip);
                             let listing = if class == Class::Listing {
                                 " (listing routes: x10)"
                             } else {

@@ -55,6 +55,30 @@ pub enum AuthFailure {
     NotYetValid,
 }
 
+impl AuthFailure {
+    /// What the auth guard says about it, for the audit line's `reason` and `explain`.
+    pub fn rule(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "no api key was sent",
+            AuthFailure::Invalid => "the api key matches no key in auth",
+            AuthFailure::Ambiguous => "two different api keys were sent",
+            AuthFailure::Expired => "the key's expires_at has passed",
+            AuthFailure::NotYetValid => "the key's not_before is still ahead",
+        }
+    }
+
+    /// The answer it gets.
+    pub fn refusal(self) -> crate::errors::GatewayError {
+        use crate::errors::GatewayError;
+        match self {
+            AuthFailure::Missing | AuthFailure::Invalid => GatewayError::InvalidApiKey,
+            AuthFailure::Ambiguous => GatewayError::AmbiguousApiKey,
+            AuthFailure::Expired => GatewayError::ExpiredApiKey,
+            AuthFailure::NotYetValid => GatewayError::ApiKeyNotYetValid,
+        }
+    }
+}
+
 /// Anthropic's key header: Anthropic clients put the key there whatever the policy says.
 pub static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 

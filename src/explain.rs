@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use actix_web::ResponseError as _;
 use actix_web::http::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 
-use crate::auth::{AuthFailure, Principal, authenticate};
+use crate::auth::{Principal, authenticate};
 use crate::errors::GatewayError;
 use crate::policy::{ApiKey, Guard, Policy};
 use crate::routes::{Access, table};
@@ -234,25 +234,7 @@ fn walk(w: &mut Walk<'_>, req: &Described) -> Result<(), GatewayError> {
                     Some(pr)
                 }
                 Err(why) => {
-                    let (text, err) = match why {
-                        AuthFailure::Expired => (
-                            "the key's expires_at has passed",
-                            GatewayError::ExpiredApiKey,
-                        ),
-                        AuthFailure::NotYetValid => (
-                            "the key's not_before is still ahead",
-                            GatewayError::ApiKeyNotYetValid,
-                        ),
-                        AuthFailure::Ambiguous => (
-                            "two different keys were sent",
-                            GatewayError::AmbiguousApiKey,
-                        ),
-                        AuthFailure::Missing | AuthFailure::Invalid => (
-                            "the key matches no key in auth",
-                            GatewayError::InvalidApiKey,
-                        ),
-                    };
-                    w.refuse(Guard::Auth, text.to_owned(), err)?;
+                    w.refuse(Guard::Auth, why.rule().to_owned(), why.refusal())?;
                     None
                 }
             },
@@ -283,11 +265,7 @@ fn walk(w: &mut Walk<'_>, req: &Described) -> Result<(), GatewayError> {
             } else {
                 (q.max_requests, "")
             };
-            let whose = match key {
-                Some(k) if k.rate_limit.is_some() => format!("auth.keys[{}].rate_limit", k.id),
-                Some(k) => format!("rate_limit, per key `{}`", k.id),
-                None => format!("rate_limit, per address {client}"),
-            };
+            let whose = crate::admission::rate_scope(key, client);
             let mode = if p.reports(Guard::RateLimit) {
                 "; report_only: over it is served and reported"
             } else {
