@@ -93,8 +93,15 @@ impl Clamps {
             return Ok(asked.and_then(|a| u64::try_from(a).ok()));
         };
         match asked {
-            Some(a) if a >= 0 && a.unsigned_abs() <= max => Ok(Some(a.unsigned_abs())),
-            None => Ok(Some(max)),
+            // 0 is not "no output": Ollama before 0.30 reads `num_predict: 0` as no limit, so
+            // it takes the cap like a negative one.
+            Some(a) if a > 0 && a.unsigned_abs() <= max => Ok(Some(a.unsigned_abs())),
+            // The client set none: the cap is filled in, and named like a clamp so that a
+            // client wondering why its answer stopped can see it.
+            None => {
+                c.note("max_output_tokens", format_args!("{max} (default)"));
+                Ok(Some(max))
+            }
             Some(_) => {
                 if self.refuse {
                     return Err(over("the output token limit", max));
@@ -319,6 +326,26 @@ mod tests {
         clamps().native_body(&mut body, true, &mut c).unwrap();
         assert_eq!(body["options"], json!({"num_predict":8192}));
         assert!(body.get("keep_alive").is_none());
+        assert_eq!(
+            c.header().unwrap(),
+            "max_output_tokens=8192 (default), keep_alive=default"
+        );
+        // 0 is "no limit" to older Ollama: the cap, in every spelling.
+        for field in ["max_tokens", "max_output_tokens"] {
+            let mut body = json!({ field: 0 }).as_object().cloned().unwrap();
+            let mut c = Clamped::default();
+            clamps().output_field(&mut body, field, &mut c).unwrap();
+            assert_eq!(body[field], 8192, "{field}");
+            assert_eq!(c.header().unwrap(), "max_output_tokens=8192");
+        }
+        let mut body = json!({"options":{"num_predict":0}})
+            .as_object()
+            .cloned()
+            .unwrap();
+        clamps()
+            .native_body(&mut body, true, &mut Clamped::default())
+            .unwrap();
+        assert_eq!(body["options"]["num_predict"], 8192);
         // Within bounds: untouched, nothing said.
         let mut body =
             json!({"model":"m","options":{"num_ctx":8192,"num_predict":100},"keep_alive":"5m"})

@@ -80,6 +80,7 @@ fn route_label(path: &str) -> &'static str {
         "/v1/completions",
         "/v1/responses",
         "/v1/messages",
+        "/v1/messages/count_tokens",
         "/api/version",
         "/api/tags",
         "/api/ps",
@@ -96,6 +97,8 @@ fn route_label(path: &str) -> &'static str {
         "/healthz",
         "/readyz",
         "/metrics",
+        "/status",
+        "/",
     ];
     if let Some(p) = EXACT.iter().find(|p| **p == path) {
         return p;

@@ -90,6 +90,9 @@ pub enum GatewayError {
     Internal,
 }
 
+/// Read by the OpenAI and Anthropic SDKs before their own retry rules.
+pub const X_SHOULD_RETRY: HeaderName = HeaderName::from_static("x-should-retry");
+
 /// OpenAI's error envelope: `{"error":{"message","type","param","code"}}`.
 #[derive(Serialize)]
 pub struct ErrorEnvelope<'a> {
@@ -119,7 +122,9 @@ impl GatewayError {
             GatewayError::ModelNotAllowed { .. } => "model_not_allowed",
             GatewayError::RateLimited(_) => "rate_limit_exceeded",
             GatewayError::TokenLimited(_) => "token_limit_exceeded",
-            GatewayError::PromptTooLong { .. } => "prompt_too_long",
+            // OpenAI's code for the same refusal: agents (OpenClaw, LangChain, Continue) take
+            // it, and the message below, as "compact the conversation", not as a failure.
+            GatewayError::PromptTooLong { .. } => "context_length_exceeded",
             GatewayError::BodyTooLarge { .. } => "request_too_large",
             GatewayError::BadRequest { .. } => "invalid_request",
             GatewayError::RequestTimeout { .. } => "request_timeout",
@@ -270,13 +275,17 @@ impl GatewayError {
             GatewayError::TokenLimited(_) => {
                 "token quota exceeded for this api key, try again later".to_owned()
             }
-            GatewayError::PromptTooLong { max } => format!("prompt too long, max {max} chars"),
-            GatewayError::BodyTooLarge { max } => {
-                format!("request body too large, max {max} bytes")
+            // The phrases agents match to start their own context handling ("prompt is too
+            // long", Anthropic's; "maximum context length", OpenAI's). No policy value.
+            GatewayError::PromptTooLong { .. } => "prompt is too long: the request is over the \
+                maximum context length this gateway allows; shorten or compact the conversation"
+                .to_owned(),
+            GatewayError::BodyTooLarge { .. } => {
+                "request body too large for this gateway".to_owned()
             }
             GatewayError::BadRequest { message } => message.clone(),
-            GatewayError::RequestTimeout { seconds } => {
-                format!("the request body did not arrive in time, max {seconds} seconds")
+            GatewayError::RequestTimeout { .. } => {
+                "the request body did not arrive in time".to_owned()
             }
             GatewayError::RouteNotFound { method, path } => {
                 format!("Invalid URL ({method} {})", crate::audit::clip(path, 256))
@@ -325,6 +334,18 @@ impl GatewayError {
             }
             GatewayError::Internal => "internal error".to_owned(),
         }
+    }
+
+    /// Whether a retry of the same request could get another answer. The OpenAI and
+    /// Anthropic SDKs (and the agents built on them: Claude Code, Codex) retry 4xx/5xx answers
+    /// with backoff for minutes unless `x-should-retry: false` says a retry cannot help; a
+    /// wrong key, a refused model or a prompt over the limit stays refused. Where waiting
+    /// helps, the answer carries `Retry-After` instead.
+    pub fn retryable(&self) -> bool {
+        !matches!(
+            self.status_code().as_u16(),
+            400 | 401 | 403 | 404 | 405 | 413 | 501
+        )
     }
 
     fn retry_after(&self) -> Option<Duration> {
@@ -468,6 +489,9 @@ impl GatewayError {
     pub fn response(&self, dialect: Dialect) -> HttpResponse {
         let mut resp = HttpResponse::build(self.status_code());
         resp.content_type("application/json");
+        if !self.retryable() {
+            resp.insert_header((X_SHOULD_RETRY, HeaderValue::from_static("false")));
+        }
         if let Some(wait) = self.retry_after() {
             resp.insert_header((RETRY_AFTER, ceil_secs(wait)));
         }
@@ -526,8 +550,26 @@ mod tests {
     fn envelope_shape() {
         let e = GatewayError::PromptTooLong { max: 32768 };
         let v: serde_json::Value = serde_json::from_str(&e.envelope_json()).unwrap_or_default();
-        assert_eq!(v["error"]["message"], "prompt too long, max 32768 chars");
+        let message = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.starts_with("prompt is too long"), "{message}");
+        assert!(message.contains("maximum context length"), "{message}");
+        assert!(!message.contains("32768"), "no policy value: {message}");
         assert_eq!(v["error"]["type"], "invalid_request_error");
-        assert_eq!(v["error"]["code"], "prompt_too_long");
+        assert_eq!(v["error"]["code"], "context_length_exceeded");
+    }
+
+    #[test]
+    fn refusals_a_retry_cannot_change_say_so() {
+        let no = GatewayError::InvalidApiKey.response(Dialect::Anthropic);
+        assert_eq!(
+            no.headers().get("x-should-retry").map(|v| v.as_bytes()),
+            Some(&b"false"[..])
+        );
+        let busy = GatewayError::UpstreamBusy {
+            retry_after: Duration::from_secs(2),
+        }
+        .response(Dialect::OpenAi);
+        assert!(busy.headers().get("x-should-retry").is_none());
+        assert!(busy.headers().get("retry-after").is_some());
     }
 }

@@ -15,7 +15,7 @@ use actix_web::{HttpRequest, HttpResponse, Route, web};
 use crate::admission;
 use crate::errors::GatewayError;
 use crate::health;
-use crate::proxy::{self, forward, native};
+use crate::proxy::{self, count_tokens, forward, native};
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +61,9 @@ pub fn table() -> Vec<RouteDef> {
         def(Method::GET, "/healthz", Open, || {
             web::get().to(health::healthz)
         }),
+        // A load balancer's probe of the site root gets the liveness answer, not a 404.
+        def(Method::GET, "/", Open, || web::get().to(health::healthz)),
+        def(Method::HEAD, "/", Open, || web::head().to(health::healthz)),
         def(Method::GET, "/readyz", Observer, || {
             web::get().to(health::readyz)
         }),
@@ -92,6 +95,10 @@ pub fn table() -> Vec<RouteDef> {
         // Anthropic surface (the key may also come in Anthropic's own `x-api-key`).
         def(Method::POST, "/v1/messages", Key, || {
             forward::route(&forward::V1_MESSAGES)
+        }),
+        // Claude Code's context management: an estimate, no GPU (the listing class's limit).
+        def(Method::POST, "/v1/messages/count_tokens", Listing, || {
+            web::post().to(count_tokens::count_tokens)
         }),
         // Ollama's native API.
         def(Method::GET, "/api/version", Listing, || {

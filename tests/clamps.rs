@@ -18,7 +18,7 @@ auth:
   enabled: true
   keys:
     - {id: user, key: "user-key-000001"}
-    - {id: agent, key: "agent-key-00001", limits: {max_prompt_chars: 50000, max_output_tokens: 4000}}
+    - {id: agent, key: "agent-key-00001", limits: {max_prompt_chars: 250000, max_output_tokens: 4000}}
     - {id: ops, key: "admin-key-00001", admin: true}
 models:
   "qwen3:32b": {name: "qwen3:32b", num_ctx: 16384}
@@ -143,7 +143,7 @@ fn every_route_is_clamped_per_key_and_model() {
     assert_eq!(r.status, 200);
     assert_eq!(last_sent(&fake, "/v1/responses")["max_output_tokens"], 1000);
     // An agent's key: its own prompt and output limits.
-    let long = "w ".repeat(20_000);
+    let long = "w ".repeat(110_000);
     let r = post(
         &gw,
         "/v1/completions",
@@ -161,7 +161,7 @@ fn every_route_is_clamped_per_key_and_model() {
         "prompt": long}),
     );
     assert_eq!(r.status, 400);
-    assert_eq!(r.error_message(), "prompt too long, max 32768 chars");
+    assert_prompt_too_long(&r.error_message());
 }
 
 #[test]

@@ -128,9 +128,11 @@ impl Nginx {
         let template =
             std::fs::read_to_string(Path::new(REPO).join("nginx/qwen-gateway.conf.template"))
                 .unwrap();
+        // Without a chat UI the native API's /api/ location is rendered in (7 more lines).
+        let no_ui = env.iter().any(|(k, v)| *k == "CHAT_UI" && *v == "none");
         assert_eq!(
             site.lines().count(),
-            template.lines().count() + gateways - 1
+            template.lines().count() + gateways - 1 + if no_ui { 7 } else { 0 }
         );
         std::fs::write(d.join("site.conf"), site).unwrap();
         // The main nginx.conf of a Debian install, reduced to what a private instance needs.
@@ -355,7 +357,7 @@ fn nginx_in_front_of_the_gateway_end_to_end() {
     let o = run(Command::new(python())
         .arg(Path::new(REPO).join("tests/e2e/clients.py"))
         .args([
-            &base,
+            &format!("{base}/ollama"),
             "sdk-key-e2e-000",
             "ollama-timing",
             "test/delay-second:800",
@@ -376,7 +378,7 @@ fn nginx_in_front_of_the_gateway_end_to_end() {
         ca_s,
         "--interface",
         "127.0.0.3",
-        &format!("{base}/api/tags"),
+        &format!("{base}/ollama/api/tags"),
     ]);
     assert_eq!(s, 401, "the native API is open through Nginx");
 
@@ -983,20 +985,260 @@ fn nginx_serves_a_chat_ui_with_its_csp_caches_only_fingerprinted_assets_and_keep
     assert!(access.contains("GET /static/custom.css"), "{access}");
     let site = std::fs::read_to_string(ngx.dir.path().join("site.conf")).unwrap();
     assert!(!site.contains("/var/log/nginx"), "a fixed log path is left");
+}
 
-    // OpenClaw's Control UI: its own policy, rendered from CHAT_UI.
-    let ngx = Nginx::start_with(&gw.addr.to_string(), &ui.addr, &[("CHAT_UI", "openclaw")]);
+/// The stand-in chat UI of `tests/e2e/chat_ui.py` (Open WebUI's or OpenClaw's own `/api/`, a
+/// Socket.IO upgrade, OpenClaw's own CSP), logging every request it gets.
+struct UiStandIn {
+    child: Child,
+    addr: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl UiStandIn {
+    fn start(flavour: &str) -> UiStandIn {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("requests.jsonl");
+        let port = free_port();
+        let child = Command::new(python())
+            .arg(Path::new(REPO).join("tests/e2e/chat_ui.py"))
+            .arg(port.to_string())
+            .arg(&log)
+            .arg(flavour)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the chat UI stand-in");
+        wait_for(Duration::from_secs(10), "the chat UI to listen", || {
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .ok()
+                .map(|_| ())
+        });
+        UiStandIn {
+            child,
+            addr: format!("127.0.0.1:{port}"),
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// The paths the UI was asked for.
+    fn paths(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|v| v["path"].as_str().map(str::to_owned))
+            .collect()
+    }
+}
+
+impl Drop for UiStandIn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Issue 18: with a chat UI at `/`, the UI keeps its own `/api/` (Open WebUI's config,
+/// version, v1 API and socket; OpenClaw's users, media and artifacts), Ollama's native API is
+/// at `/ollama/api/`, and an Ollama client, an OpenAI client and the UI work through the same
+/// site; the UI may frame its own pages while the API may not be framed at all.
+#[test]
+fn a_chat_ui_keeps_its_own_api_and_ollama_has_its_prefix() {
+    let fake = Fake::start(&[]);
+    let gw = Gateway::start(E2E_POLICY, &fake.url());
+    let ui = UiStandIn::start("open-webui");
+    let ngx = Nginx::start(&gw.addr.to_string(), &ui.addr);
+    let ca = ngx.cert();
+    let ca_s = ca.to_str().unwrap();
+    let base = format!("https://localhost:{}", ngx.https);
+    let get = |path: &str| {
+        curl(&[
+            "--cacert",
+            ca_s,
+            "--interface",
+            "127.0.0.3",
+            &format!("{base}{path}"),
+        ])
+    };
+
+    // The page's first calls, and the version check it reloads on: the UI's own answers.
+    let (s, _, body) = get("/api/config");
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["name"],
+        "Open WebUI"
+    );
+    let (s, _, body) = get("/api/version");
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["version"],
+        "0.12.4",
+        "the page would show \"Open WebUI Backend Required\""
+    );
+    for path in ["/api/v1/chats/?page=1", "/api/v1/models", "/api/v1/auths/"] {
+        let (s, _, body) = get(path);
+        assert_eq!(s, 200, "{path}: {body}");
+        assert!(body.contains("\"ui\": true"), "{path}: {body}");
+    }
+    // A file preview the page frames: same-origin framing allowed on the UI, never on the API.
+    let (s, h, _) = get("/api/v1/files/f1/content/html");
+    assert_eq!(s, 200);
+    assert_eq!(header_values(&h, "x-frame-options"), ["sameorigin"], "{h}");
+    let csp = header_values(&h, "content-security-policy");
+    assert_eq!(csp.len(), 1, "{h}");
+    assert!(csp[0].contains("frame-ancestors 'self'"), "{h}");
+    let (_, h, _) = get("/v1/models");
+    assert_eq!(header_values(&h, "x-frame-options"), ["deny"], "{h}");
+    assert_eq!(
+        header_values(&h, "content-security-policy"),
+        ["default-src 'none'; frame-ancestors 'none'"]
+    );
+    // The socket connect upgrades at the UI.
+    let (s, h, _) = curl(&[
+        "--cacert",
+        ca_s,
+        "--http1.1",
+        "--max-time",
+        "3",
+        "-H",
+        "Connection: Upgrade",
+        "-H",
+        "Upgrade: websocket",
+        "-H",
+        "Sec-WebSocket-Version: 13",
+        "-H",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        &format!("{base}/ws/socket.io/?EIO=4&transport=websocket"),
+    ]);
+    assert_eq!(s, 101, "{h}");
+    assert!(
+        h.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{h}"
+    );
+
+    // Ollama's client at https://<domain>/ollama, and the OpenAI SDK at /v1, through the same
+    // site, from an allowed client.
+    let o = run(Command::new(python())
+        .arg(Path::new(REPO).join("tests/e2e/clients.py"))
+        .args([
+            &format!("{base}/ollama"),
+            "sdk-key-e2e-000",
+            "ollama-timing",
+            "qwen3:32b",
+        ])
+        .arg(&ca)
+        .arg("127.0.0.3"));
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{}", text(&o)));
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["content"], "You said: a b c");
+    let (s, _, body) = curl(&[
+        "--cacert",
+        ca_s,
+        "--interface",
+        "127.0.0.3",
+        "-H",
+        "Authorization: Bearer sdk-key-e2e-000",
+        &format!("{base}/ollama/api/tags"),
+    ]);
+    assert_eq!(s, 200, "{body}");
+    assert!(body.contains("qwen3:32b"), "{body}");
+    let r = sdk(
+        &format!("{base}/v1"),
+        "sdk-key-e2e-000",
+        &ca,
+        "127.0.0.3",
+        "chat",
+        "qwen3:32b",
+    );
+    assert_eq!(r["ok"], true, "{r}");
+
+    // None of the UI's own requests reached the gateway; all of them reached the UI.
+    let audit = wait_for(Duration::from_secs(5), "audit lines", || {
+        let l = gw.audit_lines();
+        (l.len() >= 4).then_some(l)
+    });
+    for l in &audit {
+        let path = l["path"].as_str().unwrap_or_default();
+        assert!(
+            path.starts_with("/v1/") || path.starts_with("/api/chat") || path == "/api/tags",
+            "the gateway got the UI's request {path}"
+        );
+    }
+    let paths = ui.paths();
+    for want in [
+        "/api/config",
+        "/api/version",
+        "/api/v1/chats/?page=1",
+        "/ws/socket.io/",
+    ] {
+        assert!(
+            paths.iter().any(|p| p.starts_with(want)),
+            "{want} did not reach the UI: {paths:?}"
+        );
+    }
+    assert!(
+        !paths
+            .iter()
+            .any(|p| p.starts_with("/ollama") || p.starts_with("/v1/"))
+    );
+
+    // OpenClaw's web chat: its own /api/ paths, and its own policy passed through with the
+    // site's tightening one beside it.
+    let claw = UiStandIn::start("openclaw");
+    let ngx = Nginx::start_with(&gw.addr.to_string(), &claw.addr, &[("CHAT_UI", "openclaw")]);
+    let base = format!("https://localhost:{}", ngx.https);
+    for path in [
+        "/api/users/u1/avatar",
+        "/api/chat/media/outgoing/m1.png",
+        "/api/artifacts/download/a1",
+    ] {
+        let (s, _, body) = curl(&[
+            "--cacert",
+            ngx.cert().to_str().unwrap(),
+            &format!("{base}{path}"),
+        ]);
+        assert_eq!(s, 200, "{path}: {body}");
+    }
     let (_, h, _) = curl(&[
         "--cacert",
         ngx.cert().to_str().unwrap(),
-        &format!("https://localhost:{}/", ngx.https),
+        &format!("{base}/"),
     ]);
     let csp = header_values(&h, "content-security-policy");
-    assert_eq!(csp.len(), 1, "{h}");
+    assert_eq!(csp.len(), 2, "{h}");
     assert!(
-        csp[0].contains("script-src 'self';") && csp[0].contains("connect-src 'self' ws: wss:"),
+        csp.iter().any(|c| c.contains("script-src 'self' 'sha256-")),
+        "OpenClaw's own policy, with its inline script's hash, must pass: {h}"
+    );
+    assert!(
+        csp.contains(&"object-src 'none'; base-uri 'self'; frame-ancestors 'self'"),
         "{h}"
     );
+    assert_eq!(claw.paths().len(), 4);
+
+    // No chat UI: / is the gateway's health answer and /api/ is Ollama's again.
+    let ngx = Nginx::start_with(&gw.addr.to_string(), "", &[("CHAT_UI", "none")]);
+    let base = format!("https://localhost:{}", ngx.https);
+    let ca = ngx.cert();
+    let (s, _, body) = curl(&[
+        "--cacert",
+        ca.to_str().unwrap(),
+        "--interface",
+        "127.0.0.3",
+        &format!("{base}/"),
+    ]);
+    assert_eq!((s, body.as_str()), (200, "{\"status\":\"ok\"}"));
+    let (s, _, _) = curl(&[
+        "--cacert",
+        ca.to_str().unwrap(),
+        "--interface",
+        "127.0.0.3",
+        &format!("{base}/api/tags"),
+    ]);
+    assert_eq!(s, 401, "/api/ must be the gateway's without a UI");
 }
 
 /// Held by the tests that measure stream timing and by the CPU-heavy package build, so they

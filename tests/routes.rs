@@ -30,6 +30,7 @@ models:
   "llama": "llama3.2:latest"
   "test/hang": "test/hang"
   "test/error-mid": "test/error-mid"
+  "test/cut": "test/cut"
 audit: {dir: "{DIR}/audit"}
 "#;
 
@@ -367,7 +368,7 @@ fn each_surface_refuses_in_its_own_dialect() {
     }
     assert_eq!(upstream_counts(&fake), (0, 0, 0));
     // Over-long prompts, counted the same way on every route.
-    let long = "p".repeat(40_000);
+    let long = "p".repeat(210_000);
     for (path, body) in [
         ("/api/generate", json!({"model": "llama", "prompt": long})),
         (
@@ -383,11 +384,7 @@ fn each_surface_refuses_in_its_own_dialect() {
     ] {
         let r = post(&gw, path, ALL, &body);
         assert_eq!(r.status, 400, "{path}: {}", r.text());
-        assert_eq!(
-            dialect_message(path, &r),
-            "prompt too long, max 32768 chars",
-            "{path}"
-        );
+        assert_prompt_too_long(&dialect_message(path, &r));
     }
     assert_eq!(upstream_counts(&fake), (0, 0, 0));
     // Unknown routes name the method and path.
@@ -653,6 +650,64 @@ fn real_clients_unmodified_through_the_gateway() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["ok"], false);
     assert_eq!(v["status"], 403, "{v}");
+}
+
+/// What coding agents (Claude Code, Codex, OpenClaw) rely on, through the official SDKs: a
+/// wrong key is not retried, `count_tokens` and Anthropic's model list answer, a Responses
+/// stream that fails shows the gateway's message in the SDK's helper, and a prompt over the
+/// limit reads as a context overflow.
+#[test]
+fn agents_get_answers_they_understand() {
+    let fake = Fake::start(&[]);
+    let gw = Gateway::start(POLICY, &fake.url());
+    // 200,000 characters is the default prompt limit: 45,000 five-character words are over it.
+    let out = Command::new(python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/clients.py"))
+        .args([
+            &format!("http://{}", gw.addr),
+            ALL,
+            "agents",
+            "qwen3:32b",
+            "45000",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let o: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|_| panic!("{text} {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(o["ok"], true, "{o}");
+    // max_retries=3 in both SDKs, one request each: x-should-retry: false was honoured.
+    for sdk in ["anthropic", "openai"] {
+        assert_eq!(
+            o[format!("wrong_key_{sdk}")],
+            json!({"status": 401, "requests": 1}),
+            "{o}"
+        );
+    }
+    // "count the tokens of these words please" + "Be brief.": 47 characters, 3 per token.
+    assert_eq!(o["count_tokens"], 16, "{o}");
+    assert_eq!(
+        o["anthropic_models"][0],
+        json!({"id": "llama", "type": "model", "display_name": "llama"}),
+        "{o}"
+    );
+    let failed = &o["responses_failed"];
+    assert_eq!(
+        failed["message"], "the model server failed to answer, please try again",
+        "{o}"
+    );
+    // The stand-in sent events 0..=4; ours continues the numbering.
+    assert_eq!(failed["sequence_number"], 5, "{o}");
+    assert_eq!(
+        o["responses_events"].as_array().and_then(|e| e.last()),
+        Some(&json!("response.failed"))
+    );
+    assert_eq!(o["too_long"]["code"], "context_length_exceeded", "{o}");
+    let message = o["too_long"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("prompt is too long") && message.contains("maximum context length"),
+        "{message}"
+    );
 }
 
 #[test]

@@ -21,7 +21,7 @@ use crate::ratelimit::tokens::TokenQuota;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:18789";
 pub const DEFAULT_OLLAMA: &str = "http://127.0.0.1:11434";
-pub const DEFAULT_MAX_PROMPT_CHARS: usize = 32_768;
+pub const DEFAULT_MAX_PROMPT_CHARS: usize = 200_000;
 /// 4 MiB: a 100,000-character prompt, or 32,768 CJK characters (3 bytes each), must reach the
 /// prompt check and get its 400 rather than a 413; images in messages need room too.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
@@ -1098,7 +1098,7 @@ whitelist:
         assert_eq!(p.listen.port(), 18789);
         assert_eq!(p.rate_limit.map(|q| q.max_requests), Some(30));
         assert_eq!(p.auth.as_ref().map(|a| a.keys.len()), Some(1));
-        assert_eq!(p.limits.max_prompt_chars, 32_768);
+        assert_eq!(p.limits.max_prompt_chars, 200_000);
         assert!(p.warnings.iter().any(|w| w.contains("plaintext")));
         assert!(!p.summary().contains("prod-key-2024-qwen3"));
     }

@@ -275,7 +275,7 @@ fn prompt_responses(v: &Value) -> usize {
 
 /// Anthropic Messages: the system prompt and messages (text, tool use and results,
 /// thinking) as conversation text, tool definitions in full, stop sequences.
-fn prompt_messages(v: &Value) -> usize {
+pub(crate) fn prompt_messages(v: &Value) -> usize {
     ["system", "messages"]
         .iter()
         .filter_map(|f| v.get(*f))
@@ -350,6 +350,82 @@ struct PassThrough {
     ended: bool,
     /// An SSE `event:` line, held until its `data:` line shows whether it is a failure.
     held_event: Option<Vec<u8>>,
+    /// Responses streams: what a `response.failed` event of ours must continue.
+    responses: ResponsesSeen,
+}
+
+/// What a Responses stream has said of itself so far: the response's id and creation time
+/// (from `response.created`) and the last `sequence_number`. A failure ends the stream as
+/// OpenAI does, with a `response.failed` event that continues the numbering and carries the
+/// error in `response.error`: the OpenAI SDK's stream helper and Codex show that message
+/// (an `error` event numbered 0 read to them as "stream closed before response.completed").
+#[derive(Debug, Default)]
+struct ResponsesSeen {
+    id: Option<String>,
+    created_at: u64,
+    sequence: Option<u64>,
+}
+
+impl ResponsesSeen {
+    fn see(&mut self, json: &[u8]) {
+        const SEQ: &[u8] = b"\"sequence_number\":";
+        if let Some(i) = memchr::memmem::find(json, SEQ) {
+            let digits = json[i + SEQ.len()..]
+                .iter()
+                .skip_while(|b| b.is_ascii_whitespace())
+                .take_while(|b| b.is_ascii_digit())
+                .try_fold(0u64, |n, b| {
+                    n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+                });
+            if let Some(n) = digits {
+                self.sequence = Some(self.sequence.map_or(n, |s| s.max(n)));
+            }
+        }
+        if self.id.is_none() && memchr::memmem::find(json, b"\"response.created\"").is_some() {
+            #[derive(serde::Deserialize)]
+            struct Created {
+                response: CreatedResponse,
+            }
+            #[derive(serde::Deserialize)]
+            struct CreatedResponse {
+                id: String,
+                #[serde(default)]
+                created_at: u64,
+            }
+            if let Ok(c) = serde_json::from_slice::<Created>(json) {
+                self.id = Some(c.response.id);
+                self.created_at = c.response.created_at;
+            }
+        }
+    }
+
+    /// `event: response.failed`, numbered after the last event seen.
+    fn failed_event(&self, err: &GatewayError, model: &str, out: &mut BytesMut) {
+        let id = self
+            .id
+            .clone()
+            .unwrap_or_else(|| format!("resp_{}", crate::ids::hex128()));
+        let event = serde_json::json!({
+            "type": "response.failed",
+            "sequence_number": self.sequence.map_or(0, |s| s + 1),
+            "response": {
+                "id": id,
+                "object": "response",
+                "created_at": self.created_at,
+                "status": "failed",
+                "error": {"code": "server_error", "message": err.message()},
+                "incomplete_details": null,
+                "model": model,
+                "output": [],
+                "parallel_tool_calls": true,
+                "tool_choice": "auto",
+                "tools": [],
+            },
+        });
+        out.put_slice(b"event: response.failed\ndata: ");
+        out.put_slice(event.to_string().as_bytes());
+        out.put_slice(b"\n\n");
+    }
 }
 
 impl PassThrough {
@@ -410,6 +486,9 @@ impl Lines for PassThrough {
             out.put_slice(&event);
             out.put_u8(b'\n');
         }
+        if self.spec.stream_errors == StreamErrors::Responses {
+            self.responses.see(json);
+        }
         if json == b"[DONE]" {
             self.ended = true;
             self.put(line, out);
@@ -450,11 +529,13 @@ impl Lines for PassThrough {
         match self.spec.stream_errors {
             StreamErrors::Dialect => err.stream_event(self.dialect, out),
             StreamErrors::Responses => {
-                let event = serde_json::json!({"type": "error", "code": err.code(),
-                    "message": err.message(), "param": null, "sequence_number": 0});
-                out.put_slice(b"event: error\ndata: ");
-                out.put_slice(event.to_string().as_bytes());
-                out.put_slice(b"\n\n");
+                // The public name: `to` is `"model":"<public>"` as JSON.
+                let model = self
+                    .to
+                    .strip_prefix(b"\"model\":")
+                    .and_then(|m| serde_json::from_slice::<String>(m).ok())
+                    .unwrap_or_default();
+                self.responses.failed_event(err, &model, out);
             }
         }
     }
@@ -573,6 +654,7 @@ pub async fn forward(
             usage: Usage::default(),
             ended: false,
             held_event: None,
+            responses: ResponsesSeen::default(),
         };
         let content_type = match spec.framing {
             Framing::Ndjson => "application/x-ndjson",
@@ -688,6 +770,7 @@ mod tests {
             usage: Usage::default(),
             ended: false,
             held_event: None,
+            responses: ResponsesSeen::default(),
         };
         let mut out = BytesMut::new();
         let outcomes = lines
@@ -776,6 +859,47 @@ mod tests {
         );
         assert!(out.is_empty(), "{out}");
         assert_eq!(outcomes[1], LineOutcome::Failed);
+    }
+
+    #[test]
+    fn a_failed_responses_stream_ends_with_response_failed_numbered_on() {
+        let mut p = PassThrough {
+            from: model_field("up/m:1"),
+            to: model_field("pub"),
+            spec: &V1_RESPONSES,
+            dialect: Dialect::OpenAi,
+            usage: Usage::default(),
+            ended: false,
+            held_event: None,
+            responses: ResponsesSeen::default(),
+        };
+        let mut out = BytesMut::new();
+        for line in [
+            "event: response.created",
+            r#"data: {"type":"response.created","sequence_number":0,"response":{"id":"resp_7","created_at":42,"model":"up/m:1","status":"in_progress"}}"#,
+            "",
+            "event: response.output_text.delta",
+            r#"data: {"type":"response.output_text.delta","sequence_number":5,"delta":"hi"}"#,
+            "",
+        ] {
+            p.on_line(line.as_bytes(), &mut out);
+        }
+        let mut end = BytesMut::new();
+        p.error_event(&GatewayError::UpstreamTimeout, &mut end);
+        let text = String::from_utf8(end.to_vec()).unwrap_or_default();
+        let data = text
+            .strip_prefix("event: response.failed\ndata: ")
+            .unwrap_or_default();
+        let v: Value = serde_json::from_str(data.trim()).unwrap_or_default();
+        assert_eq!(v["type"], "response.failed", "{text}");
+        assert_eq!(v["sequence_number"], 6);
+        assert_eq!(v["response"]["id"], "resp_7");
+        assert_eq!(v["response"]["status"], "failed");
+        assert_eq!(v["response"]["model"], "pub");
+        assert_eq!(
+            v["response"]["error"]["message"],
+            GatewayError::UpstreamTimeout.message()
+        );
     }
 
     #[test]

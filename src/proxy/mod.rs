@@ -8,6 +8,7 @@
 //! model list (`native.rs`).
 
 pub mod convert;
+pub mod count_tokens;
 pub mod forward;
 pub mod native;
 pub mod ollama;
@@ -156,6 +157,14 @@ pub(crate) fn with_clamped_header(
     }
 }
 
+/// The gateway's estimate of the tokens in `chars` characters of prompt: one token per three
+/// characters, on the high side for English and code (Qwen's tokenizer averages about four),
+/// so that a quota is rather reserved too much than too little. The token quotas reserve it,
+/// and `/v1/messages/count_tokens` answers it.
+pub(crate) fn prompt_tokens_estimate(chars: usize) -> u64 {
+    (chars as u64).div_ceil(3)
+}
+
 /// Reserves the request's estimated tokens (prompt characters / 3, plus its output limit)
 /// against its key's token quotas (`token_limit`), in this process or, with
 /// `rate_limit.backend: redis`, in Redis for every gateway; settled when the request is over
@@ -179,7 +188,7 @@ pub(crate) async fn reserve_tokens(
         Some(p) => p.key.id.clone(),
         None => std::sync::Arc::from(crate::admission::ip_bucket(ctx.client_ip)),
     };
-    let estimate = (prompt_chars as u64).div_ceil(3) + output_limit.unwrap_or(0);
+    let estimate = prompt_tokens_estimate(prompt_chars) + output_limit.unwrap_or(0);
     let reserved = match &policy.limit_backend {
         crate::policy::LimitBackend::Memory => state.tokens.reserve(&identity, quotas, estimate),
         crate::policy::LimitBackend::Redis(cfg) => {
@@ -449,17 +458,70 @@ pub async fn models(
     let ctx = request_ctx(&req)?;
     let policy = &ctx.policy;
     let listed = native::gather(&state, policy, &upstream, &ctx.request_id, "/api/tags").await?;
-    let data: Vec<ModelEntry> = native::visible(&listed, policy, admitted.principal.as_ref())
-        .into_iter()
-        .map(|(public, l)| model_entry(public, l))
-        .collect();
+    let visible = native::visible(&listed, policy, admitted.principal.as_ref());
     let mut out = HttpResponse::Ok();
     out.insert_header((CONTENT_TYPE, "application/json"));
     with_rate_headers(&mut out, admitted.decision);
+    if asks_anthropic(&req) {
+        let data: Vec<AnthropicModel> = visible
+            .into_iter()
+            .map(|(public, l)| anthropic_model(public, l))
+            .collect();
+        return Ok(out.json(AnthropicModelList {
+            first_id: data.first().map(|m| m.id.clone()),
+            last_id: data.last().map(|m| m.id.clone()),
+            has_more: false,
+            data,
+        }));
+    }
+    let data: Vec<ModelEntry> = visible
+        .into_iter()
+        .map(|(public, l)| model_entry(public, l))
+        .collect();
     Ok(out.json(ModelList {
         object: "list",
         data,
     }))
+}
+
+/// Anthropic's SDKs and Claude Code send `anthropic-version` on every request: their
+/// `/v1/models` answer takes Anthropic's shape.
+fn asks_anthropic(req: &HttpRequest) -> bool {
+    req.headers().contains_key("anthropic-version")
+}
+
+/// Anthropic's model object (`GET /v1/models` with `anthropic-version`).
+#[derive(serde::Serialize)]
+struct AnthropicModel {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    id: String,
+    display_name: String,
+    /// RFC 3339, as Ollama's `modified_at` already is.
+    created_at: String,
+}
+
+#[derive(serde::Serialize)]
+struct AnthropicModelList {
+    data: Vec<AnthropicModel>,
+    has_more: bool,
+    first_id: Option<String>,
+    last_id: Option<String>,
+}
+
+fn anthropic_model(public: &str, l: &native::Listed) -> AnthropicModel {
+    AnthropicModel {
+        kind: "model",
+        id: public.to_owned(),
+        display_name: public.to_owned(),
+        created_at: l
+            .entry
+            .get("modified_at")
+            .and_then(serde_json::Value::as_str)
+            .filter(|t| crate::rfc3339::parse(t).is_some())
+            .unwrap_or("1970-01-01T00:00:00Z")
+            .to_owned(),
+    }
 }
 
 /// `GET /v1/models/{model}`: one model the key may use, as `/v1/models` lists it; 404 for
@@ -477,15 +539,17 @@ pub async fn model(
     ctx.audit
         .update(|r| r.model = Some(crate::audit::clip(&wanted, convert::MAX_MODEL_CHARS)));
     let listed = native::gather(&state, policy, &upstream, &ctx.request_id, "/api/tags").await?;
-    let entry = native::visible(&listed, policy, admitted.principal.as_ref())
+    let (public, l) = native::visible(&listed, policy, admitted.principal.as_ref())
         .into_iter()
         .find(|(public, _)| *public == wanted)
-        .map(|(public, l)| model_entry(public, l))
         .ok_or(GatewayError::ModelNotFound { model: wanted })?;
     let mut out = HttpResponse::Ok();
     out.insert_header((CONTENT_TYPE, "application/json"));
     with_rate_headers(&mut out, admitted.decision);
-    Ok(out.json(entry))
+    if asks_anthropic(&req) {
+        return Ok(out.json(anthropic_model(public, l)));
+    }
+    Ok(out.json(model_entry(public, l)))
 }
 
 /// OpenAI's model object: `owned_by` is the namespace, `created` the modification time.

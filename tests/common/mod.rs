@@ -635,3 +635,13 @@ pub fn tool(name: &str) -> PathBuf {
     }
     panic!("{name} is not installed; scripts/test.sh installs it");
 }
+
+/// A refusal by the prompt limit, in the words agents read as a context overflow, with no
+/// policy value in it.
+pub fn assert_prompt_too_long(message: &str) {
+    assert!(
+        message.starts_with("prompt is too long") && message.contains("maximum context length"),
+        "{message}"
+    );
+    assert!(!message.chars().any(|c| c.is_ascii_digit()), "{message}");
+}

@@ -4,7 +4,10 @@ Usage: clients.py BASE_URL API_KEY MODE MODEL [CA_FILE SOURCE_IP]
 MODE: ollama (the ollama client: chat, stream, list, show, embed, generate),
       ollama-timing (one native stream, timed; with CA_FILE and SOURCE_IP, for the TLS chain),
       openai (embeddings, completions, responses: each streamed and not),
-      anthropic (messages, streamed and not; the key in x-api-key).
+      anthropic (messages, streamed and not; the key in x-api-key),
+      agents (what coding agents rely on: no retry of a wrong key, count_tokens, Anthropic's
+      model list, a failed Responses stream through the SDK's helper, a prompt over the
+      limit read as a context overflow).
 Prints one JSON object with what each call returned; an error is printed, never raised.
 """
 import json
@@ -102,11 +105,70 @@ def run_anthropic(base, key, model):
     return out
 
 
+def run_agents(base, key, model, words="0"):
+    import anthropic
+    import httpx
+    import openai
+
+    out = {}
+    # A wrong key: the SDKs retry 401 by default unless x-should-retry says no.
+    for name, make, call in (
+        ("anthropic", lambda h: anthropic.Anthropic(base_url=base, api_key="wrong-key-000000",
+                                                    max_retries=3, http_client=h),
+         lambda c: c.messages.create(model=model, max_tokens=10,
+                                     messages=[{"role": "user", "content": "hi"}])),
+        ("openai", lambda h: openai.OpenAI(base_url=base + "/v1", api_key="wrong-key-000000",
+                                           max_retries=3, http_client=h),
+         lambda c: c.chat.completions.create(model=model,
+                                             messages=[{"role": "user", "content": "hi"}])),
+    ):
+        sent = []
+        # Each SDK takes a client of the HTTP library it was built on (newer Anthropic SDKs
+        # use httpx2, a fork with the same API).
+        lib = httpx
+        if name == "anthropic":
+            try:
+                import httpx2 as lib
+            except ImportError:
+                pass
+        h = lib.Client(event_hooks={"request": [lambda r: sent.append(r.url.path)]})
+        try:
+            call(make(h))
+            out[f"wrong_key_{name}"] = {"status": 200, "requests": len(sent)}
+        except Exception as e:
+            out[f"wrong_key_{name}"] = {"status": getattr(e, "status_code", None),
+                                        "requests": len(sent)}
+    client = anthropic.Anthropic(base_url=base, api_key=key, max_retries=0)
+    n = client.messages.count_tokens(
+        model=model, system="Be brief.",
+        messages=[{"role": "user", "content": "count the tokens of these words please"}])
+    out["count_tokens"] = n.input_tokens
+    out["anthropic_models"] = [{"id": m.id, "type": m.type, "display_name": m.display_name}
+                               for m in client.models.list().data]
+    oc = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0)
+    failed, types = None, []
+    with oc.responses.stream(model="test/cut", input="cut me short please") as stream:
+        for event in stream:
+            types.append(event.type)
+            if event.type == "response.failed":
+                failed = {"message": event.response.error.message,
+                          "sequence_number": event.sequence_number}
+    out["responses_failed"] = failed
+    out["responses_events"] = types
+    try:
+        oc.chat.completions.create(model=model, messages=[
+            {"role": "user", "content": "word " * int(words)}])
+        out["too_long"] = None
+    except openai.BadRequestError as e:
+        out["too_long"] = {"code": e.code, "message": e.message}
+    return out
+
+
 def main() -> None:
     base, key, mode, model = sys.argv[1:5]
     extra = sys.argv[5:]
     runners = {"ollama": run_ollama, "openai": run_openai, "anthropic": run_anthropic,
-               "ollama-timing": run_ollama_timing}
+               "ollama-timing": run_ollama_timing, "agents": run_agents}
     try:
         out = {"ok": True, **runners[mode](base, key, model, *extra)}
     except Exception as e:  # reported, so the Rust test shows what the client said

@@ -5,7 +5,7 @@
 //!
 //! Behaviour is chosen by model name, so one stand-in serves every test case:
 //! `test/slow-first:MS` (headers after MS), `test/delay-second:MS` (second chunk after MS),
-//! `test/hang` (never answers), `test/stall` (one chunk, then silence), `test/error-mid` (one
+//! `test/cut` (a Responses stream whose body ends early), `test/hang` (never answers), `test/stall` (one chunk, then silence), `test/error-mid` (one
 //! chunk, then an error line), `test/busy` (503), `test/error500`, `test/tools`, `test/think`,
 //! and hostile ones: `test/error-stall` (500 headers, then a body that never comes),
 //! `test/busy-retry:S` (503 with `Retry-After: S`), `test/endless-line` (bytes without a
@@ -988,6 +988,10 @@ async fn v1_responses(
         "response.completed",
         json!({"response": response("completed", json!([message(&full, "completed")]), usage)}),
     ));
+    if model == "test/cut" {
+        // The body ends after the first text delta, without `response.completed`.
+        events.truncate(5);
+    }
     sse_events(events)
 }
 

@@ -1,0 +1,46 @@
+//! `POST /v1/messages/count_tokens`: Anthropic's token count, as the gateway estimates it.
+//!
+//! Claude Code's interactive mode asks it to manage its context. Ollama has no such route and
+//! no tokenizer endpoint, so the answer is the gateway's own estimate, the same one the token
+//! quotas reserve ([`super::prompt_tokens_estimate`] over what the prompt limit counts): an
+//! estimate on the high side, never sent to the model. The route is guarded like the model
+//! lists (allowlist, key, the listing rate limit: it is asked often and costs no GPU) plus the
+//! key's model access; the prompt limit does not refuse it, since a client counting a long
+//! conversation is about to shorten it.
+
+use actix_web::http::header::CONTENT_TYPE;
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde_json::Value;
+
+use super::forward::prompt_messages;
+use super::native::{model_access, requested_model};
+use super::{parse_json, prompt_tokens_estimate, read_body, with_rate_headers};
+use crate::admission::Admitted;
+use crate::context::request_ctx;
+use crate::errors::GatewayError;
+
+pub async fn count_tokens(
+    req: HttpRequest,
+    payload: web::Payload,
+    admitted: Admitted,
+) -> Result<HttpResponse, GatewayError> {
+    let ctx = request_ctx(&req)?;
+    let body = read_body(&req, payload, &ctx.policy.limits).await?;
+    let v: Value = parse_json(&body)?;
+    if !v.is_object() {
+        return Err(GatewayError::BadRequest {
+            message: "the request body must be a JSON object".to_owned(),
+        });
+    }
+    let public = requested_model(&v, &ctx)?.to_owned();
+    model_access(&public, &ctx, admitted.principal.as_ref())?;
+    let chars = prompt_messages(&v);
+    ctx.audit.update(|r| r.prompt_chars = Some(chars));
+    let mut out = HttpResponse::Ok();
+    out.insert_header((CONTENT_TYPE, "application/json"));
+    with_rate_headers(&mut out, admitted.decision);
+    Ok(out.body(format!(
+        "{{\"input_tokens\":{}}}",
+        prompt_tokens_estimate(chars)
+    )))
+}
