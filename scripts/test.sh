@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check and test, exactly as CI does: format, clippy (warnings are errors), unit and
 # integration tests (real binaries, real sockets, real Nginx). Installs what the tests need
-# when it is missing: Debian's nginx, redis-server, openssl, nftables, curl, wrk, systemd's
+# when it is missing: Debian's nginx, redis-server, golang-go, openssl, nftables, curl, wrk, systemd's
 # analyzer and promtool, cargo-deb, plus a Python venv with the official OpenAI, Ollama and Anthropic clients for the
 # end-to-end client checks.
 # Ends with a seconds-long smoke run of the benchmark.
@@ -18,6 +18,9 @@ command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+# Go builds the differential tests' stand-in Ollama (tests/ollama-go), which decodes bodies
+# with Go's own encoding/json, as Ollama does.
+command -v go >/dev/null 2>&1 || missing+=(golang-go)
 # promtool checks the shipped alerting rules (Debian ships it in the prometheus package; the
 # policy-rc.d below keeps that server from starting).
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)

@@ -33,12 +33,27 @@ pub struct Clamps {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Clamped {
     notes: Vec<String>,
+    /// Caps filled in where the client set none: said in the header, but no clamp of what
+    /// the client asked (report-only mode and `explain` leave them out).
+    filled: Vec<String>,
     /// The body differs from what the client sent (a clamp, or a default filled in).
     pub changed: bool,
 }
 
 impl Clamped {
+    /// The `x-qwen-gateway-clamped` header: what was clamped, then what was filled in.
     pub fn header(&self) -> Option<String> {
+        let all: Vec<&str> = self
+            .notes
+            .iter()
+            .chain(&self.filled)
+            .map(String::as_str)
+            .collect();
+        (!all.is_empty()).then(|| all.join(", "))
+    }
+
+    /// Only the values the client asked for that were clamped.
+    pub fn clamps(&self) -> Option<String> {
         (!self.notes.is_empty()).then(|| self.notes.join(", "))
     }
 
@@ -99,7 +114,7 @@ impl Clamps {
             // The client set none: the cap is filled in, and named like a clamp so that a
             // client wondering why its answer stopped can see it.
             None => {
-                c.note("max_output_tokens", format_args!("{max} (default)"));
+                c.filled.push(format!("max_output_tokens={max} (default)"));
                 Ok(Some(max))
             }
             Some(_) => {

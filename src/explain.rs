@@ -353,7 +353,7 @@ fn walk(w: &mut Walk<'_>, req: &Described) -> Result<(), GatewayError> {
             output = n;
             w.say(
                 "clamps",
-                match (noted.header(), n) {
+                match (noted.clamps(), n) {
                     (Some(h), _) => format!("clamped: {h}"),
                     (None, Some(n)) => format!("output limit {n} tokens"),
                     (None, None) => "no output limit".to_owned(),

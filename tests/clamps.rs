@@ -68,7 +68,7 @@ fn chat_completions_are_clamped_and_say_so() {
         r.header("x-qwen-gateway-clamped"),
         Some("max_output_tokens=1000, num_ctx=32768, keep_alive=600s")
     );
-    // Nothing asked: the model's context and the output cap; nothing to say.
+    // Nothing asked: the model's context and the output cap, which the answer names.
     let r = post(
         &gw,
         "/v1/chat/completions",
@@ -80,7 +80,10 @@ fn chat_completions_are_clamped_and_say_so() {
     let sent = last_sent(&fake, "/api/chat");
     assert_eq!(sent["options"]["num_ctx"], 8192);
     assert_eq!(sent["options"]["num_predict"], 1000);
-    assert_eq!(r.header("x-qwen-gateway-clamped"), None);
+    assert_eq!(
+        r.header("x-qwen-gateway-clamped"),
+        Some("max_output_tokens=1000 (default)")
+    );
 }
 
 #[test]

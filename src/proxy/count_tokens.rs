@@ -32,6 +32,7 @@ pub async fn count_tokens(
             message: "the request body must be a JSON object".to_owned(),
         });
     }
+    super::one_reading::check(&v)?;
     let public = requested_model(&v, &ctx)?.to_owned();
     model_access(&public, &ctx, admitted.principal.as_ref())?;
     let chars = prompt_messages(&v);

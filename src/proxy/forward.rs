@@ -570,6 +570,8 @@ pub async fn forward(
             message: "the request body must be a JSON object".to_owned(),
         });
     }
+    // Every key Ollama would read as a field is spelled as it (one_reading.rs).
+    super::one_reading::check(&v)?;
     let stream = spec.streams
         && v.get("stream")
             .and_then(Value::as_bool)
@@ -612,19 +614,16 @@ pub async fn forward(
         clamps.max_output_tokens.filter(|_| generates),
     )
     .await?;
-    // The body goes on as it came unless the model is renamed: Ollama's default for
-    // `stream` is the route's default here too, so nothing else needs writing.
+    // What goes to Ollama is what the gateway read and checked, re-serialised: never the
+    // client's bytes, in which a repeated key would read differently in Go (one_reading.rs).
     let renamed = public != up;
-    let upstream_body = if renamed || clamped.changed {
-        if let Some(obj) = v.as_object_mut() {
-            obj.insert("model".to_owned(), Value::from(up.as_str()));
-        }
-        serde_json::to_vec(&v)
-            .map_err(|_| GatewayError::Internal)?
-            .into()
-    } else {
-        body.freeze()
-    };
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("model".to_owned(), Value::from(up.as_str()));
+    }
+    drop(body);
+    let upstream_body: bytes::Bytes = serde_json::to_vec(&v)
+        .map_err(|_| GatewayError::Internal)?
+        .into();
     let call = Call {
         method: Method::POST,
         path: spec.path,

@@ -12,6 +12,7 @@ pub mod count_tokens;
 pub mod forward;
 pub mod native;
 pub mod ollama;
+pub mod one_reading;
 pub mod openai;
 pub mod stream;
 pub mod upstream;
@@ -136,7 +137,7 @@ pub(crate) fn report_clamps(
 ) {
     let note = match outcome {
         Err(e) => Some(format!("would refuse: {}", e.message())),
-        Ok(()) => would.header().map(|h| format!("would clamp {h}")),
+        Ok(()) => would.clamps().map(|h| format!("would clamp {h}")),
     };
     if let Some(note) = note {
         tracing::info!(request_id = %ctx.request_id, guard = "clamps", note = ?note,

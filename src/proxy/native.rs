@@ -262,6 +262,7 @@ pub async fn show(
     let policy = &ctx.policy;
     let body = read_body(&req, payload, &policy.limits).await?;
     let mut v: Value = parse_json(&body)?;
+    super::one_reading::check(&v)?;
     let public = requested_model(&v, &ctx)?.to_owned();
     let up = model_access(&public, &ctx, admitted.principal.as_ref())?;
     if let Some(obj) = v.as_object_mut() {

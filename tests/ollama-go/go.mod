@@ -1,0 +1,3 @@
+module qwen-gateway/ollama-go
+
+go 1.19
