@@ -343,7 +343,7 @@ mod tests {
         assert!(body.get("keep_alive").is_none());
         assert_eq!(
             c.header().unwrap(),
-            "max_output_tokens=8192 (default), keep_alive=default"
+            "keep_alive=default, max_output_tokens=8192 (default)"
         );
         // 0 is "no limit" to older Ollama: the cap, in every spelling.
         for field in ["max_tokens", "max_output_tokens"] {

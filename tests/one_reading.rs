@@ -5,7 +5,12 @@
 //! characters). Each attack is sent through the real gateway; it must either be refused, or
 //! be read by Go within the policy: the key's model, the clamps, the prompt limit.
 //! Bodies are raw strings: a JSON library would drop the duplicate keys under test.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::useless_format)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::useless_format
+)]
 
 mod common;
 
@@ -324,4 +329,39 @@ fn a_folded_field_is_refused_in_the_routes_dialect() {
         "{}",
         r.text()
     );
+}
+
+/// `limits.max_messages` holds on every route that carries a conversation (the sweep sent
+/// 20,000 messages or input items through `/api/chat`, `/v1/messages`, `/v1/responses`).
+#[test]
+fn max_messages_holds_on_every_conversation_route() {
+    let go = GoOllama::start();
+    let policy = POLICY.replace(
+        "  max_prompt_chars: 1000\n",
+        "  max_prompt_chars: 1000\n  max_messages: 3\n",
+    );
+    let gw = Gateway::start(&policy, &go.url);
+    let turns = |n: usize| {
+        (0..n)
+            .map(|_| r#"{"role":"user","content":"hi"}"#)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    for (path, body) in [
+        (
+            "/api/chat",
+            r#"{"model":"qwen3:32b","stream":false,"messages":[TURNS]}"#,
+        ),
+        (
+            "/v1/messages",
+            r#"{"model":"qwen3:32b","max_tokens":10,"messages":[TURNS]}"#,
+        ),
+        ("/v1/responses", r#"{"model":"qwen3:32b","input":[TURNS]}"#),
+    ] {
+        let r = send(&gw, path, &body.replace("TURNS", &turns(3)));
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        assert_eq!(r.json()["read"]["messages"], 3, "{path}");
+        let r = send(&gw, path, &body.replace("TURNS", &turns(4)));
+        assert_eq!(r.status, 400, "{path}: {}", r.text());
+    }
 }

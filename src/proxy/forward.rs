@@ -59,6 +59,9 @@ pub struct Forward {
     pub stream_errors: StreamErrors,
     /// Where the request clamps apply.
     pub clamp: ClampAt,
+    /// Whether the body carries a conversation (`messages`, or Responses `input` items) that
+    /// `limits.max_messages` bounds.
+    pub conversation: bool,
 }
 
 /// Where a route's body carries what the clamps bound.
@@ -92,6 +95,7 @@ pub static API_CHAT: Forward = Forward {
     end_marker: b"\"done\":true",
     stream_errors: StreamErrors::Dialect,
     clamp: ClampAt::Native { generates: true },
+    conversation: true,
 };
 
 pub static API_GENERATE: Forward = Forward {
@@ -105,6 +109,7 @@ pub static API_GENERATE: Forward = Forward {
     end_marker: b"\"done\":true",
     stream_errors: StreamErrors::Dialect,
     clamp: ClampAt::Native { generates: true },
+    conversation: false,
 };
 
 pub static API_EMBED: Forward = Forward {
@@ -118,6 +123,7 @@ pub static API_EMBED: Forward = Forward {
     end_marker: b"",
     stream_errors: StreamErrors::Dialect,
     clamp: ClampAt::Native { generates: false },
+    conversation: false,
 };
 
 pub static API_EMBEDDINGS: Forward = Forward {
@@ -131,6 +137,7 @@ pub static API_EMBEDDINGS: Forward = Forward {
     end_marker: b"",
     stream_errors: StreamErrors::Dialect,
     clamp: ClampAt::Native { generates: false },
+    conversation: false,
 };
 
 pub static V1_EMBEDDINGS: Forward = Forward {
@@ -144,6 +151,7 @@ pub static V1_EMBEDDINGS: Forward = Forward {
     end_marker: b"",
     stream_errors: StreamErrors::Dialect,
     clamp: ClampAt::Nothing,
+    conversation: false,
 };
 
 pub static V1_COMPLETIONS: Forward = Forward {
@@ -157,6 +165,7 @@ pub static V1_COMPLETIONS: Forward = Forward {
     end_marker: b"[DONE]",
     stream_errors: StreamErrors::Dialect,
     clamp: ClampAt::Output("max_tokens"),
+    conversation: false,
 };
 
 pub static V1_RESPONSES: Forward = Forward {
@@ -170,6 +179,7 @@ pub static V1_RESPONSES: Forward = Forward {
     end_marker: b"response.completed",
     stream_errors: StreamErrors::Responses,
     clamp: ClampAt::Output("max_output_tokens"),
+    conversation: true,
 };
 
 pub static V1_MESSAGES: Forward = Forward {
@@ -183,6 +193,7 @@ pub static V1_MESSAGES: Forward = Forward {
     end_marker: b"message_stop",
     stream_errors: StreamErrors::Dialect,
     clamp: ClampAt::Output("max_tokens"),
+    conversation: true,
 };
 
 /// Embeddings of a large batch are big (1,000 inputs x 1,024 floats is ~10 MB as JSON).
@@ -572,6 +583,19 @@ pub async fn forward(
     }
     // Every key Ollama would read as a field is spelled as it (one_reading.rs).
     super::one_reading::check(&v)?;
+    // limits.max_messages on every route that carries a conversation, not only on chat
+    // completions: native chat and Anthropic `messages`, Responses `input` items.
+    let turns = ["messages", "input"]
+        .iter()
+        .filter_map(|f| v.get(*f).and_then(Value::as_array))
+        .filter(|_| spec.conversation)
+        .map(Vec::len)
+        .sum::<usize>();
+    if turns > policy.limits.max_messages {
+        return Err(GatewayError::BadRequest {
+            message: "too many messages in this request for this gateway".to_owned(),
+        });
+    }
     let stream = spec.streams
         && v.get("stream")
             .and_then(Value::as_bool)
