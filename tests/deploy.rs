@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -27,14 +26,6 @@ fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct Nginx {
@@ -836,7 +827,7 @@ fn ops_scripts_read_the_audit_log_and_endpoints() {
 /// A static chat UI (Python's http.server over a directory shaped like Open WebUI's build) on a
 /// free port; killed on drop.
 struct StaticUi {
-    child: Child,
+    _helper: Helper,
     addr: String,
     _dir: tempfile::TempDir,
 }
@@ -857,32 +848,20 @@ impl StaticUi {
             std::fs::write(p, body).unwrap();
         }
         let port = free_port();
-        let child = Command::new(python())
-            .args(["-m", "http.server", "--bind", "127.0.0.1"])
-            .arg(port.to_string())
-            .arg("--directory")
-            .arg(d)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start http.server");
-        wait_for(Duration::from_secs(10), "the chat UI to listen", || {
-            std::net::TcpStream::connect(("127.0.0.1", port))
-                .ok()
-                .map(|_| ())
-        });
+        let helper = Helper::spawn(
+            Command::new(python())
+                .args(["-m", "http.server", "--bind", "127.0.0.1"])
+                .arg(port.to_string())
+                .arg("--directory")
+                .arg(d),
+            port,
+            "the chat UI to listen",
+        );
         StaticUi {
-            child,
-            addr: format!("127.0.0.1:{port}"),
+            addr: helper.addr.clone(),
+            _helper: helper,
             _dir: dir,
         }
-    }
-}
-
-impl Drop for StaticUi {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -990,7 +969,7 @@ fn nginx_serves_a_chat_ui_with_its_csp_caches_only_fingerprinted_assets_and_keep
 /// The stand-in chat UI of `tests/e2e/chat_ui.py` (Open WebUI's or OpenClaw's own `/api/`, a
 /// Socket.IO upgrade, OpenClaw's own CSP), logging every request it gets.
 struct UiStandIn {
-    child: Child,
+    _helper: Helper,
     addr: String,
     log: PathBuf,
     _dir: tempfile::TempDir,
@@ -1001,23 +980,18 @@ impl UiStandIn {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("requests.jsonl");
         let port = free_port();
-        let child = Command::new(python())
-            .arg(Path::new(REPO).join("tests/e2e/chat_ui.py"))
-            .arg(port.to_string())
-            .arg(&log)
-            .arg(flavour)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the chat UI stand-in");
-        wait_for(Duration::from_secs(10), "the chat UI to listen", || {
-            std::net::TcpStream::connect(("127.0.0.1", port))
-                .ok()
-                .map(|_| ())
-        });
+        let helper = Helper::spawn(
+            Command::new(python())
+                .arg(Path::new(REPO).join("tests/e2e/chat_ui.py"))
+                .arg(port.to_string())
+                .arg(&log)
+                .arg(flavour),
+            port,
+            "the chat UI stand-in to listen",
+        );
         UiStandIn {
-            child,
-            addr: format!("127.0.0.1:{port}"),
+            addr: helper.addr.clone(),
+            _helper: helper,
             log,
             _dir: dir,
         }
@@ -1031,13 +1005,6 @@ impl UiStandIn {
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .filter_map(|v| v["path"].as_str().map(str::to_owned))
             .collect()
-    }
-}
-
-impl Drop for UiStandIn {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -15,8 +15,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use common::*;
 use serde_json::Value;
@@ -70,40 +69,24 @@ fn ollama_go() -> PathBuf {
 }
 
 struct GoOllama {
-    child: Child,
+    _helper: Helper,
     url: String,
 }
 
 impl GoOllama {
     fn start() -> GoOllama {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(ollama_go())
-            .arg(format!("127.0.0.1:{port}"))
-            .arg(format!("{ALLOWED_UPSTREAM},secret-70b:latest"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start ollama-go");
-        wait_for(Duration::from_secs(10), "ollama-go to listen", || {
-            std::net::TcpStream::connect(("127.0.0.1", port))
-                .ok()
-                .map(|_| ())
-        });
+        let port = free_port();
+        let helper = Helper::spawn(
+            Command::new(ollama_go())
+                .arg(format!("127.0.0.1:{port}"))
+                .arg(format!("{ALLOWED_UPSTREAM},secret-70b:latest")),
+            port,
+            "ollama-go to listen",
+        );
         GoOllama {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("http://{}", helper.addr),
+            _helper: helper,
         }
-    }
-}
-
-impl Drop for GoOllama {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -645,3 +645,43 @@ pub fn assert_prompt_too_long(message: &str) {
     );
     assert!(!message.chars().any(|c| c.is_ascii_digit()), "{message}");
 }
+
+/// A helper process (a stand-in UI, a stand-in Ollama) that listens on `port`: spawned with
+/// its output dropped, waited for until it accepts connections, killed on drop.
+pub struct Helper {
+    child: Child,
+    pub addr: String,
+}
+
+impl Helper {
+    pub fn spawn(cmd: &mut Command, port: u16, what: &str) -> Helper {
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {what}: {e}"));
+        wait_for(Duration::from_secs(10), what, || {
+            TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+        });
+        Helper {
+            child,
+            addr: format!("127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port free on loopback now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
