@@ -104,6 +104,13 @@ pub fn push_ipv4(out: &mut impl BufMut, v4: Ipv4Addr) {
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
+/// The client address when a trusted proxy forwarded a request whose client it names in a
+/// form that cannot be read (`unknown`, garbage, bytes that are not text): no one's address.
+/// It falls in no allowlist range but a catch-all one, never in `trusted_proxies` (so never
+/// `/status`), and all such clients share one rate-limit identity. Before, such a client
+/// counted as the proxy itself, which the allowlist and `/status` trust.
+pub const UNREADABLE: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+
 /// Resolves the client address for one request.
 pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &IpSet) -> IpAddr {
     let peer = normalize(peer);
@@ -115,8 +122,9 @@ pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &IpSet) -> IpAddr {
     for value in headers.get_all(X_FORWARDED_FOR) {
         match value.to_str() {
             Ok(v) => hops.extend(v.split(',')),
-            // A header we cannot read is not evidence of anything: fall back to the peer.
-            Err(_) => return peer,
+            // A header we cannot read: the client is behind the proxy, but who it is cannot be
+            // read (see UNREADABLE).
+            Err(_) => return UNREADABLE,
         }
     }
     if !hops.is_empty() {
@@ -125,9 +133,9 @@ pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &IpSet) -> IpAddr {
             match parse_forwarded_addr(raw) {
                 Some(ip) if trusted.contains(ip) => leftmost_trusted = Some(ip),
                 Some(ip) => return ip,
-                // A garbage hop means the chain beyond it cannot be trusted; stop at the last
-                // address we could verify.
-                None => return leftmost_trusted.unwrap_or(peer),
+                // A garbage hop: the client is somewhere behind it, unreadable. Never the
+                // proxy's own address, which the allowlist and `/status` trust.
+                None => return UNREADABLE,
             }
         }
         // Every hop is a trusted proxy: the leftmost one is the client.
@@ -198,11 +206,14 @@ mod tests {
             ),
             (vec![("X-Forwarded-For", "192.0.2.4:5555")], "192.0.2.4"),
             (vec![("X-Forwarded-For", "::ffff:192.0.2.4")], "192.0.2.4"),
-            (vec![("X-Forwarded-For", "garbage")], "127.0.0.1"),
+            // Unlike nginx's realip (which keeps the proxy's address), an unreadable client
+            // is no one's address: the proxy's would pass its allowlist entry and `/status`.
+            (vec![("X-Forwarded-For", "garbage")], "0.0.0.0"),
             (
                 vec![("X-Forwarded-For", "192.0.2.1, garbage, 10.0.1.7")],
-                "10.0.1.7",
+                "0.0.0.0",
             ),
+            (vec![("X-Forwarded-For", "unknown")], "0.0.0.0"),
             (vec![], "127.0.0.1"),
         ];
         for (h, want) in cases {

@@ -579,3 +579,47 @@ audit: {{dir: "{{DIR}}/audit"}}
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("auth.keys[2] (id old) has expired"), "{text}");
 }
+
+/// Issue 19: garbage in `X-Forwarded-For` from a trusted proxy made the client count as the
+/// proxy host, which the allowlist (127.0.0.1 here) and `/status` trust. An unreadable client
+/// is no one's address.
+#[test]
+fn an_unreadable_forwarded_client_is_no_ones_address() {
+    let fake = Fake::start(&[]);
+    let gw = Gateway::start(article_policy(), &fake.url());
+    let body = hello("qwen3:32b").to_string();
+    for xff in [
+        "garbage",
+        "unknown",
+        "10.0.3.7, garbage",
+        "garbage, 127.0.0.1",
+    ] {
+        let r = request(
+            gw.addr,
+            "POST",
+            "/v1/chat/completions",
+            &[
+                ("X-Api-Key", KEY),
+                ("Content-Type", "application/json"),
+                ("X-Forwarded-For", xff),
+            ],
+            Some(body.as_bytes()),
+        );
+        assert_eq!(r.status, 403, "{xff}: {}", r.text());
+        let r = request(gw.addr, "GET", "/status", &[("X-Forwarded-For", xff)], None);
+        assert_eq!(r.status, 403, "{xff}: /status answered {}", r.status);
+    }
+    // A readable client behind the proxy is still served.
+    let r = request(
+        gw.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[
+            ("X-Api-Key", KEY),
+            ("Content-Type", "application/json"),
+            ("X-Forwarded-For", "10.0.3.7"),
+        ],
+        Some(body.as_bytes()),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+}
