@@ -43,9 +43,14 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// The instant of an RFC 3339 timestamp.
+/// The instant of a policy's RFC 3339 timestamp (a key's `expires_at`, `not_before`), read
+/// strictly: a real calendar date (`2026-02-31` is refused, not read as 3 March), an offset
+/// (`Z` or `+hh:mm` within range), nothing after it. A key's validity is a security bound:
+/// a typo must be an error, never a different instant.
 pub fn parse_time(s: &str) -> Option<std::time::SystemTime> {
-    parse(s).map(|secs| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    let secs = u64::try_from(t.unix_timestamp()).ok()?;
+    Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
 }
 
 #[cfg(test)]
@@ -64,5 +69,28 @@ mod tests {
         assert_eq!(parse("2026-12-01 25:00:00Z"), None);
         assert_eq!(parse("2026/12/01T00:00:00Z"), None);
         assert_eq!(parse("2026-12-31T23:59:59Z"), Some(1_798_761_599));
+    }
+
+    #[test]
+    fn policy_times_are_strict() {
+        let secs =
+            |s: &str| parse_time(s).and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+        assert_eq!(
+            secs("2026-12-31T23:59:59Z").map(|d| d.as_secs()),
+            Some(1_798_761_599)
+        );
+        assert_eq!(
+            secs("2027-01-01T01:00:00+01:00").map(|d| d.as_secs()),
+            Some(1_798_761_600)
+        );
+        for bad in [
+            "2026-02-31T00:00:00Z",
+            "2026-12-31T00:00:00",
+            "2026-12-31T00:00:00+99:99",
+            "2026-12-31T00:00:00Zjunk",
+            "2026-12-31",
+        ] {
+            assert!(parse_time(bad).is_none(), "{bad}");
+        }
     }
 }

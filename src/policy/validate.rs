@@ -1058,6 +1058,24 @@ whitelist:
     }
 
     #[test]
+    fn key_times_are_strict_rfc_3339_and_named() {
+        for bad in [
+            "2026-02-31T00:00:00Z",
+            "2026-12-31T00:00:00",
+            "2026-12-31T00:00:00+99:99",
+            "2026-12-31T00:00:00Zjunk",
+        ] {
+            let yaml = format!(
+                "auth: {{enabled: true, keys: [{{id: a, key: \"sha256:{}\", expires_at: \"{bad}\"}}]}}\n",
+                "0".repeat(64)
+            );
+            let e = load(&yaml).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains("auth.keys[0].expires_at"), "{bad}: {e}");
+            assert!(!e.contains(bad), "the value is never echoed: {e}");
+        }
+    }
+
+    #[test]
     fn missing_guard_sections_are_named() {
         for (yaml, section) in [
             ("listen: ':1'\n", "auth"),
