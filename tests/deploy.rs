@@ -1014,6 +1014,8 @@ impl UiStandIn {
 /// site; the UI may frame its own pages while the API may not be framed at all.
 #[test]
 fn a_chat_ui_keeps_its_own_api_and_ollama_has_its_prefix() {
+    // Three Nginx instances and several Python clients: never beside the stream-timing test.
+    let _quiet = QUIET.lock().unwrap_or_else(|p| p.into_inner());
     let fake = Fake::start(&[]);
     let gw = Gateway::start(E2E_POLICY, &fake.url());
     let ui = UiStandIn::start("open-webui");
