@@ -703,8 +703,27 @@ fn weak(key: &str) -> bool {
     key.chars().count() < MIN_STRONG_KEY || distinct.len() < 12
 }
 
-/// A key entry is either `sha256:<64 hex>` or plaintext (warned about).
+/// The key `scripts/demo.sh` and the README use, public to anyone who read them.
+const DEMO_KEY: &str = "demo-key-change-me";
+
+/// A key entry is either `sha256:<64 hex>` or plaintext (warned about); the public demo key,
+/// in either form, is warned about too (`check --deny-warnings` then fails).
 fn key_digest(key: &str, path: &str, warnings: &mut Vec<String>) -> Result<[u8; 32], PolicyError> {
+    let d = key_digest_of(key, path, warnings)?;
+    if d == digest(DEMO_KEY.as_bytes()) {
+        warnings.push(format!(
+            "{path} is the public demo key from the README and scripts/demo.sh: anyone can \
+             use it; replace it with one from `qwen-gateway gen-key`"
+        ));
+    }
+    Ok(d)
+}
+
+fn key_digest_of(
+    key: &str,
+    path: &str,
+    warnings: &mut Vec<String>,
+) -> Result<[u8; 32], PolicyError> {
     if let Some(hexpart) = key.strip_prefix("sha256:") {
         let bytes = hex::decode(hexpart)
             .map_err(|_| PolicyError::invalid(path, "sha256: must be followed by 64 hex digits"))?;
@@ -1055,6 +1074,26 @@ whitelist:
             assert!(keys(&p) <= keys(&full), "cut {cut}");
         }
         loaded
+    }
+
+    #[test]
+    fn the_public_demo_key_is_warned_about_in_either_form() {
+        let hash = format!("sha256:{}", hex::encode(digest(b"demo-key-change-me")));
+        for key in ["demo-key-change-me", hash.as_str()] {
+            let yaml = format!("auth: {{enabled: true, valid_keys: [\"{key}\"]}}\n");
+            let p = load(&yaml).unwrap_or_else(|e| panic!("{e}"));
+            assert!(
+                p.warnings.iter().any(|w| w.contains("public demo key")),
+                "{key}: {:?}",
+                p.warnings
+            );
+        }
+        let shipped = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("policy/policy.yaml"),
+        )
+        .unwrap_or_default();
+        let p = load_exact(&shipped).unwrap_or_else(|e| panic!("{e}"));
+        assert!(p.warnings.iter().any(|w| w.contains("public demo key")));
     }
 
     #[test]
