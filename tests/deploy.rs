@@ -231,6 +231,19 @@ fn sdk(base: &str, key: &str, ca: &Path, source: &str, mode: &str, model: &str) 
     serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("bad output: {}", text(&o)))
 }
 
+/// One native stream through the site with the official ollama client, timed
+/// (`clients.py ollama-timing`), from the allowed source address 127.0.0.3.
+fn ollama_stream(base: &str, ca: &Path, model: &str) -> Value {
+    let o = run(Command::new(python())
+        .arg(Path::new(REPO).join("tests/e2e/clients.py"))
+        .args([base, "sdk-key-e2e-000", "ollama-timing", model])
+        .arg(ca)
+        .arg("127.0.0.3"));
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{}", text(&o)));
+    assert_eq!(r["ok"], true, "{r}");
+    r
+}
+
 const E2E_POLICY: &str = r#"
 ollama_api: "{OLLAMA}"
 auth: {enabled: true, header_key: "X-Api-Key", keys: [{id: sdk, key: "sdk-key-e2e-000"}]}
@@ -345,18 +358,7 @@ fn nginx_in_front_of_the_gateway_end_to_end() {
     assert!(last >= 0.75, "the delay did not happen ({last}s)");
 
     // Ollama's native API through the same site: streamed, not buffered, guarded.
-    let o = run(Command::new(python())
-        .arg(Path::new(REPO).join("tests/e2e/clients.py"))
-        .args([
-            &format!("{base}/ollama"),
-            "sdk-key-e2e-000",
-            "ollama-timing",
-            "test/delay-second:800",
-        ])
-        .arg(&ca)
-        .arg("127.0.0.3"));
-    let r: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{}", text(&o)));
-    assert_eq!(r["ok"], true, "{r}");
+    let r = ollama_stream(&format!("{base}/ollama"), &ca, "test/delay-second:800");
     assert_eq!(r["content"], "You said: a b c");
     let first = r["first_content_s"].as_f64().unwrap();
     assert!(
@@ -1090,18 +1092,7 @@ fn a_chat_ui_keeps_its_own_api_and_ollama_has_its_prefix() {
 
     // Ollama's client at https://<domain>/ollama, and the OpenAI SDK at /v1, through the same
     // site, from an allowed client.
-    let o = run(Command::new(python())
-        .arg(Path::new(REPO).join("tests/e2e/clients.py"))
-        .args([
-            &format!("{base}/ollama"),
-            "sdk-key-e2e-000",
-            "ollama-timing",
-            "qwen3:32b",
-        ])
-        .arg(&ca)
-        .arg("127.0.0.3"));
-    let r: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{}", text(&o)));
-    assert_eq!(r["ok"], true, "{r}");
+    let r = ollama_stream(&format!("{base}/ollama"), &ca, "qwen3:32b");
     assert_eq!(r["content"], "You said: a b c");
     let (s, _, body) = curl(&[
         "--cacert",
