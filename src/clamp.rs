@@ -29,15 +29,13 @@ pub struct Clamps {
     pub admin: bool,
 }
 
-/// What was clamped, for the `x-qwen-gateway-clamped` header, and whether the body changed.
+/// What was clamped or filled in, for the `x-qwen-gateway-clamped` header.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Clamped {
     notes: Vec<String>,
     /// Caps filled in where the client set none: said in the header, but no clamp of what
     /// the client asked (report-only mode and `explain` leave them out).
     filled: Vec<String>,
-    /// The body differs from what the client sent (a clamp, or a default filled in).
-    pub changed: bool,
 }
 
 impl Clamped {
@@ -59,14 +57,6 @@ impl Clamped {
 
     fn note(&mut self, what: &str, value: impl std::fmt::Display) {
         self.notes.push(format!("{what}={value}"));
-    }
-}
-
-/// Sets `field` to `value`, noting a change.
-fn set(map: &mut Map<String, Value>, field: &str, value: Value, c: &mut Clamped) {
-    if map.get(field) != Some(&value) {
-        c.changed = true;
-        map.insert(field.to_owned(), value);
     }
 }
 
@@ -186,23 +176,23 @@ impl Clamps {
         let asked_ctx = int_field(options, "num_ctx")?;
         let ctx = self.num_ctx(asked_ctx.and_then(|v| u64::try_from(v).ok()), c)?;
         if let Some(ctx) = ctx {
-            set(options, "num_ctx", Value::from(ctx), c);
+            options.insert("num_ctx".to_owned(), Value::from(ctx));
         }
         if generates {
             let asked = int_field(options, "num_predict")?;
             if let Some(n) = self.output(asked, c)? {
-                set(options, "num_predict", Value::from(n), c);
+                options.insert("num_predict".to_owned(), Value::from(n));
             }
         }
         if options.is_empty() {
             body.remove("options");
         }
         match self.keep_alive(body.get("keep_alive"), c)? {
-            Some(k) => set(body, "keep_alive", k, c),
+            Some(k) => {
+                body.insert("keep_alive".to_owned(), k);
+            }
             None => {
-                if body.remove("keep_alive").is_some() {
-                    c.changed = true;
-                }
+                body.remove("keep_alive");
             }
         }
         Ok(())
@@ -218,7 +208,7 @@ impl Clamps {
     ) -> Result<(), GatewayError> {
         let asked = int_field(body, field)?;
         if let Some(n) = self.output(asked, c)? {
-            set(body, field, Value::from(n), c);
+            body.insert(field.to_owned(), Value::from(n));
         }
         Ok(())
     }
