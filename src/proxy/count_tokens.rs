@@ -10,11 +10,10 @@
 
 use actix_web::http::header::CONTENT_TYPE;
 use actix_web::{HttpRequest, HttpResponse, web};
-use serde_json::Value;
 
 use super::forward::prompt_messages;
 use super::native::{model_access, requested_model};
-use super::{parse_json, prompt_tokens_estimate, read_body, with_rate_headers};
+use super::{parse_object, prompt_tokens_estimate, read_body, with_rate_headers};
 use crate::admission::Admitted;
 use crate::context::request_ctx;
 use crate::errors::GatewayError;
@@ -26,13 +25,7 @@ pub async fn count_tokens(
 ) -> Result<HttpResponse, GatewayError> {
     let ctx = request_ctx(&req)?;
     let body = read_body(&req, payload, &ctx.policy.limits).await?;
-    let v: Value = parse_json(&body)?;
-    if !v.is_object() {
-        return Err(GatewayError::BadRequest {
-            message: "the request body must be a JSON object".to_owned(),
-        });
-    }
-    super::one_reading::check(&v)?;
+    let v = parse_object(&body)?;
     let public = requested_model(&v, &ctx)?.to_owned();
     model_access(&public, &ctx, admitted.principal.as_ref())?;
     let chars = prompt_messages(&v);

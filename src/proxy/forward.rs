@@ -19,7 +19,7 @@ use super::native::{model_access, requested_model};
 use super::openai::Usage;
 use super::stream::{self, Lines};
 use super::upstream::{self, Call, Upstream};
-use super::{parse_json, read_body, stream_parts, with_clamped_header, with_rate_headers};
+use super::{parse_object, read_body, stream_parts, with_clamped_header, with_rate_headers};
 use crate::admission::Admitted;
 use crate::clamp::Clamped;
 use crate::context::request_ctx;
@@ -372,6 +372,8 @@ struct PassThrough {
 /// (an `error` event numbered 0 read to them as "stream closed before response.completed").
 #[derive(Debug, Default)]
 struct ResponsesSeen {
+    /// The public model name, for the failed response.
+    model: String,
     id: Option<String>,
     created_at: u64,
     sequence: Option<u64>,
@@ -411,7 +413,7 @@ impl ResponsesSeen {
     }
 
     /// `event: response.failed`, numbered after the last event seen.
-    fn failed_event(&self, err: &GatewayError, model: &str, out: &mut BytesMut) {
+    fn failed_event(&self, err: &GatewayError, out: &mut BytesMut) {
         let id = self
             .id
             .clone()
@@ -426,7 +428,7 @@ impl ResponsesSeen {
                 "status": "failed",
                 "error": {"code": "server_error", "message": err.message()},
                 "incomplete_details": null,
-                "model": model,
+                "model": self.model,
                 "output": [],
                 "parallel_tool_calls": true,
                 "tool_choice": "auto",
@@ -539,15 +541,7 @@ impl Lines for PassThrough {
     fn error_event(&self, err: &GatewayError, out: &mut BytesMut) {
         match self.spec.stream_errors {
             StreamErrors::Dialect => err.stream_event(self.dialect, out),
-            StreamErrors::Responses => {
-                // The public name: `to` is `"model":"<public>"` as JSON.
-                let model = self
-                    .to
-                    .strip_prefix(b"\"model\":")
-                    .and_then(|m| serde_json::from_slice::<String>(m).ok())
-                    .unwrap_or_default();
-                self.responses.failed_event(err, &model, out);
-            }
+            StreamErrors::Responses => self.responses.failed_event(err, out),
         }
     }
 }
@@ -575,23 +569,11 @@ pub async fn forward(
     let ctx = request_ctx(&req)?;
     let policy = &ctx.policy;
     let body = read_body(&req, payload, &policy.limits).await?;
-    let mut v: Value = parse_json(&body)?;
-    if !v.is_object() {
-        return Err(GatewayError::BadRequest {
-            message: "the request body must be a JSON object".to_owned(),
-        });
-    }
-    // Every key Ollama would read as a field is spelled as it (one_reading.rs).
-    super::one_reading::check(&v)?;
+    let mut v = parse_object(&body)?;
     // limits.max_messages on every route that carries a conversation, not only on chat
     // completions: native chat and Anthropic `messages`, Responses `input` items.
-    let turns = ["messages", "input"]
-        .iter()
-        .filter_map(|f| v.get(*f).and_then(Value::as_array))
-        .filter(|_| spec.conversation)
-        .map(Vec::len)
-        .sum::<usize>();
-    if turns > policy.limits.max_messages {
+    let turns = |f: &str| v.get(f).and_then(Value::as_array).map_or(0, Vec::len);
+    if spec.conversation && turns("messages") + turns("input") > policy.limits.max_messages {
         return Err(GatewayError::BadRequest {
             message: "too many messages in this request for this gateway".to_owned(),
         });
@@ -677,7 +659,14 @@ pub async fn forward(
             usage: Usage::default(),
             ended: false,
             held_event: None,
-            responses: ResponsesSeen::default(),
+            responses: ResponsesSeen {
+                // Only a Responses stream names its model in a failure of ours.
+                model: match spec.stream_errors {
+                    StreamErrors::Responses => public.clone(),
+                    StreamErrors::Dialect => String::new(),
+                },
+                ..ResponsesSeen::default()
+            },
         };
         let content_type = match spec.framing {
             Framing::Ndjson => "application/x-ndjson",
@@ -894,7 +883,10 @@ mod tests {
             usage: Usage::default(),
             ended: false,
             held_event: None,
-            responses: ResponsesSeen::default(),
+            responses: ResponsesSeen {
+                model: "pub".to_owned(),
+                ..ResponsesSeen::default()
+            },
         };
         let mut out = BytesMut::new();
         for line in [

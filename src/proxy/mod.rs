@@ -109,6 +109,20 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<
     })
 }
 
+/// A body as Ollama will read it: a JSON object whose every key that Go's decoder would take
+/// for a field is spelled as that field (`one_reading.rs`). The forwarded routes and
+/// `count_tokens` start here.
+pub(crate) fn parse_object(body: &[u8]) -> Result<serde_json::Value, GatewayError> {
+    let v: serde_json::Value = parse_json(body)?;
+    if !v.is_object() {
+        return Err(GatewayError::BadRequest {
+            message: "the request body must be a JSON object".to_owned(),
+        });
+    }
+    one_reading::check(&v)?;
+    Ok(v)
+}
+
 /// The prompt limit that applies to this key and model: 400 `prompt_too_long` over it
 /// (or, report-only, a note in the audit line).
 pub(crate) fn prompt_guard(
