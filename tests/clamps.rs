@@ -26,14 +26,7 @@ models:
 "#;
 
 fn post(gw: &Gateway, path: &str, key: &str, body: &Value) -> Response {
-    let auth = format!("Bearer {key}");
-    request(
-        gw.addr,
-        "POST",
-        path,
-        &[("Authorization", &auth)],
-        Some(body.to_string().as_bytes()),
-    )
+    post_json_bytes(gw, path, key, body.to_string().as_bytes())
 }
 
 fn last_sent(fake: &Fake, path: &str) -> Value {

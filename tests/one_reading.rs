@@ -91,17 +91,7 @@ impl GoOllama {
 }
 
 fn send(gw: &Gateway, path: &str, body: &str) -> Response {
-    let auth = format!("Bearer {KEY}");
-    request(
-        gw.addr,
-        "POST",
-        path,
-        &[
-            ("Authorization", &auth),
-            ("Content-Type", "application/json"),
-        ],
-        Some(body.as_bytes()),
-    )
+    post_json_bytes(gw, path, KEY, body.as_bytes())
 }
 
 /// Seconds of a keep_alive as Ollama reads it (a number of seconds or a Go duration).

@@ -43,17 +43,7 @@ fn bearer(key: &str) -> String {
 }
 
 fn post(gw: &Gateway, path: &str, key: &str, body: &Value) -> Response {
-    let auth = bearer(key);
-    request(
-        gw.addr,
-        "POST",
-        path,
-        &[
-            ("Authorization", &auth),
-            ("Content-Type", "application/json"),
-        ],
-        Some(body.to_string().as_bytes()),
-    )
+    post_json_bytes(gw, path, key, body.to_string().as_bytes())
 }
 
 fn get(gw: &Gateway, path: &str, key: &str) -> Response {
@@ -587,15 +577,22 @@ fn python() -> PathBuf {
     p
 }
 
-fn client(gw: &Gateway, mode: &str, key: &str) -> Value {
+/// What `tests/e2e/clients.py MODE` printed for model qwen3:32b (and `extra` arguments),
+/// succeeded or not.
+fn client_said(gw: &Gateway, mode: &str, key: &str, extra: &[&str]) -> Value {
     let out = Command::new(python())
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/clients.py"))
         .args([&format!("http://{}", gw.addr), key, mode, "qwen3:32b"])
+        .args(extra)
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    let v: Value = serde_json::from_str(&text)
-        .unwrap_or_else(|_| panic!("{mode}: {text} {}", String::from_utf8_lossy(&out.stderr)));
+    serde_json::from_str(&text)
+        .unwrap_or_else(|_| panic!("{mode}: {text} {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+fn client(gw: &Gateway, mode: &str, key: &str) -> Value {
+    let v = client_said(gw, mode, key, &[]);
     assert_eq!(v["ok"], true, "{mode}: {v}");
     v
 }
@@ -637,17 +634,7 @@ fn real_clients_unmodified_through_the_gateway() {
     assert!(o["messages_stream"]["output_tokens"].as_u64().unwrap_or(0) > 0);
 
     // The same clients with a key that may use only "llama" see qwen3:32b refused.
-    let out = Command::new(python())
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/clients.py"))
-        .args([
-            &format!("http://{}", gw.addr),
-            LLAMA,
-            "anthropic",
-            "qwen3:32b",
-        ])
-        .output()
-        .unwrap();
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = client_said(&gw, "anthropic", LLAMA, &[]);
     assert_eq!(v["ok"], false);
     assert_eq!(v["status"], 403, "{v}");
 }
@@ -661,20 +648,7 @@ fn agents_get_answers_they_understand() {
     let fake = Fake::start(&[]);
     let gw = Gateway::start(POLICY, &fake.url());
     // 200,000 characters is the default prompt limit: 45,000 five-character words are over it.
-    let out = Command::new(python())
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/clients.py"))
-        .args([
-            &format!("http://{}", gw.addr),
-            ALL,
-            "agents",
-            "qwen3:32b",
-            "45000",
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let o: Value = serde_json::from_str(&text)
-        .unwrap_or_else(|_| panic!("{text} {}", String::from_utf8_lossy(&out.stderr)));
+    let o = client_said(&gw, "agents", ALL, &["45000"]);
     assert_eq!(o["ok"], true, "{o}");
     // max_retries=3 in both SDKs, one request each: x-should-retry: false was honoured.
     for sdk in ["anthropic", "openai"] {

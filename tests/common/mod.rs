@@ -685,3 +685,19 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// POST `body` (JSON, as bytes: a test may need keys a JSON library would merge) with the key
+/// as `Authorization: Bearer`.
+pub fn post_json_bytes(gw: &Gateway, path: &str, key: &str, body: &[u8]) -> Response {
+    let auth = format!("Bearer {key}");
+    request(
+        gw.addr,
+        "POST",
+        path,
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        Some(body),
+    )
+}
