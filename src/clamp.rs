@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::errors::GatewayError;
+use crate::ollama_options::OptionSet;
 
 /// The bounds in force for one request (policy, key and model combined).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,8 +26,10 @@ pub struct Clamps {
     pub refuse: bool,
     /// The context a request gets when it asks for none (the model's `num_ctx` in `models`).
     pub default_num_ctx: Option<u64>,
-    /// May set any `keep_alive`, including `-1` and `0`.
+    /// May set any `keep_alive`, including `-1` and `0`, and any option.
     pub admin: bool,
+    /// The `options` a non-admin request may set (`limits.allowed_options`).
+    pub allowed_options: OptionSet,
 }
 
 /// What was clamped or filled in, for the `x-qwen-gateway-clamped` header.
@@ -68,12 +71,25 @@ fn over(what: &str, max: u64) -> GatewayError {
 
 impl Clamps {
     /// A context size: `asked` (`None` when the request sets none) bounded by the cap; the
-    /// model's default when the request asks for none.
+    /// model's configured `num_ctx` when the request asks for none, or when it asks for
+    /// another and may not choose (`num_ctx` not in `allowed_options`): a context of one
+    /// request's own makes Ollama reload the model for everyone.
     pub fn num_ctx(
         &self,
         asked: Option<u64>,
         c: &mut Clamped,
     ) -> Result<Option<u64>, GatewayError> {
+        let chooses = self.admin || self.allowed_options.contains("num_ctx");
+        let asked = match (asked, self.default_num_ctx) {
+            (Some(a), Some(model)) if !chooses => {
+                let model = self.max_num_ctx.map_or(model, |m| model.min(m));
+                if a != model {
+                    c.note("num_ctx", format!("{model} (the model's)"));
+                }
+                return Ok(Some(model));
+            }
+            (asked, _) => asked,
+        };
         let Some(asked) = asked else {
             return Ok(self
                 .default_num_ctx
@@ -184,6 +200,7 @@ impl Clamps {
                 options.insert("num_predict".to_owned(), Value::from(n));
             }
         }
+        self.allowed_only(options, c)?;
         if options.is_empty() {
             body.remove("options");
         }
@@ -194,6 +211,36 @@ impl Clamps {
             None => {
                 body.remove("keep_alive");
             }
+        }
+        Ok(())
+    }
+
+    /// Drops (or, refusing, refuses) the options a non-admin key may not set; `num_ctx` and
+    /// `num_predict` have been bounded already.
+    fn allowed_only(
+        &self,
+        options: &mut Map<String, Value>,
+        c: &mut Clamped,
+    ) -> Result<(), GatewayError> {
+        if self.admin {
+            return Ok(());
+        }
+        let denied: Vec<String> = options
+            .keys()
+            .filter(|k| {
+                !matches!(k.as_str(), "num_ctx" | "num_predict")
+                    && !self.allowed_options.contains(k)
+            })
+            .cloned()
+            .collect();
+        for name in denied {
+            if self.refuse {
+                return Err(GatewayError::BadRequest {
+                    message: format!("option {} is not allowed for this key", shown(&name)),
+                });
+            }
+            options.remove(&name);
+            c.note(shown(&name), "dropped");
         }
         Ok(())
     }
@@ -211,6 +258,16 @@ impl Clamps {
             body.insert(field.to_owned(), Value::from(n));
         }
         Ok(())
+    }
+}
+
+/// An option's name as the answer may show it: a name Ollama reads, or `unknown_option` (the
+/// client's own text goes into no header).
+fn shown(name: &str) -> &str {
+    if OptionSet::parse([name]).is_ok() {
+        name
+    } else {
+        "unknown_option"
     }
 }
 
@@ -288,6 +345,7 @@ mod tests {
             refuse: false,
             default_num_ctx: None,
             admin: false,
+            allowed_options: OptionSet::SAMPLING,
         }
     }
 
@@ -389,5 +447,68 @@ mod tests {
             .native_body(&mut body, false, &mut Clamped::default())
             .unwrap();
         assert_eq!(body["keep_alive"], -1);
+    }
+
+    #[test]
+    fn runner_options_are_dropped_and_the_models_context_holds() {
+        let c = Clamps {
+            default_num_ctx: Some(16_384),
+            ..clamps()
+        };
+        let mut body = json!({"options":{"num_ctx":4096,"num_gpu":99,"num_thread":1,
+            "temperature":0.2,"n\u{0}x":1}})
+        .as_object()
+        .cloned()
+        .unwrap();
+        let mut said = Clamped::default();
+        c.native_body(&mut body, false, &mut said).unwrap();
+        assert_eq!(body["options"], json!({"num_ctx":16384,"temperature":0.2}));
+        let header = said.header().unwrap();
+        assert!(header.contains("num_ctx=16384 (the model's)"), "{header}");
+        assert!(header.contains("num_gpu=dropped"), "{header}");
+        assert!(header.contains("unknown_option=dropped"), "{header}");
+        // Asking for the model's own context says nothing.
+        let mut body = json!({"options":{"num_ctx":16384}})
+            .as_object()
+            .cloned()
+            .unwrap();
+        let mut said = Clamped::default();
+        c.native_body(&mut body, false, &mut said).unwrap();
+        assert_eq!(said.header(), None);
+        // A policy that lets clients choose: their context, within the cap.
+        let choosing = Clamps {
+            allowed_options: OptionSet::parse(["temperature", "num_ctx"]).unwrap(),
+            ..c
+        };
+        let mut body = json!({"options":{"num_ctx":4096}})
+            .as_object()
+            .cloned()
+            .unwrap();
+        choosing
+            .native_body(&mut body, false, &mut Clamped::default())
+            .unwrap();
+        assert_eq!(body["options"]["num_ctx"], 4096);
+        // Refusing: named in the 400.
+        let refuse = Clamps { refuse: true, ..c };
+        let mut body = json!({"options":{"use_mmap":false}})
+            .as_object()
+            .cloned()
+            .unwrap();
+        let err = refuse
+            .native_body(&mut body, false, &mut Clamped::default())
+            .err()
+            .map(|e| e.message())
+            .unwrap_or_default();
+        assert_eq!(err, "option use_mmap is not allowed for this key");
+        // Admin keys set what they like.
+        let admin = Clamps { admin: true, ..c };
+        let mut body = json!({"options":{"num_ctx":4096,"num_gpu":1}})
+            .as_object()
+            .cloned()
+            .unwrap();
+        admin
+            .native_body(&mut body, false, &mut Clamped::default())
+            .unwrap();
+        assert_eq!(body["options"], json!({"num_ctx":4096,"num_gpu":1}));
     }
 }

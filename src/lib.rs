@@ -22,6 +22,7 @@ pub mod health;
 pub mod ids;
 pub mod json_out;
 pub mod metrics;
+pub mod ollama_options;
 pub mod ops;
 pub mod policy;
 pub mod proxy;

@@ -43,12 +43,13 @@ fn last_sent(fake: &Fake, path: &str) -> Value {
 fn chat_completions_are_clamped_and_say_so() {
     let fake = Fake::start(&[]);
     let gw = Gateway::start(POLICY, &fake.url());
-    // OpenClaw's shape: options.num_ctx on the OpenAI route, forwarded (within the cap).
+    // OpenClaw's shape: options.num_ctx on the OpenAI route, forwarded (within the cap) for
+    // a model without a configured context.
     let r = post(
         &gw,
         "/v1/chat/completions",
         "user-key-000001",
-        &json!({"model": "qwen3:32b",
+        &json!({"model": "llama",
         "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 100000,
         "options": {"num_ctx": 131072}, "keep_alive": -1}),
     );
@@ -61,7 +62,8 @@ fn chat_completions_are_clamped_and_say_so() {
         r.header("x-qwen-gateway-clamped"),
         Some("max_output_tokens=1000, num_ctx=32768, keep_alive=600s")
     );
-    // Nothing asked: the model's context and the output cap, which the answer names.
+    // A model with a configured context: that one, whatever the request asks (a context
+    // of its own would reload the model for everyone); the output cap, named.
     let r = post(
         &gw,
         "/v1/chat/completions",
@@ -71,11 +73,11 @@ fn chat_completions_are_clamped_and_say_so() {
     );
     assert_eq!(r.status, 200);
     let sent = last_sent(&fake, "/api/chat");
-    assert_eq!(sent["options"]["num_ctx"], 8192);
+    assert_eq!(sent["options"]["num_ctx"], 16384);
     assert_eq!(sent["options"]["num_predict"], 1000);
     assert_eq!(
         r.header("x-qwen-gateway-clamped"),
-        Some("max_output_tokens=1000 (default)")
+        Some("num_ctx=16384 (the model's), max_output_tokens=1000 (default)")
     );
 }
 

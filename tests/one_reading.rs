@@ -36,6 +36,9 @@ limits:
   max_num_ctx: 8192
   max_output_tokens: 512
   max_keep_alive_seconds: 1800
+  max_images: 2
+  max_image_bytes: 3000
+  max_embed_inputs: 100
 audit: {dir: "{DIR}/audit"}
 "#;
 
@@ -140,8 +143,46 @@ fn holds(path: &str, body: &str, r: &Response) -> Result<(), String> {
             _ => return fail("keep_alive outside the clamp"),
         }
     }
-    if read["text_chars"].as_u64().unwrap_or(0) > 1000 {
+    // A native `context` token id counts as the characters of one token (3).
+    let read_chars =
+        read["text_chars"].as_u64().unwrap_or(0) + 3 * read["context"].as_u64().unwrap_or(0);
+    if read_chars > 1000 {
         return fail("text past the prompt limit");
+    }
+    if read["images"].as_u64().unwrap_or(0) > 2 {
+        return fail("images past max_images");
+    }
+    if read["largest_image"].as_u64().unwrap_or(0) / 4 * 3 > 3000 {
+        return fail("an image past max_image_bytes");
+    }
+    if read["inputs"].as_u64().unwrap_or(0) > 100 {
+        return fail("inputs past max_embed_inputs");
+    }
+    const SAMPLING: &[&str] = &[
+        "num_keep",
+        "seed",
+        "num_predict",
+        "top_k",
+        "top_p",
+        "min_p",
+        "typical_p",
+        "repeat_last_n",
+        "temperature",
+        "repeat_penalty",
+        "presence_penalty",
+        "frequency_penalty",
+        "stop",
+        "mirostat",
+        "mirostat_tau",
+        "mirostat_eta",
+        "tfs_z",
+        "penalize_newline",
+        "num_ctx",
+    ];
+    for o in read["options"].as_array().into_iter().flatten() {
+        if !o.as_str().is_some_and(|o| SAMPLING.contains(&o)) {
+            return fail("a runner option a non-admin key may not set");
+        }
     }
     Ok(())
 }
@@ -206,8 +247,24 @@ fn attacks(path: &str, base: &str) -> Vec<String> {
     for f in text_fields {
         out.push(format!(r#"{{"model":"qwen3:32b",{base},"{f}":"{long}"}}"#));
     }
+    let big_image = "QUJD".repeat(1500);
     match path {
         "/api/chat" => out.extend([
+            format!(
+                r#"{{"model":"qwen3:32b","stream":false,"messages":[{{"role":"tool","content":"ok","tool_call_id":"{long}"}}]}}"#
+            ),
+            format!(
+                r#"{{"model":"qwen3:32b","stream":false,"messages":[{{"role":"assistant","content":"","tool_calls":[{{"function":{{"name":"f","arguments":{{"images":"{long}"}}}}}}]}}]}}"#
+            ),
+            format!(
+                r#"{{"model":"qwen3:32b","stream":false,"messages":[{{"role":"user","content":"hi","images":["QUJD","QUJD","QUJD"]}}]}}"#
+            ),
+            format!(
+                r#"{{"model":"qwen3:32b","stream":false,"messages":[{{"role":"user","content":"hi","images":["{big_image}"]}}]}}"#
+            ),
+            format!(
+                r#"{{"model":"qwen3:32b","stream":false,"messages":[{{"role":"user","content":"hi"}}],"options":{{"num_gpu":0,"num_thread":1,"use_mmap":false}}}}"#
+            ),
             format!(
                 r#"{{"model":"qwen3:32b","stream":false,"meſſages":[{{"role":"user","content":"{long}"}}],"messages":[{{"role":"user","content":"hi"}}]}}"#
             ),
@@ -218,12 +275,37 @@ fn attacks(path: &str, base: &str) -> Vec<String> {
                 r#"{{"model":"qwen3:32b","stream":false,"messages":[{{"role":"user","content":"hi","THINKING":"{long}"}}]}}"#
             ),
         ]),
+        "/api/generate" => out.extend([
+            format!(
+                r#"{{"model":"qwen3:32b","stream":false,"prompt":"hi","context":[{}]}}"#,
+                vec!["1"; 2000].join(",")
+            ),
+            format!(
+                r#"{{"model":"qwen3:32b","stream":false,"prompt":"hi","images":["QUJD","QUJD","QUJD"]}}"#
+            ),
+            format!(
+                r#"{{"model":"qwen3:32b","stream":false,"prompt":"hi","options":{{"num_batch":1}}}}"#
+            ),
+        ]),
+        "/api/embed" | "/v1/embeddings" => out.push(format!(
+            r#"{{"model":"qwen3:32b","input":[{}]}}"#,
+            vec![r#""""#; 500].join(",")
+        )),
         "/v1/completions" => out.push(format!(
             r#"{{"model":"qwen3:32b","prompt":"hi","max_tokens":100,"MAX_TOKENS":100000}}"#
         )),
-        "/v1/responses" => out.push(format!(
-            r#"{{"model":"qwen3:32b","input":"hi","max_output_tokens":100,"Max_Output_Tokens":100000}}"#
-        )),
+        "/v1/responses" => out.extend([
+            format!(
+                r#"{{"model":"qwen3:32b","input":"hi","max_output_tokens":100,"Max_Output_Tokens":100000}}"#
+            ),
+            format!(
+                r#"{{"model":"qwen3:32b","max_output_tokens":100,"input":[{{"type":"function_call_output","call_id":"c","id":"{long}","output":"ok"}}]}}"#
+            ),
+            format!(
+                r#"{{"model":"qwen3:32b","max_output_tokens":100,"input":[{{"type":"message","role":"user","content":[{}]}}]}}"#,
+                [r#"{"type":"input_image","detail":"auto","image_url":"data:image/png;base64,QUJD"}"#; 3].join(",")
+            ),
+        ]),
         "/v1/messages" => out.extend([
             format!(
                 r#"{{"model":"qwen3:32b","max_tokens":100,"MAX_TOKENS":100000,"messages":[{{"role":"user","content":"hi"}}]}}"#
@@ -233,6 +315,16 @@ fn attacks(path: &str, base: &str) -> Vec<String> {
             ),
             format!(
                 r#"{{"model":"qwen3:32b","max_tokens":100,"messages":[{{"role":"user","Content":"{long}","content":"hi"}}]}}"#
+            ),
+            format!(
+                r#"{{"model":"qwen3:32b","max_tokens":100,"messages":[{{"role":"assistant","content":[{{"type":"tool_use","id":"{long}","name":"f","input":{{}}}}]}}]}}"#
+            ),
+            format!(
+                r#"{{"model":"qwen3:32b","max_tokens":100,"messages":[{{"role":"assistant","content":[{{"type":"tool_use","id":"t","name":"f","input":{{"source":"{long}"}}}}]}}]}}"#
+            ),
+            format!(
+                r#"{{"model":"qwen3:32b","max_tokens":100,"messages":[{{"role":"user","content":[{}]}}]}}"#,
+                [r#"{"type":"image","source":{"type":"base64","media_type":"image/png","data":"QUJD"}}"#; 3].join(",")
             ),
         ]),
         _ => {}
@@ -336,5 +428,36 @@ fn max_messages_holds_on_every_conversation_route() {
         assert_eq!(r.json()["read"]["messages"], 3, "{path}");
         let r = send(&gw, path, &body.replace("TURNS", &turns(4)));
         assert_eq!(r.status, 400, "{path}: {}", r.text());
+    }
+}
+
+/// A context of a request's own reloads the model for everyone: where the model has a
+/// configured `num_ctx`, a non-admin request gets that one, whatever it asks (issue 19).
+#[test]
+fn the_models_configured_context_is_what_ollama_reads() {
+    let go = GoOllama::start();
+    let policy = POLICY.replace(
+        r#"  "qwen3:32b": "qwen3:32b-q4""#,
+        r#"  "qwen3:32b": {name: "qwen3:32b-q4", num_ctx: 4096}"#,
+    );
+    let gw = Gateway::start(&policy, &go.url);
+    for asked in [
+        "",
+        r#","options":{"num_ctx":8000}"#,
+        r#","options":{"num_ctx":2048}"#,
+    ] {
+        let body = format!(
+            r#"{{"model":"qwen3:32b","stream":false,"messages":[{{"role":"user","content":"hi"}}]{asked}}}"#
+        );
+        let r = send(&gw, "/api/chat", &body);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["read"]["num_ctx"], 4096, "{body}");
+        if !asked.is_empty() {
+            assert!(
+                r.header("x-qwen-gateway-clamped")
+                    .is_some_and(|h| h.contains("num_ctx=4096 (the model's)")),
+                "{body}"
+            );
+        }
     }
 }

@@ -98,6 +98,14 @@ pub struct Limits {
     pub max_prompt_chars: usize,
     pub max_body_bytes: usize,
     pub max_messages: usize,
+    /// Images in one request, on every surface.
+    pub max_images: usize,
+    /// Largest image (decoded bytes, estimated from its base64 length).
+    pub max_image_bytes: usize,
+    /// Inputs in one embeddings request.
+    pub max_embed_inputs: usize,
+    /// Ollama `options` a non-admin key may set; others are dropped (or refused).
+    pub allowed_options: crate::ollama_options::OptionSet,
     /// The whole request body must arrive within this (slow-drip clients get 408).
     pub body_timeout: Duration,
     /// Largest context a request may ask for; `None`: any.
@@ -386,6 +394,7 @@ impl Policy {
             refuse: self.limits.refuse_over_limit,
             default_num_ctx: self.models.settings(model).num_ctx,
             admin: key.is_some_and(|k| k.admin),
+            allowed_options: self.limits.allowed_options,
         }
     }
 

@@ -17,6 +17,7 @@ use super::{
     ModelMap, ModelSettings, Policy, PolicyError, Quota, RedisLimits, UpstreamPolicy, digest,
 };
 use crate::client_ip::{IpSet, parse_net};
+use crate::ollama_options::OptionSet;
 use crate::ratelimit::tokens::TokenQuota;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:18789";
@@ -25,6 +26,12 @@ pub const DEFAULT_MAX_PROMPT_CHARS: usize = 200_000;
 /// 4 MiB: a 100,000-character prompt, or 32,768 CJK characters (3 bytes each), must reach the
 /// prompt check and get its 400 rather than a 413; images in messages need room too.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// Images a request may carry: each costs the model hundreds to thousands of tokens.
+pub const DEFAULT_MAX_IMAGES: usize = 16;
+/// Largest image: 4 MiB decoded, the size of the default body.
+pub const DEFAULT_MAX_IMAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Inputs in one embeddings request: OpenAI's own bound.
+pub const DEFAULT_MAX_EMBED_INPUTS: usize = 2_048;
 const MAX_WINDOW_SECS: u64 = 86_400;
 /// Requests sent to one Ollama at once: Ollama's `OLLAMA_NUM_PARALLEL` chooses 4 or 1 by
 /// available memory; set it to what yours uses.
@@ -394,6 +401,18 @@ fn validate_limits(lf: super::file::LimitsFile) -> Result<Limits, PolicyError> {
         max_prompt_chars: lf.max_prompt_chars.unwrap_or(DEFAULT_MAX_PROMPT_CHARS),
         max_body_bytes: lf.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
         max_messages: lf.max_messages.unwrap_or(1_000),
+        max_images: lf.max_images.unwrap_or(DEFAULT_MAX_IMAGES),
+        max_image_bytes: lf.max_image_bytes.unwrap_or(DEFAULT_MAX_IMAGE_BYTES),
+        max_embed_inputs: lf.max_embed_inputs.unwrap_or(DEFAULT_MAX_EMBED_INPUTS),
+        allowed_options: match &lf.allowed_options {
+            None => OptionSet::default(),
+            Some(names) => OptionSet::parse(names.iter().map(String::as_str)).map_err(|n| {
+                PolicyError::invalid(
+                    "limits.allowed_options",
+                    format!("{n:?} is not an option Ollama reads"),
+                )
+            })?,
+        },
         body_timeout: seconds("limits.body_timeout_seconds", lf.body_timeout_seconds, 30.0)?,
         max_num_ctx: positive("limits.max_num_ctx", lf.max_num_ctx)?,
         max_output_tokens: positive(
@@ -428,6 +447,18 @@ fn validate_limits(lf: super::file::LimitsFile) -> Result<Limits, PolicyError> {
     }
     if limits.max_messages == 0 {
         return Err(PolicyError::invalid("limits.max_messages", "must be > 0"));
+    }
+    if limits.max_embed_inputs == 0 {
+        return Err(PolicyError::invalid(
+            "limits.max_embed_inputs",
+            "must be > 0",
+        ));
+    }
+    if limits.max_image_bytes == 0 {
+        return Err(PolicyError::invalid(
+            "limits.max_image_bytes",
+            "must be > 0",
+        ));
     }
     Ok(limits)
 }

@@ -15,6 +15,7 @@ use super::ollama;
 use super::openai::{
     ChatRequest, Content, Delta, OutFunction, OutMessage, OutToolCall, Part, Stop, Usage,
 };
+use super::prompt::text_chars;
 use crate::errors::GatewayError;
 use crate::json_out::{int, json_opt_str, json_str};
 
@@ -51,7 +52,7 @@ pub fn prompt_chars(req: &ChatRequest) -> usize {
         }
     }
     for tool in req.tools.iter().flatten() {
-        n += value_chars(tool);
+        n += text_chars(tool);
     }
     if let Some(schema) = req
         .response_format
@@ -59,7 +60,7 @@ pub fn prompt_chars(req: &ChatRequest) -> usize {
         .and_then(|f| f.json_schema.as_ref())
         .and_then(|s| s.schema.as_ref())
     {
-        n += value_chars(schema);
+        n += text_chars(schema);
     }
     n += match &req.stop {
         Some(Stop::One(s)) => chars(s),
@@ -67,19 +68,6 @@ pub fn prompt_chars(req: &ChatRequest) -> usize {
         None => 0,
     };
     n
-}
-
-/// Characters of every string in a JSON value, object keys included.
-fn value_chars(v: &Value) -> usize {
-    match v {
-        Value::String(s) => s.chars().count(),
-        Value::Array(items) => items.iter().map(value_chars).sum(),
-        Value::Object(map) => map
-            .iter()
-            .map(|(k, v)| k.chars().count() + value_chars(v))
-            .sum(),
-        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
-    }
 }
 
 /// Longest model name accepted: real names are tens of characters, and the name is written

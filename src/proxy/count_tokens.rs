@@ -2,7 +2,7 @@
 //!
 //! Claude Code's interactive mode asks it to manage its context. Ollama has no such route and
 //! no tokenizer endpoint, so the answer is the gateway's own estimate, the same one the token
-//! quotas reserve ([`super::prompt_tokens_estimate`] over what the prompt limit counts): an
+//! quotas reserve ([`super::prompt::prompt_tokens_estimate`] over what the prompt limit counts): an
 //! estimate on the high side, never sent to the model. The route is guarded like the model
 //! lists (allowlist, key, the listing rate limit: it is asked often and costs no GPU) plus the
 //! key's model access; the prompt limit does not refuse it, since a client counting a long
@@ -11,9 +11,10 @@
 use actix_web::http::header::CONTENT_TYPE;
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use super::forward::prompt_messages;
 use super::native::{model_access, requested_model};
-use super::{parse_object, prompt_tokens_estimate, read_body, with_rate_headers};
+use super::prompt::prompt_messages;
+use super::prompt::prompt_tokens_estimate;
+use super::{parse_object, read_body, with_rate_headers};
 use crate::admission::Admitted;
 use crate::context::request_ctx;
 use crate::errors::GatewayError;

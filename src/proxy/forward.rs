@@ -17,6 +17,10 @@ use serde_json::Value;
 use super::convert::LineOutcome;
 use super::native::{model_access, requested_model};
 use super::openai::Usage;
+use super::prompt::{
+    Images, embed_inputs, prompt_completions, prompt_generate, prompt_input,
+    prompt_legacy_embeddings, prompt_messages, prompt_native_chat, prompt_responses,
+};
 use super::stream::{self, Lines};
 use super::upstream::{self, Call, Upstream};
 use super::{parse_object, read_body, stream_parts, with_clamped_header, with_rate_headers};
@@ -62,6 +66,8 @@ pub struct Forward {
     /// Whether the body carries a conversation (`messages`, or Responses `input` items) that
     /// `limits.max_messages` bounds.
     pub conversation: bool,
+    /// Whether `input` is a batch of embedding inputs (`limits.max_embed_inputs`).
+    pub embeds: bool,
 }
 
 /// Where a route's body carries what the clamps bound.
@@ -95,6 +101,7 @@ pub static API_CHAT: Forward = Forward {
     end_marker: b"\"done\":true",
     stream_errors: StreamErrors::Dialect,
     clamp: ClampAt::Native { generates: true },
+    embeds: false,
     conversation: true,
 };
 
@@ -109,6 +116,7 @@ pub static API_GENERATE: Forward = Forward {
     end_marker: b"\"done\":true",
     stream_errors: StreamErrors::Dialect,
     clamp: ClampAt::Native { generates: true },
+    embeds: false,
     conversation: false,
 };
 
@@ -123,6 +131,7 @@ pub static API_EMBED: Forward = Forward {
     end_marker: b"",
     stream_errors: StreamErrors::Dialect,
     clamp: ClampAt::Native { generates: false },
+    embeds: true,
     conversation: false,
 };
 
@@ -137,6 +146,7 @@ pub static API_EMBEDDINGS: Forward = Forward {
     end_marker: b"",
     stream_errors: StreamErrors::Dialect,
     clamp: ClampAt::Native { generates: false },
+    embeds: false,
     conversation: false,
 };
 
@@ -151,6 +161,7 @@ pub static V1_EMBEDDINGS: Forward = Forward {
     end_marker: b"",
     stream_errors: StreamErrors::Dialect,
     clamp: ClampAt::Nothing,
+    embeds: true,
     conversation: false,
 };
 
@@ -165,6 +176,7 @@ pub static V1_COMPLETIONS: Forward = Forward {
     end_marker: b"[DONE]",
     stream_errors: StreamErrors::Dialect,
     clamp: ClampAt::Output("max_tokens"),
+    embeds: false,
     conversation: false,
 };
 
@@ -179,6 +191,7 @@ pub static V1_RESPONSES: Forward = Forward {
     end_marker: b"response.completed",
     stream_errors: StreamErrors::Responses,
     clamp: ClampAt::Output("max_output_tokens"),
+    embeds: false,
     conversation: true,
 };
 
@@ -193,112 +206,12 @@ pub static V1_MESSAGES: Forward = Forward {
     end_marker: b"message_stop",
     stream_errors: StreamErrors::Dialect,
     clamp: ClampAt::Output("max_tokens"),
+    embeds: false,
     conversation: true,
 };
 
 /// Embeddings of a large batch are big (1,000 inputs x 1,024 floats is ~10 MB as JSON).
 const EMBED_LIMIT: usize = 64 << 20;
-
-/// Characters of every string in a JSON value (object keys included), leaving out the fields
-/// that hold no text for the model (base64 images).
-pub fn text_chars(v: &Value) -> usize {
-    match v {
-        Value::String(s) => s.chars().count(),
-        Value::Array(items) => items.iter().map(text_chars).sum(),
-        Value::Object(map) => map
-            .iter()
-            .filter(|(k, _)| !MEDIA.contains(&k.as_str()))
-            .map(|(k, v)| k.chars().count() + text_chars(v))
-            .sum(),
-        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
-    }
-}
-
-/// Keys whose values are media, not text: base64 images in every surface's spelling.
-const MEDIA: [&str; 4] = ["images", "image_url", "source", "file_data"];
-
-/// Characters of the string *values* in a conversation (keys such as `role` and `type` are
-/// structure, not text the model reads as such), leaving media out.
-pub fn conversation_chars(v: &Value) -> usize {
-    match v {
-        Value::String(s) => s.chars().count(),
-        Value::Array(items) => items.iter().map(conversation_chars).sum(),
-        Value::Object(map) => map
-            .iter()
-            .filter(|(k, _)| !MEDIA.contains(&k.as_str()))
-            .map(|(k, v)| match k.as_str() {
-                // Structure: which kind of block, whose turn, ids the model never reads.
-                "type" | "role" | "id" | "status" | "cache_control" => 0,
-                _ => conversation_chars(v),
-            })
-            .sum(),
-        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
-    }
-}
-
-fn fields_chars(v: &Value, fields: &[&str]) -> usize {
-    fields
-        .iter()
-        .filter_map(|f| v.get(*f))
-        .map(text_chars)
-        .sum()
-}
-
-/// Native chat: each message's text (content, thinking, tool name, tool calls with their
-/// arguments), the tool definitions and a JSON schema in `format`.
-fn prompt_native_chat(v: &Value) -> usize {
-    let messages: usize = v
-        .get("messages")
-        .and_then(Value::as_array)
-        .map(|ms| {
-            ms.iter()
-                .map(|m| fields_chars(m, &["content", "thinking", "tool_name", "tool_calls"]))
-                .sum()
-        })
-        .unwrap_or(0);
-    messages + fields_chars(v, &["tools", "format"])
-}
-
-/// Native generate: prompt, suffix (fill-in-the-middle), system prompt, template, schema.
-fn prompt_generate(v: &Value) -> usize {
-    fields_chars(v, &["prompt", "suffix", "system", "template", "format"])
-}
-
-/// Embeddings: every input string.
-fn prompt_input(v: &Value) -> usize {
-    fields_chars(v, &["input"])
-}
-
-fn prompt_legacy_embeddings(v: &Value) -> usize {
-    fields_chars(v, &["prompt"])
-}
-
-/// Responses: instructions and input items (text, function calls and their outputs) as
-/// conversation text, tool definitions in full.
-fn prompt_responses(v: &Value) -> usize {
-    ["instructions", "input"]
-        .iter()
-        .filter_map(|f| v.get(*f))
-        .map(conversation_chars)
-        .sum::<usize>()
-        + fields_chars(v, &["tools", "text"])
-}
-
-/// Anthropic Messages: the system prompt and messages (text, tool use and results,
-/// thinking) as conversation text, tool definitions in full, stop sequences.
-pub(crate) fn prompt_messages(v: &Value) -> usize {
-    ["system", "messages"]
-        .iter()
-        .filter_map(|f| v.get(*f))
-        .map(conversation_chars)
-        .sum::<usize>()
-        + fields_chars(v, &["tools", "stop_sequences"])
-}
-
-/// Legacy completions: prompt, suffix and stop strings.
-fn prompt_completions(v: &Value) -> usize {
-    fields_chars(v, &["prompt", "suffix", "stop"])
-}
 
 /// `"model":"<name>"` as Go's encoder writes it, for renaming in answers without parsing them.
 fn model_field(name: &str) -> Vec<u8> {
@@ -576,6 +489,12 @@ pub async fn forward(
     if spec.conversation && turns("messages") + turns("input") > policy.limits.max_messages {
         return Err(GatewayError::BadRequest {
             message: "too many messages in this request for this gateway".to_owned(),
+        });
+    }
+    super::media_guard(&policy.limits, Images::in_body(&v))?;
+    if spec.embeds && embed_inputs(&v) > policy.limits.max_embed_inputs {
+        return Err(GatewayError::BadRequest {
+            message: "too many inputs in this request for this gateway".to_owned(),
         });
     }
     let stream = spec.streams
@@ -915,11 +834,5 @@ mod tests {
             v["response"]["error"]["message"],
             GatewayError::UpstreamTimeout.message()
         );
-    }
-
-    #[test]
-    fn prompt_counts_leave_images_out() {
-        let v: Value = serde_json::json!({"messages":[{"role":"user","content":"abc","images":["QUJD".repeat(1000)]}]});
-        assert_eq!(prompt_native_chat(&v), 3);
     }
 }

@@ -14,9 +14,11 @@ pub mod native;
 pub mod ollama;
 pub mod one_reading;
 pub mod openai;
+pub mod prompt;
 pub mod stream;
 pub mod upstream;
 
+use prompt::prompt_tokens_estimate;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use actix_web::http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HeaderName};
@@ -123,6 +125,24 @@ pub(crate) fn parse_object(body: &[u8]) -> Result<serde_json::Value, GatewayErro
     Ok(v)
 }
 
+/// `limits.max_images` and `limits.max_image_bytes`, on every route that carries images.
+pub(crate) fn media_guard(
+    limits: &crate::policy::Limits,
+    images: prompt::Images,
+) -> Result<(), GatewayError> {
+    if images.count > limits.max_images {
+        return Err(GatewayError::BadRequest {
+            message: "too many images in this request for this gateway".to_owned(),
+        });
+    }
+    if images.largest_bytes > limits.max_image_bytes {
+        return Err(GatewayError::BadRequest {
+            message: "an image in this request is larger than this gateway accepts".to_owned(),
+        });
+    }
+    Ok(())
+}
+
 /// The prompt limit that applies to this key and model: 400 `prompt_too_long` over it
 /// (or, report-only, a note in the audit line).
 pub(crate) fn prompt_guard(
@@ -170,14 +190,6 @@ pub(crate) fn with_clamped_header(
     if let Some(h) = clamped.header() {
         resp.insert_header((HeaderName::from_static("x-qwen-gateway-clamped"), h));
     }
-}
-
-/// The gateway's estimate of the tokens in `chars` characters of prompt: one token per three
-/// characters, on the high side for English and code (Qwen's tokenizer averages about four),
-/// so that a quota is rather reserved too much than too little. The token quotas reserve it,
-/// and `/v1/messages/count_tokens` answers it.
-pub(crate) fn prompt_tokens_estimate(chars: usize) -> u64 {
-    (chars as u64).div_ceil(3)
 }
 
 /// Reserves the request's estimated tokens (prompt characters / 3, plus its output limit)
@@ -355,6 +367,11 @@ pub async fn chat_completions(
     let upstream_model = native::model_access(&chat.model, &ctx, principal.as_ref())?;
     let mut native = convert::to_ollama(&chat, &upstream_model)?;
     convert::check_native_messages(&native, policy.limits.max_messages)?;
+    let mut images = prompt::Images::default();
+    for image in native.messages.iter().flat_map(|m| &m.images) {
+        images.add_text(Some(image));
+    }
+    media_guard(&policy.limits, images)?;
     // The request clamps: context, output limit (every spelling, a default when absent),
     // keep_alive.
     let clamps = policy.clamps(key, &chat.model);

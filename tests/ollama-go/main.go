@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"sort"
 	"strings"
 	"unicode/utf8"
 )
@@ -144,11 +145,71 @@ type Reading struct {
 	KeepAlive  any    `json:"keep_alive"`
 	TextChars  int    `json:"text_chars"`
 	Messages   int    `json:"messages"`
+	// Token ids of a native `context` the model reads before the prompt.
+	Context int `json:"context"`
+	// Images the model sees, and the largest one's base64 length.
+	Images       int      `json:"images"`
+	LargestImage int      `json:"largest_image"`
+	Inputs       int      `json:"inputs"`
+	Options      []string `json:"options"`
 }
 
 func runes(s string) int { return utf8.RuneCountInString(s) }
 
-// Characters of every string in a decoded `any` (parts, inputs), map keys left out.
+// The key of a content part that holds its media, by the part's type as Ollama's decoders
+// switch on it (exact).
+func mediaKey(m map[string]any) string {
+	switch m["type"] {
+	case "image":
+		return "source"
+	case "input_image", "image_url":
+		return "image_url"
+	case "input_file":
+		return "file_data"
+	}
+	return ""
+}
+
+// The images in decoded content parts (Anthropic blocks, Responses parts), tool results
+// included.
+func partImages(v any, r *Reading) {
+	switch t := v.(type) {
+	case []any:
+		for _, i := range t {
+			partImages(i, r)
+		}
+	case map[string]any:
+		if k := mediaKey(t); k != "" {
+			media := t[k]
+			if m, ok := media.(map[string]any); ok {
+				if d, ok := m["data"]; ok {
+					media = d
+				} else {
+					media = m["url"]
+				}
+			}
+			s, _ := media.(string)
+			addImage(r, s)
+			return
+		}
+		for _, i := range t {
+			partImages(i, r)
+		}
+	}
+}
+
+func addImage(r *Reading, s string) {
+	r.Images++
+	if i := strings.LastIndexByte(s, ','); i >= 0 {
+		s = s[i+1:]
+	}
+	if len(s) > r.LargestImage {
+		r.LargestImage = len(s)
+	}
+}
+
+// Characters of every string in a decoded `any` (parts, inputs), map keys left out, and
+// the media of media parts.
 func anyChars(v any) int {
 	switch t := v.(type) {
 	case string:
@@ -161,8 +222,9 @@ func anyChars(v any) int {
 		return n
 	case map[string]any:
 		n := 0
+		media := mediaKey(t)
 		for k, i := range t {
-			if k == "type" || k == "id" || k == "source" || k == "image_url" {
+			if k == "type" || k == "cache_control" || k == media {
 				continue
 			}
 			n += anyChars(i)
@@ -187,6 +249,21 @@ func optionsReading(r *Reading, o map[string]any) {
 	// Ollama's Options.FromMap looks options up by their exact names.
 	r.NumCtx = o["num_ctx"]
 	r.NumPredict = o["num_predict"]
+	r.Options = []string{}
+	for k := range o {
+		r.Options = append(r.Options, k)
+	}
+	sort.Strings(r.Options)
+}
+
+func inputs(v any) int {
+	switch t := v.(type) {
+	case nil:
+		return 0
+	case []any:
+		return len(t)
+	}
+	return 1
 }
 
 func read(path string, body []byte) (Reading, error) {
@@ -200,7 +277,11 @@ func read(path string, body []byte) (Reading, error) {
 		r.Model, r.KeepAlive, r.Messages = q.Model, q.KeepAlive, len(q.Messages)
 		optionsReading(&r, q.Options)
 		for _, m := range q.Messages {
-			r.TextChars += runes(m.Content) + runes(m.Thinking) + runes(m.ToolName)
+			r.TextChars += runes(m.Content) + runes(m.Thinking) + runes(m.ToolName) +
+				runes(m.ToolCallID)
+			for _, i := range m.Images {
+				addImage(&r, i)
+			}
 			for _, c := range m.ToolCalls {
 				args, _ := json.Marshal(c.Function.Arguments)
 				r.TextChars += runes(c.Function.Name) + runes(string(args))
@@ -216,6 +297,10 @@ func read(path string, body []byte) (Reading, error) {
 		optionsReading(&r, q.Options)
 		r.TextChars = runes(q.Prompt) + runes(q.Suffix) + runes(q.System) + runes(q.Template) +
 			rawChars(q.Format)
+		r.Context = len(q.Context)
+		for _, i := range q.Images {
+			addImage(&r, i)
+		}
 	case "/api/embed":
 		var q EmbedRequest
 		if err := json.Unmarshal(body, &q); err != nil {
@@ -223,7 +308,7 @@ func read(path string, body []byte) (Reading, error) {
 		}
 		r.Model, r.KeepAlive = q.Model, q.KeepAlive
 		optionsReading(&r, q.Options)
-		r.TextChars = anyChars(q.Input)
+		r.TextChars, r.Inputs = anyChars(q.Input), inputs(q.Input)
 	case "/api/embeddings":
 		var q EmbeddingRequest
 		if err := json.Unmarshal(body, &q); err != nil {
@@ -248,7 +333,7 @@ func read(path string, body []byte) (Reading, error) {
 			return r, err
 		}
 		r.Model = q.Model
-		r.TextChars = anyChars(q.Input)
+		r.TextChars, r.Inputs = anyChars(q.Input), inputs(q.Input)
 	case "/v1/responses":
 		var q ResponsesRequest
 		if err := json.Unmarshal(body, &q); err != nil {
@@ -269,6 +354,7 @@ func read(path string, body []byte) (Reading, error) {
 			for _, i := range items {
 				r.TextChars += anyChars(i.Content) + runes(i.Name) + runes(i.Arguments) +
 					anyChars(i.Output)
+				partImages(i.Content, &r)
 			}
 		}
 	case "/v1/messages":
@@ -280,6 +366,7 @@ func read(path string, body []byte) (Reading, error) {
 		r.TextChars = anyChars(q.System) + rawChars(q.Tools)
 		for _, m := range q.Messages {
 			r.TextChars += anyChars(m.Content)
+			partImages(m.Content, &r)
 		}
 		for _, s := range q.StopSequences {
 			r.TextChars += runes(s)
