@@ -546,6 +546,51 @@ fn hostile_stream(model: &str, behaviour: &str, param: u64, active: Active) -> H
         .streaming(body)
 }
 
+/// The text of the last Anthropic `tool_result` block in the conversation, if any.
+fn anthropic_tool_result(body: &Value) -> Option<String> {
+    let blocks = body["messages"].as_array()?.iter().rev().find_map(|m| {
+        m["content"]
+            .as_array()?
+            .iter()
+            .rev()
+            .find(|b| b["type"] == "tool_result")
+            .cloned()
+    })?;
+    Some(match &blocks["content"] {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts.iter().filter_map(|p| p["text"].as_str()).collect(),
+        _ => String::new(),
+    })
+}
+
+/// A streamed Anthropic message holding one text block.
+fn anthropic_text_events(start: Value, text: &str) -> Vec<(String, Value)> {
+    vec![
+        (
+            "message_start".to_owned(),
+            json!({"type": "message_start", "message": start}),
+        ),
+        (
+            "content_block_start".to_owned(),
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ),
+        (
+            "content_block_delta".to_owned(),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}),
+        ),
+        (
+            "content_block_stop".to_owned(),
+            json!({"type": "content_block_stop", "index": 0}),
+        ),
+        (
+            "message_delta".to_owned(),
+            json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+                "usage": {"output_tokens": 5}}),
+        ),
+        ("message_stop".to_owned(), json!({"type": "message_stop"})),
+    ]
+}
+
 fn has_tool_result(body: &Value) -> bool {
     body["messages"]
         .as_array()
@@ -1011,6 +1056,51 @@ async fn v1_messages(
                "content": content, "stop_reason": stop, "stop_sequence": null,
                "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens}})
     };
+    // `test/tools` on the Anthropic layer: an agent's tool round trip. The first turn calls
+    // the shell tool the client offers (Claude Code's `Bash`); once the conversation holds
+    // the tool's result, the answer quotes it.
+    if model == "test/tools" && body["stream"] == true {
+        if let Some(result) = anthropic_tool_result(&body) {
+            let text = format!("The tool said: {}", result.trim());
+            return sse_events(anthropic_text_events(
+                message(json!([]), Value::Null, 1),
+                &text,
+            ));
+        }
+        let offered = body["tools"].as_array().into_iter().flatten();
+        if let Some(tool) = offered
+            .filter_map(|t| t["name"].as_str())
+            .find(|n| *n == "Bash")
+        {
+            let input = json!({"command": "echo round-trip-ok", "description": "Print a marker"});
+            return sse_events(vec![
+                (
+                    "message_start".to_owned(),
+                    json!({"type": "message_start", "message": message(json!([]), Value::Null, 1)}),
+                ),
+                (
+                    "content_block_start".to_owned(),
+                    json!({"type": "content_block_start", "index": 0, "content_block":
+                        {"type": "tool_use", "id": "toolu_01", "name": tool, "input": {}}}),
+                ),
+                (
+                    "content_block_delta".to_owned(),
+                    json!({"type": "content_block_delta", "index": 0, "delta":
+                        {"type": "input_json_delta", "partial_json": input.to_string()}}),
+                ),
+                (
+                    "content_block_stop".to_owned(),
+                    json!({"type": "content_block_stop", "index": 0}),
+                ),
+                (
+                    "message_delta".to_owned(),
+                    json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null},
+                        "usage": {"input_tokens": input_tokens, "output_tokens": 12}}),
+                ),
+                ("message_stop".to_owned(), json!({"type": "message_stop"})),
+            ]);
+        }
+    }
     if body["stream"] != true {
         return HttpResponse::Ok().json(message(
             json!([{"type": "text", "text": words.concat()}]),
