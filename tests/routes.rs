@@ -247,7 +247,23 @@ fn native_generate_embed_show_and_lists() {
     assert_eq!(r.status, 200, "{}", r.text());
     let modelfile = r.json()["modelfile"].as_str().unwrap().to_owned();
     assert!(modelfile.contains("FROM qwen3:32b"), "{modelfile}");
-    assert!(!r.text().contains("registry.internal"));
+    assert_eq!(r.json()["model_info"]["qwen3.context_length"], 40960);
+    // Nothing of Ollama's host or of internal names (issue 19): the blob's and the
+    // adapter's paths, the parent model, model_info's base-model strings.
+    for leak in [
+        "registry.internal",
+        "/usr/share",
+        "sha256-",
+        "/srv/",
+        "internal-",
+    ] {
+        assert!(!r.text().contains(leak), "{leak}: {}", r.text());
+    }
+    for path in ["/api/tags", "/api/ps"] {
+        let r = get(&gw, path, ALL);
+        assert_eq!(r.status, 200);
+        assert!(!r.text().contains("internal-base"), "{path}: {}", r.text());
+    }
 
     let names = |r: &Response| -> Vec<String> {
         r.json()["models"]

@@ -15,6 +15,7 @@ pub mod ollama;
 pub mod one_reading;
 pub mod openai;
 pub mod prompt;
+pub mod public_names;
 pub mod stream;
 pub mod upstream;
 

@@ -110,9 +110,10 @@ pub fn visible<'a>(
     out
 }
 
-/// A listed entry under its public name (`name` and `model` rewritten).
+/// A listed entry under its public name (`name` and `model` rewritten, no parent model).
 fn renamed(public: &str, l: &Listed) -> Value {
     let mut e = l.entry.clone();
+    super::public_names::scrub_details(&mut e);
     if let Some(obj) = e.as_object_mut() {
         obj.insert("name".to_owned(), Value::from(public));
         if obj.contains_key("model") {
@@ -249,8 +250,8 @@ pub fn model_access(
         })
 }
 
-/// `POST /api/show`: a model's details, for a model the key may use. Ollama's Modelfile text
-/// names the model; it is shown with the public name.
+/// `POST /api/show`: a model's details, for a model the key may use, under its public name and
+/// with nothing of Ollama's host in it (`public_names.rs`).
 pub async fn show(
     req: HttpRequest,
     payload: web::Payload,
@@ -286,10 +287,8 @@ pub async fn show(
         upstream::read_json(&mut resp, policy.upstream.timeout, upstream::TAGS_LIMIT)
             .await
             .map_err(|e| e.into_gateway_error(&state))?;
-    if public != up
-        && let Some(Value::String(modelfile)) = answer.get_mut("modelfile")
-    {
-        *modelfile = modelfile.replace(&up, &public);
+    if !admitted.principal.as_ref().is_some_and(|p| p.key.admin) {
+        super::public_names::scrub_show(&mut answer, &up, &public);
     }
     let mut out = HttpResponse::Ok();
     out.insert_header((CONTENT_TYPE, "application/json; charset=utf-8"));
