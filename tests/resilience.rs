@@ -420,3 +420,42 @@ fn log_level_changes_on_reload() {
         "the key itself is never logged"
     );
 }
+
+/// A broken or hostile upstream (issue 19): a 200 HTML page where a stream was asked is not
+/// relayed line by line, on the forwarded and the translated routes alike; an error body's
+/// newlines cannot forge a line in the gateway's log.
+#[test]
+fn a_hostile_upstream_reaches_neither_the_client_nor_the_log_as_is() {
+    let fake = Fake::start(&[]);
+    let gw = Gateway::start(&policy(""), &fake.url());
+    for (path, body) in [
+        (
+            "/api/chat",
+            json!({"model": "test/html", "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "test/html", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+    ] {
+        let r = post_json_bytes(&gw, path, "ops-key-123456", body.to_string().as_bytes());
+        let text = r.text();
+        for leak in ["<html", "Maintenance", "not ollama", "</body>"] {
+            assert!(!text.contains(leak), "{path}: {leak} relayed: {text}");
+        }
+        assert!(
+            text.contains("error"),
+            "{path}: the stream must end in an error: {text}"
+        );
+    }
+    let skip = gw.log_len();
+    let r = ask(&gw, "test/error-newlines", false);
+    assert_eq!(r.status, 502, "{}", r.text());
+    gw.wait_log("Ollama answered with an error", skip);
+    let log = gw.stderr_text();
+    assert!(log.contains("FORGED"), "the detail is logged: {log}");
+    assert!(
+        !log.lines().any(|l| l.starts_with("2026-01-01T00:00:00Z")),
+        "a forged log line: {log}"
+    );
+}

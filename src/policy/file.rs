@@ -128,6 +128,7 @@ pub struct LimitsFile {
     pub max_images: Option<usize>,
     pub max_image_bytes: Option<usize>,
     pub max_embed_inputs: Option<usize>,
+    pub max_embed_answer_bytes: Option<usize>,
     pub allowed_options: Option<Vec<String>>,
     pub body_timeout_seconds: Option<f64>,
     pub max_num_ctx: Option<u64>,

@@ -104,6 +104,8 @@ pub struct Limits {
     pub max_image_bytes: usize,
     /// Inputs in one embeddings request.
     pub max_embed_inputs: usize,
+    /// Largest embeddings answer read from Ollama (it is held whole to be checked).
+    pub max_embed_answer_bytes: usize,
     /// Ollama `options` a non-admin key may set; others are dropped (or refused).
     pub allowed_options: crate::ollama_options::OptionSet,
     /// The whole request body must arrive within this (slow-drip clients get 408).

@@ -30,8 +30,10 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 pub const DEFAULT_MAX_IMAGES: usize = 16;
 /// Largest image: 4 MiB decoded, the size of the default body.
 pub const DEFAULT_MAX_IMAGE_BYTES: usize = 4 * 1024 * 1024;
-/// Inputs in one embeddings request: OpenAI's own bound.
-pub const DEFAULT_MAX_EMBED_INPUTS: usize = 2_048;
+/// Inputs in one embeddings request: a RAG indexer's batch (LangChain sends 1,000).
+pub const DEFAULT_MAX_EMBED_INPUTS: usize = 1_024;
+/// 32 MiB: 1,024 inputs of 1,024-dimension vectors (~20 MB as JSON) fit.
+pub const DEFAULT_MAX_EMBED_ANSWER_BYTES: usize = 32 << 20;
 const MAX_WINDOW_SECS: u64 = 86_400;
 /// Requests sent to one Ollama at once: Ollama's `OLLAMA_NUM_PARALLEL` chooses 4 or 1 by
 /// available memory; set it to what yours uses.
@@ -404,6 +406,9 @@ fn validate_limits(lf: super::file::LimitsFile) -> Result<Limits, PolicyError> {
         max_images: lf.max_images.unwrap_or(DEFAULT_MAX_IMAGES),
         max_image_bytes: lf.max_image_bytes.unwrap_or(DEFAULT_MAX_IMAGE_BYTES),
         max_embed_inputs: lf.max_embed_inputs.unwrap_or(DEFAULT_MAX_EMBED_INPUTS),
+        max_embed_answer_bytes: lf
+            .max_embed_answer_bytes
+            .unwrap_or(DEFAULT_MAX_EMBED_ANSWER_BYTES),
         allowed_options: match &lf.allowed_options {
             None => OptionSet::default(),
             Some(names) => OptionSet::parse(names.iter().map(String::as_str)).map_err(|n| {
@@ -452,6 +457,12 @@ fn validate_limits(lf: super::file::LimitsFile) -> Result<Limits, PolicyError> {
         return Err(PolicyError::invalid(
             "limits.max_embed_inputs",
             "must be > 0",
+        ));
+    }
+    if !(1 << 20..=1 << 30).contains(&limits.max_embed_answer_bytes) {
+        return Err(PolicyError::invalid(
+            "limits.max_embed_answer_bytes",
+            "must be between 1048576 and 1073741824",
         ));
     }
     if limits.max_image_bytes == 0 {

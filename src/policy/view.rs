@@ -118,6 +118,7 @@ pub fn view(p: &Policy) -> Value {
             "max_images": p.limits.max_images,
             "max_image_bytes": p.limits.max_image_bytes,
             "max_embed_inputs": p.limits.max_embed_inputs,
+            "max_embed_answer_bytes": p.limits.max_embed_answer_bytes,
             "allowed_options": p.limits.allowed_options.names().collect::<Vec<_>>(),
             "body_timeout_seconds": secs(p.limits.body_timeout),
             "max_num_ctx": p.limits.max_num_ctx,

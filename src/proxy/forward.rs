@@ -52,8 +52,9 @@ pub struct Forward {
     pub streams: bool,
     /// Characters of text the model reads in this route's request body.
     pub prompt: fn(&Value) -> usize,
-    /// Largest whole (non-streamed) answer accepted.
-    pub answer_limit: usize,
+    /// Largest whole (non-streamed) answer accepted: a chat's is small; embeddings'
+    /// (`limits.max_embed_answer_bytes`) grow with their batch.
+    pub answer: Answer,
     /// The Ollama release that added the route, for the error when it is missing.
     pub since: &'static str,
     /// What marks a streamed answer's end (in an event or data line): what tells a complete
@@ -96,7 +97,7 @@ pub static API_CHAT: Forward = Forward {
     stream_default: true,
     streams: true,
     prompt: prompt_native_chat,
-    answer_limit: upstream::ANSWER_LIMIT,
+    answer: Answer::Text,
     since: "0.1.14",
     end_marker: b"\"done\":true",
     stream_errors: StreamErrors::Dialect,
@@ -111,7 +112,7 @@ pub static API_GENERATE: Forward = Forward {
     stream_default: true,
     streams: true,
     prompt: prompt_generate,
-    answer_limit: upstream::ANSWER_LIMIT,
+    answer: Answer::Text,
     since: "0.1.0",
     end_marker: b"\"done\":true",
     stream_errors: StreamErrors::Dialect,
@@ -126,7 +127,7 @@ pub static API_EMBED: Forward = Forward {
     stream_default: false,
     streams: false,
     prompt: prompt_input,
-    answer_limit: EMBED_LIMIT,
+    answer: Answer::Embeddings,
     since: "0.3.0",
     end_marker: b"",
     stream_errors: StreamErrors::Dialect,
@@ -141,7 +142,7 @@ pub static API_EMBEDDINGS: Forward = Forward {
     stream_default: false,
     streams: false,
     prompt: prompt_legacy_embeddings,
-    answer_limit: EMBED_LIMIT,
+    answer: Answer::Embeddings,
     since: "0.1.26",
     end_marker: b"",
     stream_errors: StreamErrors::Dialect,
@@ -156,7 +157,7 @@ pub static V1_EMBEDDINGS: Forward = Forward {
     stream_default: false,
     streams: false,
     prompt: prompt_input,
-    answer_limit: EMBED_LIMIT,
+    answer: Answer::Embeddings,
     since: "0.2.0",
     end_marker: b"",
     stream_errors: StreamErrors::Dialect,
@@ -171,7 +172,7 @@ pub static V1_COMPLETIONS: Forward = Forward {
     stream_default: false,
     streams: true,
     prompt: prompt_completions,
-    answer_limit: upstream::ANSWER_LIMIT,
+    answer: Answer::Text,
     since: "0.2.0",
     end_marker: b"[DONE]",
     stream_errors: StreamErrors::Dialect,
@@ -186,7 +187,7 @@ pub static V1_RESPONSES: Forward = Forward {
     stream_default: false,
     streams: true,
     prompt: prompt_responses,
-    answer_limit: upstream::ANSWER_LIMIT,
+    answer: Answer::Text,
     since: "0.13.3",
     end_marker: b"response.completed",
     stream_errors: StreamErrors::Responses,
@@ -201,7 +202,7 @@ pub static V1_MESSAGES: Forward = Forward {
     stream_default: false,
     streams: true,
     prompt: prompt_messages,
-    answer_limit: upstream::ANSWER_LIMIT,
+    answer: Answer::Text,
     since: "0.14.0",
     end_marker: b"message_stop",
     stream_errors: StreamErrors::Dialect,
@@ -210,8 +211,15 @@ pub static V1_MESSAGES: Forward = Forward {
     conversation: true,
 };
 
-/// Embeddings of a large batch are big (1,000 inputs x 1,024 floats is ~10 MB as JSON).
-const EMBED_LIMIT: usize = 64 << 20;
+/// What a route's whole answer is, for its size bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// Generated text: `upstream::ANSWER_LIMIT`.
+    Text,
+    /// Vectors, as large as the batch asks (1,000 inputs x 1,024 floats is ~20 MB as JSON):
+    /// `limits.max_embed_answer_bytes`.
+    Embeddings,
+}
 
 /// `"model":"<name>"` as Go's encoder writes it, for renaming in answers without parsing them.
 fn model_field(name: &str) -> Vec<u8> {
@@ -389,7 +397,17 @@ impl Lines for PassThrough {
                 match line.strip_prefix(b"data:") {
                     Some(data) => data.trim_ascii(),
                     None => {
-                        // Blank separators and `id:` lines go through as they are.
+                        // Blank separators, `id:`, `retry:` and comments go through as they
+                        // are; anything else is not SSE (an HTML error page, say), and what
+                        // is not SSE is never relayed.
+                        let l = line.trim_ascii();
+                        if !(l.is_empty()
+                            || l.starts_with(b"id:")
+                            || l.starts_with(b"retry:")
+                            || l.starts_with(b":"))
+                        {
+                            return LineOutcome::Invalid;
+                        }
                         out.put_slice(line);
                         out.put_u8(b'\n');
                         return LineOutcome::Continue;
@@ -401,6 +419,11 @@ impl Lines for PassThrough {
             out.put_slice(line);
             out.put_u8(b'\n');
             return LineOutcome::Continue;
+        }
+        // Only well-formed JSON objects are relayed (and SSE's `[DONE]`): a broken or hostile
+        // upstream's text never reaches the client as if it were Ollama's answer.
+        if json != b"[DONE]" && !json.starts_with(b"{") {
+            return LineOutcome::Invalid;
         }
         // Ollama's own error (its text can carry paths and library detail): never passed on;
         // the stream ends with the gateway's error event instead.
@@ -427,6 +450,11 @@ impl Lines for PassThrough {
                 Ok(v) => usage_in(&v, &mut self.usage),
                 Err(_) => return LineOutcome::Invalid,
             }
+        } else if json != b"[DONE]"
+            && serde_json::from_slice::<serde::de::IgnoredAny>(json).is_err()
+        {
+            // A syntax check that builds nothing: cheaper than the tree the usage needs.
+            return LineOutcome::Invalid;
         }
         if self.spec.framing == Framing::Sse
             && !marker.is_empty()
@@ -609,35 +637,31 @@ pub async fn forward(
     let bytes = upstream::read_body(
         &mut resp,
         policy.upstream.first_token_timeout,
-        spec.answer_limit,
+        match spec.answer {
+            Answer::Text => upstream::ANSWER_LIMIT,
+            Answer::Embeddings => policy.limits.max_embed_answer_bytes,
+        },
     )
     .await
     .map_err(|e| e.into_gateway_error(&state))?;
     drop(lease);
     ctx.audit.update(|r| r.upstream = Some(sent.elapsed()));
-    let (answer, usage) = if renamed {
-        let mut v: Value = serde_json::from_slice(&bytes)
-            .map_err(|_| upstream::BodyError::Invalid.into_gateway_error(&state))?;
-        if v.get("error").is_some_and(|e| !e.is_null()) {
-            state.metrics.upstream_error("error_body");
-            return Err(GatewayError::UpstreamFailed);
-        }
-        let mut usage = Usage::default();
-        usage_in(&v, &mut usage);
-        if let Some(m) = v.get_mut("model") {
-            *m = Value::from(public);
-        }
-        (bytes::Bytes::from(v.to_string()), usage)
+    // The answer is checked and its counts read by a typed read that skips everything else
+    // (a tree of a 30 MB embeddings answer would take several times its size), then goes
+    // back as Ollama wrote it, with the model's name replaced where Go's encoder wrote it.
+    let probe: AnswerProbe = serde_json::from_slice(&bytes)
+        .map_err(|_| upstream::BodyError::Invalid.into_gateway_error(&state))?;
+    if probe.error.is_some() {
+        state.metrics.upstream_error("error_body");
+        return Err(GatewayError::UpstreamFailed);
+    }
+    let usage = probe.usage();
+    let answer = if renamed {
+        let mut out = BytesMut::with_capacity(bytes.len() + public.len());
+        put_renamed(&bytes, &model_field(&up), &model_field(&public), &mut out);
+        out.freeze()
     } else {
-        // Nothing to rename: the answer goes back as Ollama wrote it; only its counts are
-        // read (a typed read that skips everything else).
-        let probe: AnswerProbe = serde_json::from_slice(&bytes)
-            .map_err(|_| upstream::BodyError::Invalid.into_gateway_error(&state))?;
-        if probe.error.is_some() {
-            state.metrics.upstream_error("error_body");
-            return Err(GatewayError::UpstreamFailed);
-        }
-        (bytes, probe.usage())
+        bytes
     };
     ctx.audit.update(|r| {
         r.prompt_tokens = Some(usage.prompt_tokens);

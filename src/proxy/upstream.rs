@@ -292,7 +292,9 @@ impl Upstream {
                 Ok(Err(_)) => String::new(),
                 Err(_) => "(error body did not arrive in time)".to_owned(),
             };
-        tracing::warn!(request_id, backend = base, %status, detail = %detail.trim(), "Ollama answered with an error.");
+        // Debug-formatted: the upstream's text is quoted with its newlines and control
+        // characters escaped, so a hostile body cannot forge a log line.
+        tracing::warn!(request_id, backend = base, %status, detail = ?detail.trim(), "Ollama answered with an error.");
         match status {
             StatusCode::NOT_FOUND => {
                 breaker.on_success();

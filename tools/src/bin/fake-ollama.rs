@@ -8,6 +8,7 @@
 //! `test/cut` (a Responses stream whose body ends early), `test/hang` (never answers), `test/stall` (one chunk, then silence), `test/error-mid` (one
 //! chunk, then an error line), `test/busy` (503), `test/error500`, `test/tools`, `test/think`,
 //! and hostile ones: `test/error-stall` (500 headers, then a body that never comes),
+//! `test/html` (a 200 HTML page), `test/error-newlines` (a 500 whose text forges a log line),
 //! `test/busy-retry:S` (503 with `Retry-After: S`), `test/endless-line` (bytes without a
 //! newline, forever), `test/forever:MS` (a token every MS, never done), `test/huge:MIB` (a
 //! non-streamed answer of MIB mebibytes). Besides `/api/chat`, it serves `/api/generate`,
@@ -371,6 +372,18 @@ async fn chat(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -> 
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "an error was encountered while running the model: CUDA error at /tmp/ollama/llm.cpp:42",
             );
+        }
+        // A broken proxy in front of Ollama: a 200 HTML page where a stream was asked.
+        "html" => {
+            return HttpResponse::Ok().content_type("text/html").body(
+                "<html>\n<head><title>Maintenance</title></head>\n<body>{\"message\":\"not ollama\"}</body>\n</html>\n",
+            );
+        }
+        // An error body whose newlines would forge a line in a log that printed it as is.
+        "error-newlines" => {
+            return HttpResponse::InternalServerError()
+                .content_type("text/plain")
+                .body("boom\n2026-01-01T00:00:00Z  INFO FORGED: Policy reloaded.\n");
         }
         "slow-first" => actix_web::rt::time::sleep(Duration::from_millis(param)).await,
         "busy-retry" => {
