@@ -124,7 +124,7 @@ fn holds(path: &str, body: &str, r: &Response) -> Result<(), String> {
     }
     let read = &r.json()["read"];
     let fail = |why: &str| Err(format!("{what}: {why}; Ollama read {read}"));
-    if read["model"] != ALLOWED_UPSTREAM {
+    if read["ran_model"] != ALLOWED_UPSTREAM {
         return fail("a model the key may not use ran");
     }
     if read["num_ctx"].as_u64().is_some_and(|n| n > 8192) || read["num_ctx"].as_i64() == Some(-1) {
@@ -344,7 +344,7 @@ fn every_guard_agrees_with_what_ollama_reads_on_every_forwarded_route() {
         let r = send(&gw, path, &body);
         assert_eq!(r.status, 200, "{path}: {}", r.text());
         let read = &r.json()["read"];
-        assert_eq!(read["model"], ALLOWED_UPSTREAM, "{path}: {read}");
+        assert_eq!(read["ran_model"], ALLOWED_UPSTREAM, "{path}: {read}");
         assert_eq!(read["text_chars"], 5, "{path}: {read}");
         for attack in attacks(path, base) {
             let r = send(&gw, path, &attack);

@@ -138,8 +138,9 @@ type MessagesRequest struct {
 
 // What the model would run and read.
 type Reading struct {
-	Route      string `json:"route"`
-	Model      string `json:"model"`
+	Route string `json:"route"`
+	// Not "model": the gateway writes the public name over every "model" of the answer.
+	Model      string `json:"ran_model"`
 	NumCtx     any    `json:"num_ctx"`
 	NumPredict any    `json:"num_predict"`
 	KeepAlive  any    `json:"keep_alive"`
@@ -414,7 +415,7 @@ func main() {
 		// The answer carries the reading; `model` is what a real answer names.
 		json.NewEncoder(w).Encode(map[string]any{"model": r.Model, "done": true,
 			"message": map[string]any{"role": "assistant", "content": "ok"},
-			"read": r, "prompt_eval_count": 1, "eval_count": 1})
+			"read":    r, "prompt_eval_count": 1, "eval_count": 1})
 	})
 	if err := http.ListenAndServe(addr, nil); err != nil {
 		fmt.Fprintln(os.Stderr, err)
