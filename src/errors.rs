@@ -74,6 +74,9 @@ pub enum GatewayError {
     /// The key already has `max_concurrent` requests in flight or waiting.
     #[error("too many concurrent requests")]
     TooManyConcurrent,
+    /// The key already has `queue.max_waiting_per_key` requests waiting for the backend.
+    #[error("too many queued requests")]
+    KeyQueueFull,
     /// The fair queue for the model server is full, or the wait ran past its bound.
     #[error("queue full")]
     QueueFull { retry_after: Duration },
@@ -139,6 +142,7 @@ impl GatewayError {
             GatewayError::UpstreamFailed => "upstream_error",
             GatewayError::RateLimiterUnavailable => "rate_limiter_unavailable",
             GatewayError::TooManyConcurrent => "too_many_concurrent_requests",
+            GatewayError::KeyQueueFull => "too_many_queued_requests",
             GatewayError::QueueFull { .. } => "queue_full",
             GatewayError::QueueTimeout { .. } => "queue_timeout",
             GatewayError::Interrupted => "interrupted",
@@ -176,6 +180,7 @@ impl GatewayError {
             GatewayError::UpstreamFailed => "upstream: failed answer",
             GatewayError::RateLimiterUnavailable => "rate_limit: redis unavailable",
             GatewayError::TooManyConcurrent => "concurrency: key max_concurrent",
+            GatewayError::KeyQueueFull => "queue.max_waiting_per_key",
             GatewayError::QueueFull { .. } => "queue.max_waiting",
             GatewayError::QueueTimeout { .. } => "queue.max_wait_seconds",
             GatewayError::Overloaded => "gateway: local resources exhausted",
@@ -199,7 +204,8 @@ impl GatewayError {
             GatewayError::IpNotAllowed => Some("ip"),
             GatewayError::RateLimited(_)
             | GatewayError::TokenLimited(_)
-            | GatewayError::TooManyConcurrent => Some("rate"),
+            | GatewayError::TooManyConcurrent
+            | GatewayError::KeyQueueFull => Some("rate"),
             GatewayError::PromptTooLong { .. } | GatewayError::BodyTooLarge { .. } => Some("size"),
             GatewayError::BadRequest { .. }
             | GatewayError::RequestTimeout { .. }
@@ -232,7 +238,8 @@ impl GatewayError {
             GatewayError::AuthThrottled { .. }
             | GatewayError::RateLimited(_)
             | GatewayError::TokenLimited(_)
-            | GatewayError::TooManyConcurrent => "rate_limit_error",
+            | GatewayError::TooManyConcurrent
+            | GatewayError::KeyQueueFull => "rate_limit_error",
             GatewayError::QueueFull { .. } | GatewayError::QueueTimeout { .. } => "api_error",
             GatewayError::PromptTooLong { .. }
             | GatewayError::BodyTooLarge { .. }
@@ -318,6 +325,10 @@ impl GatewayError {
             GatewayError::TooManyConcurrent => {
                 "too many requests at once for this api key, wait for one to finish".to_owned()
             }
+            GatewayError::KeyQueueFull => {
+                "too many requests of this api key are waiting for the model, wait for one to finish"
+                    .to_owned()
+            }
             GatewayError::QueueFull { .. } => {
                 "the model server is busy and its queue is full, please try again shortly"
                     .to_owned()
@@ -355,7 +366,9 @@ impl GatewayError {
             | GatewayError::UpstreamBusy { retry_after }
             | GatewayError::QueueFull { retry_after }
             | GatewayError::QueueTimeout { retry_after } => Some(*retry_after),
-            GatewayError::TooManyConcurrent => Some(Duration::from_secs(1)),
+            GatewayError::TooManyConcurrent | GatewayError::KeyQueueFull => {
+                Some(Duration::from_secs(1))
+            }
             GatewayError::RateLimited(d) => Some(d.retry_after()),
             GatewayError::TokenLimited(d) => Some(d.reset),
             GatewayError::RateLimiterUnavailable
@@ -403,7 +416,8 @@ impl ResponseError for GatewayError {
             GatewayError::AuthThrottled { .. }
             | GatewayError::RateLimited(_)
             | GatewayError::TokenLimited(_)
-            | GatewayError::TooManyConcurrent => StatusCode::TOO_MANY_REQUESTS,
+            | GatewayError::TooManyConcurrent
+            | GatewayError::KeyQueueFull => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::QueueFull { .. } | GatewayError::QueueTimeout { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

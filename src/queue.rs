@@ -68,6 +68,9 @@ pub struct QueueLimits {
     pub max_in_flight: usize,
     /// Requests waiting for this backend at most.
     pub max_waiting: usize,
+    /// Of those, one key's at most: a key with fifty requests queued cannot fill the queue
+    /// for everyone else.
+    pub max_waiting_per_key: usize,
     pub max_wait: Duration,
 }
 
@@ -75,6 +78,8 @@ pub struct QueueLimits {
 pub enum QueueError {
     /// `max_waiting` requests are already waiting.
     Full,
+    /// This key already has `max_waiting_per_key` requests waiting.
+    KeyFull,
     /// Waited `max_wait` without a slot.
     Timeout,
 }
@@ -210,6 +215,10 @@ impl Slots {
             if g.waiting >= limits.max_waiting {
                 return Err(QueueError::Full);
             }
+            let mine = g.queues.get(&owner.key).map_or(0, |(_, q)| q.len());
+            if mine >= limits.max_waiting_per_key.max(1) {
+                return Err(QueueError::KeyFull);
+            }
             let (tx, rx) = oneshot::channel();
             g.next_id += 1;
             let id = g.next_id;
@@ -328,6 +337,7 @@ mod tests {
         QueueLimits {
             max_in_flight: n,
             max_waiting: 100,
+            max_waiting_per_key: 100,
             max_wait: Duration::from_secs(5),
         }
     }
@@ -391,6 +401,45 @@ mod tests {
             Some(QueueError::Full)
         );
         drop(held);
+        assert_eq!(slots.load(), (0, 0));
+    }
+
+    /// One key filling the queue (the sweep: one key without max_concurrent took every
+    /// waiting place, and every other key got 503 queue_full) is held at its share; the
+    /// others still queue.
+    #[tokio::test]
+    async fn one_key_cannot_take_every_waiting_place() {
+        let slots = Arc::new(Slots::default());
+        let usage = Arc::new(Usage::default());
+        let bounds = QueueLimits {
+            max_waiting: 8,
+            max_waiting_per_key: 2,
+            ..limits(1)
+        };
+        let held = slots.acquire(&owner("a"), bounds, &usage).await.unwrap();
+        let mut waits = Vec::new();
+        for _ in 0..2 {
+            let (slots, usage) = (slots.clone(), usage.clone());
+            waits.push(tokio::spawn(async move {
+                slots.acquire(&owner("a"), bounds, &usage).await.map(drop)
+            }));
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(slots.load(), (1, 2));
+        assert_eq!(
+            slots.acquire(&owner("a"), bounds, &usage).await.err(),
+            Some(QueueError::KeyFull)
+        );
+        let (s2, u2) = (slots.clone(), usage.clone());
+        let other =
+            tokio::spawn(async move { s2.acquire(&owner("b"), bounds, &u2).await.map(drop) });
+        tokio::task::yield_now().await;
+        assert_eq!(slots.load(), (1, 3));
+        drop(held);
+        for w in waits {
+            assert_eq!(w.await.unwrap(), Ok(()));
+        }
+        assert_eq!(other.await.unwrap(), Ok(()));
         assert_eq!(slots.load(), (0, 0));
     }
 

@@ -161,6 +161,7 @@ pub struct TokenLimitFile {
 #[serde(deny_unknown_fields)]
 pub struct QueueFile {
     pub max_waiting: Option<usize>,
+    pub max_waiting_per_key: Option<usize>,
     pub max_wait_seconds: Option<f64>,
 }
 

@@ -187,6 +187,8 @@ pub struct UpstreamPolicy {
     pub breaker: BreakerPolicy,
     /// Requests waiting for a backend at most, and for how long.
     pub max_waiting: usize,
+    /// Of `max_waiting`, one key's share at most.
+    pub max_waiting_per_key: usize,
     pub max_wait: Duration,
 }
 

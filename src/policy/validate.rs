@@ -499,6 +499,17 @@ fn validate_upstream(
             15.0,
         )?,
         max_waiting: qf.max_waiting.unwrap_or(256).min(1_000_000),
+        // A quarter of the places by default: four keys can fill the queue, one cannot.
+        max_waiting_per_key: match qf.max_waiting_per_key {
+            Some(0) => {
+                return Err(PolicyError::invalid(
+                    "queue.max_waiting_per_key",
+                    "must be > 0",
+                ));
+            }
+            Some(n) => n,
+            None => (qf.max_waiting.unwrap_or(256).min(1_000_000) / 4).max(1),
+        },
         max_wait: seconds("queue.max_wait_seconds", qf.max_wait_seconds, 30.0)?,
         breaker: BreakerPolicy {
             failure_threshold: bf.failure_threshold.unwrap_or(5),

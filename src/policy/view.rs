@@ -139,6 +139,7 @@ pub fn view(p: &Policy) -> Value {
         },
         "queue": {
             "max_waiting": p.upstream.max_waiting,
+            "max_waiting_per_key": p.upstream.max_waiting_per_key,
             "max_wait_seconds": secs(p.upstream.max_wait),
         },
         "models": p.models.entries(),

@@ -155,6 +155,7 @@ impl Upstream {
                 let limits = crate::queue::QueueLimits {
                     max_in_flight: policy.max_in_flight(&backend.url),
                     max_waiting: policy.upstream.max_waiting,
+                    max_waiting_per_key: policy.upstream.max_waiting_per_key,
                     max_wait: policy.upstream.max_wait,
                 };
                 let slot = backend
@@ -164,6 +165,7 @@ impl Upstream {
                     .map_err(|e| {
                         state.metrics.upstream_error(match e {
                             crate::queue::QueueError::Full => "queue_full",
+                            crate::queue::QueueError::KeyFull => "queue_key_full",
                             crate::queue::QueueError::Timeout => "queue_timeout",
                         });
                         let retry_after = Duration::from_secs(2);
@@ -171,6 +173,7 @@ impl Upstream {
                             crate::queue::QueueError::Full => {
                                 GatewayError::QueueFull { retry_after }
                             }
+                            crate::queue::QueueError::KeyFull => GatewayError::KeyQueueFull,
                             crate::queue::QueueError::Timeout => {
                                 GatewayError::QueueTimeout { retry_after }
                             }
