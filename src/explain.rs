@@ -164,15 +164,8 @@ fn walk(w: &mut Walk<'_>, req: &Described) -> Result<(), GatewayError> {
     match route.access {
         Access::Open => return Ok(()),
         Access::Observer => {
-            let ok = p.trusted_proxies.contains(client)
-                || p.whitelist.as_ref().is_some_and(|s| s.contains(client));
-            return by_address(
-                w,
-                "observer",
-                ok,
-                client,
-                "trusted_proxies or whitelist.ips",
-            );
+            let ok = p.observers.contains(client);
+            return by_address(w, "observer", ok, client, "observers");
         }
         Access::Operator => {
             let ok = p.trusted_proxies.contains(client);

@@ -19,12 +19,7 @@ use crate::errors::GatewayError;
 use crate::proxy::upstream::Upstream;
 
 fn observer(ctx: &RequestCtx) -> Result<(), GatewayError> {
-    let p = &ctx.policy;
-    let allowed = p.trusted_proxies.contains(ctx.client_ip)
-        || p.whitelist
-            .as_ref()
-            .is_some_and(|w| w.contains(ctx.client_ip));
-    if allowed {
+    if ctx.policy.observers.contains(ctx.client_ip) {
         Ok(())
     } else {
         Err(GatewayError::IpNotAllowed)

@@ -22,7 +22,7 @@ use crate::proxy::{self, count_tokens, forward, native};
 pub enum Access {
     /// Anyone: `/healthz` only.
     Open,
-    /// Trusted proxies and allowed addresses, no key: `/readyz`, `/metrics`.
+    /// The addresses in `observers` (default: the host itself), no key: `/readyz`, `/metrics`.
     Observer,
     /// The gateway's own host (addresses in `trusted_proxies`, by the resolved client
     /// address, so never a client behind Nginx): `/status`, with the redacted policy and

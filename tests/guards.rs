@@ -230,10 +230,17 @@ fn forwarded_headers_count_only_from_trusted_proxies() {
     );
 }
 
+/// `/readyz` and `/metrics` (key ids, token counts per key, backends, reload errors) are
+/// for `observers` (default: the host itself), not for every allowlisted end user: an
+/// allowlisted chat user behind Nginx gets 403 (issue 19), a listed Prometheus host 200.
 #[test]
-fn observer_endpoints_need_a_trusted_or_allowed_address() {
+fn observer_endpoints_answer_observers_only() {
     let fake = Fake::start(&[]);
-    let gw = Gateway::start(article_policy(), &fake.url());
+    let policy = format!(
+        "{}observers: [\"127.0.0.1\", \"10.0.9.9\"]\n",
+        article_policy()
+    );
+    let gw = Gateway::start(&policy, &fake.url());
     for path in ["/readyz", "/metrics"] {
         assert_eq!(
             request(gw.addr, "GET", path, &[], None).status,
@@ -243,6 +250,23 @@ fn observer_endpoints_need_a_trusted_or_allowed_address() {
         let r = request_from(untrusted(), gw.addr, "GET", path, &[], None);
         assert_eq!(r.status, 403, "{path}");
         r.error_message();
+        // An allowlisted end user through Nginx (whitelist.ips has 10.0.0.0/16).
+        let user = request(
+            gw.addr,
+            "GET",
+            path,
+            &[("X-Forwarded-For", "10.0.1.1")],
+            None,
+        );
+        assert_eq!(user.status, 403, "{path}: {}", user.text());
+        let prometheus = request(
+            gw.addr,
+            "GET",
+            path,
+            &[("X-Forwarded-For", "10.0.9.9")],
+            None,
+        );
+        assert_eq!(prometheus.status, 200, "{path}");
     }
     // /healthz answers everyone, without a key.
     assert_eq!(

@@ -20,6 +20,7 @@ pub struct PolicyFile {
     pub auth: Option<AuthFile>,
     pub whitelist: Option<WhitelistFile>,
     pub trusted_proxies: Option<Vec<String>>,
+    pub observers: Option<Vec<String>>,
     pub limits: Option<LimitsFile>,
     pub upstream: Option<UpstreamFile>,
     pub queue: Option<QueueFile>,

@@ -273,6 +273,9 @@ pub struct Policy {
     pub auth: Option<AuthPolicy>,
     pub whitelist: Option<IpSet>,
     pub trusted_proxies: IpSet,
+    /// Who may read `/readyz` and `/metrics` (key ids, token counts, backends, reload
+    /// errors): by the resolved client address.
+    pub observers: IpSet,
     pub limits: Limits,
     pub upstream: UpstreamPolicy,
     pub models: ModelMap,

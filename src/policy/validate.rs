@@ -115,6 +115,16 @@ pub fn validate(f: PolicyFile, sha256: String) -> Result<Policy, PolicyError> {
         e,
         validate_trusted_proxies(f.trusted_proxies, &mut warnings),
     );
+    let observers = take(
+        e,
+        match &f.observers {
+            Some(list) => ip_set("observers", list),
+            None => ip_set(
+                "observers",
+                &["127.0.0.1/32".to_owned(), "::1/128".to_owned()],
+            ),
+        },
+    );
     let limits = take(e, validate_limits(f.limits.unwrap_or_default()));
     let upstream = take(
         e,
@@ -141,6 +151,7 @@ pub fn validate(f: PolicyFile, sha256: String) -> Result<Policy, PolicyError> {
         Some(auth),
         Some(whitelist),
         Some(trusted_proxies),
+        Some(observers),
         Some(limits),
         Some(upstream),
         Some(audit),
@@ -155,6 +166,7 @@ pub fn validate(f: PolicyFile, sha256: String) -> Result<Policy, PolicyError> {
         auth,
         whitelist,
         trusted_proxies,
+        observers,
         limits,
         upstream,
         audit,
@@ -180,6 +192,7 @@ pub fn validate(f: PolicyFile, sha256: String) -> Result<Policy, PolicyError> {
         auth,
         whitelist,
         trusted_proxies,
+        observers,
         limits,
         upstream,
         models,

@@ -100,6 +100,7 @@ pub fn view(p: &Policy) -> Value {
         "auth": auth,
         "whitelist": p.whitelist.as_ref().map(nets),
         "trusted_proxies": nets(&p.trusted_proxies),
+        "observers": nets(&p.observers),
         "rate_limit": quota(p.rate_limit),
         "rate_limit_backend": match &p.limit_backend {
             LimitBackend::Memory => json!("memory"),
