@@ -64,7 +64,8 @@ mv "$root/etc/nginx/sites-available/qwen-gateway.conf.new" "$root/etc/nginx/site
 ln -sfn ../sites-available/qwen-gateway.conf "$root/etc/nginx/sites-enabled/qwen-gateway.conf"
 install -m 0644 "$repo/nginx/snippets/qwen-gateway-security-headers.conf" "$root/etc/nginx/snippets/"
 install -m 0644 "$repo/nginx/snippets/qwen-gateway-api.conf" "$root/etc/nginx/snippets/"
-install -m 0644 "$repo/nginx/snippets/qwen-gateway-main.conf" "$root/etc/nginx/modules-enabled/90-qwen-gateway-main.conf"
+install -m 0644 "$repo/nginx/snippets/qwen-gateway-main.conf" "$root/etc/nginx/qwen-gateway-main.conf"
+"$repo/nginx/enable-main-snippet.sh" "$root" ../qwen-gateway-main.conf
 step "nginx: sites-available/qwen-gateway.conf (enabled), snippets, worker_shutdown_timeout"
 
 install -m 0755 "$repo/scripts/certbot-deploy-hook" "$root/etc/letsencrypt/renewal-hooks/deploy/50-qwen-gateway-nginx"

@@ -36,6 +36,10 @@ pub enum Command {
         /// Fail (exit 1) on warnings too, for a policy repository's CI.
         #[arg(long)]
         deny_warnings: bool,
+        /// Fail (exit 1) when a key is the public demo key of the README and
+        /// scripts/demo.sh; the systemd unit runs this before starting.
+        #[arg(long)]
+        deny_demo_key: bool,
         /// Also try each Ollama backend and Redis and say what answered (a backend that does
         /// not answer is a warning).
         #[arg(long)]

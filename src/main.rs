@@ -17,9 +17,18 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check {
             deny_warnings,
+            deny_demo_key,
             probe,
             against,
-        }) => check(&cli.config, deny_warnings, probe, against),
+        }) => check(
+            &cli.config,
+            ops::CheckOptions {
+                deny_warnings,
+                deny_demo_key,
+                probe,
+                against,
+            },
+        ),
         Some(Command::Status { url }) => status(&cli.config, url),
         Some(Command::Explain(args)) => explain(&cli.config, args),
         Some(Command::HashKey { key }) => hash(key),
@@ -34,23 +43,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(path: &Path, deny_warnings: bool, probe: bool, against: Option<String>) -> ExitCode {
+fn check(path: &Path, mut opts: ops::CheckOptions) -> ExitCode {
     // `--against` without a URL: the gateway this file configures.
-    let against = match against {
+    opts.against = match opts.against {
         Some(url) if url.is_empty() => match Policy::load(path) {
             Ok(p) => Some(ops::local_url(&p)),
             Err(_) => None,
         },
         other => other,
     };
-    ops::check(
-        path,
-        &ops::CheckOptions {
-            deny_warnings,
-            probe,
-            against,
-        },
-    )
+    ops::check(path, &opts)
 }
 
 /// `explain`: the walk through the guards for a described request; exit 0 when it would be

@@ -16,6 +16,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub struct CheckOptions {
     pub deny_warnings: bool,
+    pub deny_demo_key: bool,
     pub probe: bool,
     /// Compare with the gateway answering at this URL (`/status`).
     pub against: Option<String>,
@@ -57,6 +58,14 @@ pub fn check(path: &Path, opts: &CheckOptions) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         }
+    }
+    if opts.deny_demo_key && policy.uses_demo_key() {
+        eprintln!(
+            "qwen-gateway: the policy file {} uses the public demo key, and --deny-demo-key \
+             was given: replace it with one from `qwen-gateway gen-key`",
+            path.display()
+        );
+        return ExitCode::FAILURE;
     }
     if opts.deny_warnings && warnings > 0 {
         eprintln!(

@@ -698,6 +698,33 @@ fn install_into_destdir_is_idempotent_and_keeps_the_policy() {
     install();
     assert_eq!(std::fs::read_to_string(&policy).unwrap(), edited);
     assert!(root.join("etc/qwen-gateway/policy.yaml.dist").exists());
+    // A host whose nginx.conf sets worker_shutdown_timeout already: a second one would stop
+    // Nginx from starting, so the snippet is not enabled, and the installer says why.
+    let main = root.join("etc/nginx/modules-enabled/90-qwen-gateway-main.conf");
+    assert!(
+        std::fs::read_to_string(&main)
+            .unwrap()
+            .contains("worker_shutdown_timeout 10m;")
+    );
+    std::fs::write(
+        root.join("etc/nginx/nginx.conf"),
+        "user www-data;\nworker_shutdown_timeout 30s;\nevents {}\n",
+    )
+    .unwrap();
+    let o = run(Command::new(Path::new(REPO).join("scripts/install.sh"))
+        .env("DESTDIR", dest.path())
+        .env("BIN", GATEWAY)
+        .env("DOMAIN", "gw.example.org"));
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        !main.exists(),
+        "the snippet would duplicate nginx.conf's directive"
+    );
+    assert!(
+        text(&o).contains("already sets worker_shutdown_timeout"),
+        "{}",
+        text(&o)
+    );
     let o = run(Command::new(GATEWAY).arg("check").arg("-c").arg(&policy));
     assert!(o.status.success(), "{}", text(&o));
 }
@@ -1285,7 +1312,14 @@ fn debian_package_installs_keeps_edited_conffiles_and_checks_the_policy() {
     let o = dpkg(r, &["-i", deb]);
     let said = text(&o);
     assert!(o.status.success(), "{said}");
-    assert!(said.contains("passes qwen-gateway check"), "{said}");
+    // The packaged policy holds the public demo key: the package configures, but the
+    // service does not start with it (the unit's check refuses it too).
+    assert!(
+        said.contains(
+            "does NOT pass qwen-gateway check --deny-demo-key; the service is not (re)started"
+        ) && said.contains("public demo key"),
+        "{said}"
+    );
     assert!(said.contains("Next steps"), "{said}");
     // The service user, in the target root only; the policy readable by its group only.
     let passwd = std::fs::read_to_string(r.join("etc/passwd")).unwrap();
@@ -1313,6 +1347,12 @@ fn debian_package_installs_keeps_edited_conffiles_and_checks_the_policy() {
     assert!(
         unit.contains("ExecStart=/usr/bin/qwen-gateway --config /etc/qwen-gateway/policy.yaml")
     );
+    assert!(
+        unit.contains(
+            "ExecStartPre=/usr/bin/qwen-gateway check --deny-demo-key --config /etc/qwen-gateway/policy.yaml"
+        ),
+        "{unit}"
+    );
     assert!(!unit.contains("/usr/local"), "{unit}");
     let o = run(Command::new(r.join("usr/bin/qwen-gateway"))
         .args(["check", "--config"])
@@ -1328,10 +1368,16 @@ fn debian_package_installs_keeps_edited_conffiles_and_checks_the_policy() {
         assert!(r.join(f).exists(), "{f} missing");
     }
 
-    // An operator's edit survives an upgrade (the same package again).
+    // An operator's edit (a key of their own, a limit) survives an upgrade (the same
+    // package again), and the policy then passes.
     let edited = std::fs::read_to_string(&policy)
         .unwrap()
+        .replace(
+            "sha256:090d1548c9d65f413a1a2c828a0bee3a7ae02d2137caf51e6029e6c3cb1f1fa4",
+            "sha256:62af8704764faf8ea82fc61ce9c4c3908b6cb97d463a634e9e587d7c885db0ef",
+        )
         .replace("max_requests: 30 ", "max_requests: 12 ");
+    assert!(!edited.contains("090d1548c9d65f413a1a2c828a0bee3a"));
     assert!(edited.contains("max_requests: 12 "));
     std::fs::write(&policy, &edited).unwrap();
     let o = dpkg(r, &["-i", deb]);
@@ -1358,7 +1404,9 @@ fn debian_package_installs_keeps_edited_conffiles_and_checks_the_policy() {
     let said = text(&o);
     assert!(o.status.success(), "{said}");
     assert!(
-        said.contains("does NOT pass qwen-gateway check; the service is not (re)started"),
+        said.contains(
+            "does NOT pass qwen-gateway check --deny-demo-key; the service is not (re)started"
+        ),
         "{said}"
     );
     assert!(said.contains("rate_limit.max_requests"), "{said}");

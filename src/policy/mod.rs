@@ -386,6 +386,15 @@ impl Policy {
         (self.limits.max_prompt_chars, LimitField::Limits)
     }
 
+    /// Whether a key of this policy is the public demo key (README, `scripts/demo.sh`):
+    /// `check --deny-demo-key`, which the systemd unit runs, then fails.
+    pub fn uses_demo_key(&self) -> bool {
+        let demo = digest(validate::DEMO_KEY.as_bytes());
+        self.auth
+            .as_ref()
+            .is_some_and(|a| a.keys.iter().any(|k| k.digest == demo))
+    }
+
     /// Whether `guard` only reports (`report_only:`) instead of refusing.
     pub fn reports(&self, guard: Guard) -> bool {
         self.report_only.contains(&guard)

@@ -770,7 +770,7 @@ fn weak(key: &str) -> bool {
 }
 
 /// The key `scripts/demo.sh` and the README use, public to anyone who read them.
-const DEMO_KEY: &str = "demo-key-change-me";
+pub(crate) const DEMO_KEY: &str = "demo-key-change-me";
 
 /// A key entry is either `sha256:<64 hex>` or plaintext (warned about); the public demo key,
 /// in either form, is warned about too (`check --deny-warnings` then fails).
