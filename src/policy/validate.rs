@@ -848,13 +848,9 @@ fn validate_auth(
     let mut keys = Vec::new();
     for (i, k) in af.valid_keys.unwrap_or_default().iter().enumerate() {
         let d = key_digest(k, &format!("auth.valid_keys[{i}]"), warnings)?;
-        // A short, stable, non-reversible name for logs, limits and metrics.
-        keys.push(ApiKey::new(
-            format!("key-{}", &hex::encode(d)[..8]),
-            d,
-            None,
-            None,
-        ));
+        // A name for logs, limits and metrics that says nothing of the key: its position
+        // (8 hex digits of its hash on /metrics were 32 bits to test guesses against).
+        keys.push(ApiKey::new(format!("valid-key-{}", i + 1), d, None, None));
     }
     for (i, k) in af.keys.unwrap_or_default().into_iter().enumerate() {
         let path = format!("auth.keys[{i}]");
@@ -1140,6 +1136,20 @@ whitelist:
             assert!(keys(&p) <= keys(&full), "cut {cut}");
         }
         loaded
+    }
+
+    #[test]
+    fn valid_keys_ids_say_nothing_of_the_key() {
+        let p = load(
+            "auth: {enabled: true, valid_keys: [\"sha256:62af8704764faf8ea82fc61ce9c4c3908b6cb97d463a634e9e587d7c885db0ef\", \"a-plaintext-key-long-enough-000000001\"]}\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let ids: Vec<String> = p
+            .auth
+            .iter()
+            .flat_map(|a| a.keys.iter().map(|k| k.id.to_string()))
+            .collect();
+        assert_eq!(ids, ["valid-key-1", "valid-key-2"]);
     }
 
     #[test]
