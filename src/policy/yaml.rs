@@ -50,13 +50,33 @@ pub fn parse(text: &str) -> Result<PolicyFile, Vec<ParseError>> {
 
 fn typed(value: Value) -> Result<PolicyFile, ParseError> {
     serde_path_to_error::deserialize::<_, PolicyFile>(value).map_err(|e| {
-        let path = e.path().to_string();
-        let reason = scrub(e.inner());
+        let mut path = e.path().to_string();
+        let mut reason = scrub(e.inner());
+        if path.starts_with("auth") {
+            unnamed_under_auth(&mut path, &mut reason);
+        }
         ParseError::Field {
             key: if path == "." { String::new() } else { path },
             reason,
         }
     })
+}
+
+/// Under `auth`, an unknown field's name may be a key pasted as a mapping key
+/// (`- sk-live-...: x`): the error names its position and the fields expected, never the name.
+fn unnamed_under_auth(path: &mut String, reason: &mut String) {
+    let Some(rest) = reason.strip_prefix("unknown field `") else {
+        return;
+    };
+    let Some((name, after)) = rest.split_once('`') else {
+        return;
+    };
+    if let Some(parent) = path.strip_suffix(name).and_then(|p| p.strip_suffix('.')) {
+        *path = parent.to_owned();
+    }
+    *reason = format!(
+        "an unknown field (its name is not shown: under auth it may be a key){after}"
+    );
 }
 
 /// Why the text is not a policy; becomes a [`PolicyError`] with the file's path.
@@ -207,6 +227,29 @@ fn scrub(e: &dyn std::fmt::Display) -> String {
         body.to_owned()
     };
     format!("{}{location}", strip_quoted(&rewritten))
+}
+
+#[cfg(test)]
+mod unnamed_tests {
+    #[test]
+    fn a_key_pasted_as_a_field_name_under_auth_is_never_echoed() {
+        for yaml in [
+            "auth:\n  enabled: true\n  keys:\n    - id: a\n      key: \"abcdefghijklmnopqrstuvwxyz0123456789\"\n      sk-live-SECRET123456789: x\n",
+            "auth:\n  enabled: true\n  sk-live-SECRET123456789: 1\n",
+        ] {
+            let errors = super::parse(yaml).err().unwrap_or_default();
+            assert!(!errors.is_empty(), "{yaml}");
+            for e in errors {
+                let text = format!("{e:?}");
+                assert!(!text.contains("SECRET"), "{text}");
+                assert!(text.contains("unknown field"), "{text}");
+                assert!(text.contains("auth"), "{text}");
+            }
+        }
+        // Elsewhere a typo is named: that is what makes it easy to fix.
+        let errors = super::parse("whitelsit: {}\n").err().unwrap_or_default();
+        assert!(format!("{errors:?}").contains("whitelsit"));
+    }
 }
 
 fn article(word: &str) -> &'static str {
