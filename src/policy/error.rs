@@ -45,6 +45,14 @@ impl PolicyError {
         }
     }
 
+    /// Each independent problem, owned.
+    pub fn into_each(self) -> Vec<PolicyError> {
+        match self {
+            PolicyError::Several(v) => v,
+            one => vec![one],
+        }
+    }
+
     /// Each independent problem.
     pub fn each(&self) -> Vec<&PolicyError> {
         match self {

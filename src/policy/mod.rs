@@ -436,11 +436,32 @@ impl Policy {
         if text.trim().is_empty() {
             return Err(parse_err("the file is empty".into()));
         }
-        let file = yaml::parse(text).map_err(|errors| {
-            let errors = errors
+        let file = yaml::parse(text).map_err(|failure| {
+            let mut errors: Vec<PolicyError> = failure
+                .errors
                 .into_iter()
                 .map(|e| e.into_policy_error(path))
                 .collect();
+            // The values of the sections that did read are checked too, leaving out what
+            // only follows from the sections that did not (their absence, their fields).
+            if let Some(partial) = failure.partial
+                && let Err(e) = validate::validate(partial, sha256_hex(bytes))
+            {
+                let of_failed = |e: &PolicyError| {
+                    failure.failed.iter().any(|s| match e {
+                        PolicyError::Invalid { key, .. } => {
+                            key == s
+                                || key.starts_with(&format!("{s}."))
+                                || key.starts_with(&format!("{s}["))
+                        }
+                        PolicyError::MissingSection { section, .. } => {
+                            section == s || section.starts_with(&format!("{s}."))
+                        }
+                        _ => false,
+                    })
+                };
+                errors.extend(e.into_each().into_iter().filter(|e| !of_failed(e)));
+            }
             PolicyError::from_many(errors).unwrap_or(PolicyError::Parse {
                 path: path.to_owned(),
                 message: "unreadable".to_owned(),

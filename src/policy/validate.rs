@@ -1139,6 +1139,15 @@ whitelist:
     }
 
     #[test]
+    fn value_errors_of_every_section_show_despite_a_type_error() {
+        let yaml = "log_level: \"loud\"\nrate_limit: {enabled: true, max_requests: -5, window_seconds: 60}\nwhitelist: {enabled: true, ips: [\"10.0.0.300/8\"]}\nauth: {enabled: false}\n";
+        let e = load(yaml).err().map(|e| e.to_string()).unwrap_or_default();
+        for field in ["rate_limit.max_requests", "log_level", "whitelist.ips[0]"] {
+            assert!(e.contains(field), "{field} not reported: {e}");
+        }
+    }
+
+    #[test]
     fn valid_keys_ids_say_nothing_of_the_key() {
         let p = load(
             "auth: {enabled: true, valid_keys: [\"sha256:62af8704764faf8ea82fc61ce9c4c3908b6cb97d463a634e9e587d7c885db0ef\", \"a-plaintext-key-long-enough-000000001\"]}\n",

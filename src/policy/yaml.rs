@@ -18,34 +18,69 @@ use super::{PolicyError, PolicyFile};
 /// Deepest nesting of flow collections accepted. The shipped policy uses two.
 pub const MAX_FLOW_DEPTH: usize = 32;
 
+/// Why a text is not a policy: every problem found, and, when only some sections failed to
+/// read, the others, so that their values can be checked too (a `-5` where a count goes must
+/// not hide a bad CIDR in another section until the next run).
+#[derive(Debug)]
+pub struct ParseFailure {
+    pub errors: Vec<ParseError>,
+    /// The sections that read, without those that did not.
+    pub partial: Option<PolicyFile>,
+    /// The names of the sections that did not read.
+    pub failed: Vec<String>,
+}
+
+impl From<Vec<ParseError>> for ParseFailure {
+    fn from(errors: Vec<ParseError>) -> Self {
+        ParseFailure {
+            errors,
+            partial: None,
+            failed: Vec::new(),
+        }
+    }
+}
+
 /// The typed policy, or every independent problem found: all empty values, and one type
 /// or name error per top-level section (serde stops at the first error in what it reads, so
 /// each section is read on its own first).
-pub fn parse(text: &str) -> Result<PolicyFile, Vec<ParseError>> {
+pub fn parse(text: &str) -> Result<PolicyFile, ParseFailure> {
     flow_depth_ok(text).map_err(|e| vec![e])?;
     let value: Value =
         serde_yaml::from_str(text).map_err(|e| vec![ParseError::Syntax(scrub(&e))])?;
     let Value::Mapping(sections) = &value else {
         return Err(vec![ParseError::Syntax(
             "the file must be a YAML mapping of policy sections".to_owned(),
-        )]);
+        )]
+        .into());
     };
     let mut errors = Vec::new();
     no_empty_values(&value, &mut String::new(), &mut errors);
     if !errors.is_empty() {
-        return Err(errors);
+        return Err(errors.into());
     }
+    let mut read = serde_yaml::Mapping::new();
+    let mut failed = Vec::new();
     for (name, section) in sections {
         let mut one = serde_yaml::Mapping::new();
         one.insert(name.clone(), section.clone());
-        if let Err(e) = typed(Value::Mapping(one)) {
-            errors.push(e);
+        match typed(Value::Mapping(one)) {
+            Ok(_) => {
+                read.insert(name.clone(), section.clone());
+            }
+            Err(e) => {
+                errors.push(e);
+                failed.push(name.as_str().unwrap_or_default().to_owned());
+            }
         }
     }
     if !errors.is_empty() {
-        return Err(errors);
+        return Err(ParseFailure {
+            errors,
+            partial: typed(Value::Mapping(read)).ok(),
+            failed,
+        });
     }
-    typed(value).map_err(|e| vec![e])
+    typed(value).map_err(|e| vec![e].into())
 }
 
 fn typed(value: Value) -> Result<PolicyFile, ParseError> {
@@ -74,9 +109,8 @@ fn unnamed_under_auth(path: &mut String, reason: &mut String) {
     if let Some(parent) = path.strip_suffix(name).and_then(|p| p.strip_suffix('.')) {
         *path = parent.to_owned();
     }
-    *reason = format!(
-        "an unknown field (its name is not shown: under auth it may be a key){after}"
-    );
+    *reason =
+        format!("an unknown field (its name is not shown: under auth it may be a key){after}");
 }
 
 /// Why the text is not a policy; becomes a [`PolicyError`] with the file's path.
@@ -237,7 +271,10 @@ mod unnamed_tests {
             "auth:\n  enabled: true\n  keys:\n    - id: a\n      key: \"abcdefghijklmnopqrstuvwxyz0123456789\"\n      sk-live-SECRET123456789: x\n",
             "auth:\n  enabled: true\n  sk-live-SECRET123456789: 1\n",
         ] {
-            let errors = super::parse(yaml).err().unwrap_or_default();
+            let errors = super::parse(yaml)
+                .err()
+                .map(|f| f.errors)
+                .unwrap_or_default();
             assert!(!errors.is_empty(), "{yaml}");
             for e in errors {
                 let text = format!("{e:?}");
@@ -247,7 +284,10 @@ mod unnamed_tests {
             }
         }
         // Elsewhere a typo is named: that is what makes it easy to fix.
-        let errors = super::parse("whitelsit: {}\n").err().unwrap_or_default();
+        let errors = super::parse("whitelsit: {}\n")
+            .err()
+            .map(|f| f.errors)
+            .unwrap_or_default();
         assert!(format!("{errors:?}").contains("whitelsit"));
     }
 }
@@ -286,7 +326,8 @@ mod tests {
     fn err(text: &str) -> String {
         match parse(text) {
             Ok(_) => String::from("(parsed)"),
-            Err(errors) => errors
+            Err(failure) => failure
+                .errors
                 .into_iter()
                 .map(|e| match e {
                     ParseError::Syntax(m) => m,
