@@ -445,7 +445,7 @@ impl Policy {
             // The values of the sections that did read are checked too, leaving out what
             // only follows from the sections that did not (their absence, their fields).
             if let Some(partial) = failure.partial
-                && let Err(e) = validate::validate(partial, sha256_hex(bytes))
+                && let Err(e) = validate::validate(*partial, sha256_hex(bytes))
             {
                 let of_failed = |e: &PolicyError| {
                     failure.failed.iter().any(|s| match e {

@@ -25,7 +25,7 @@ pub const MAX_FLOW_DEPTH: usize = 32;
 pub struct ParseFailure {
     pub errors: Vec<ParseError>,
     /// The sections that read, without those that did not.
-    pub partial: Option<PolicyFile>,
+    pub partial: Option<Box<PolicyFile>>,
     /// The names of the sections that did not read.
     pub failed: Vec<String>,
 }
@@ -76,7 +76,7 @@ pub fn parse(text: &str) -> Result<PolicyFile, ParseFailure> {
     if !errors.is_empty() {
         return Err(ParseFailure {
             errors,
-            partial: typed(Value::Mapping(read)).ok(),
+            partial: typed(Value::Mapping(read)).ok().map(Box::new),
             failed,
         });
     }
