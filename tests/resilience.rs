@@ -226,6 +226,50 @@ fn client_disconnect_cancels_the_upstream_request() {
     assert!(t.elapsed() < Duration::from_millis(650));
 }
 
+/// A client that opens a stream and stops reading (issue 19: two such streams held both GPU
+/// slots for 52 s, past max_stream_seconds, and other keys got 503): once it has taken no
+/// byte for the stream idle time, the stream is cut, Ollama's request with it, and the slot
+/// goes to the next request at once.
+#[test]
+fn a_client_that_stops_reading_loses_its_stream_and_its_slot() {
+    let fake = Fake::start(&[]);
+    let policy = policy("").replace(
+        "  timeout_seconds: 0.5\n",
+        "  timeout_seconds: 0.5\n  max_in_flight: 1\n",
+    );
+    let gw = Gateway::start(&policy, &fake.url());
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+    let body =
+        json!({"model":"test/flood","stream":true,"messages":[{"role":"user","content":"x"}]})
+            .to_string();
+    write!(s, "POST /api/chat HTTP/1.1\r\nHost: x\r\nX-Api-Key: ops-key-123456\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut buf = [0u8; 256];
+    let _ = s.read(&mut buf).unwrap();
+    // From here on the client reads nothing. The slot is taken:
+    let active = || fake.stats()["active_chats"].as_i64().unwrap_or(-1);
+    assert_eq!(active(), 1);
+    // ... until the buffers are full and the idle time (0.7 s) has passed: Ollama's request
+    // is closed, and another key's request is served.
+    let t = Instant::now();
+    wait_for(
+        Duration::from_secs(10),
+        "the stalled stream to be cut",
+        || (active() == 0).then_some(()),
+    );
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let r = ask(&gw, "qwen3:32b", false);
+    assert_eq!(r.status, 200, "{}", r.text());
+    drop(s);
+    wait_for(Duration::from_secs(5), "the audit line", || {
+        gw.audit_lines()
+            .into_iter()
+            .find(|l| l["path"] == "/api/chat")
+            .filter(|l| l["error"] == "client_stalled")
+            .map(|_| ())
+    });
+}
+
 #[test]
 fn audit_has_one_line_per_request_through_sigterm_and_leaks_nothing() {
     let fake = Fake::start(&[]);

@@ -226,13 +226,15 @@ where
         lease,
         shutdown,
     } = parts;
+    let deadline = Instant::now() + max_duration;
+    let watched_audit = audit.clone();
     let state = State {
         upstream,
         pending: BytesMut::new(),
         scanned: 0,
         translator,
         idle,
-        deadline: Instant::now() + max_duration,
+        deadline,
         audit,
         finished: false,
         complete: false,
@@ -242,7 +244,7 @@ where
         gauge: StreamGauge::new(metrics),
         _lease: lease,
     };
-    futures_util::stream::unfold(state, |mut st| async move {
+    let relayed = futures_util::stream::unfold(state, |mut st| async move {
         if st.finished {
             if st.complete {
                 // Ollama ends its chunked body right after the `done` line: read that end so
@@ -326,7 +328,111 @@ where
             st.audit.update(|r| r.ttft = Some(ttft));
         }
         Some((Ok(out.freeze()), st))
-    })
+    });
+    Watched::new(Box::pin(relayed), idle, deadline, watched_audit)
+}
+
+type Body = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, actix_web::Error>>>>;
+
+/// The relayed body as actix holds it, with a watchdog for a client that stops reading.
+///
+/// The relay keeps its time bounds only while actix polls it; actix stops polling when the
+/// client stops taking bytes (its socket and write buffer full), and the stream would then
+/// hold its GPU slot and Ollama's generation for as long as the connection stays open. So
+/// when actix has not asked for more for the stream idle time since it was handed a chunk,
+/// or the stream's deadline passed while so blocked, a local task takes the relay away:
+/// its slot is handed on, the upstream connection closes (Ollama stops), and the audit line
+/// says `client_stalled`.
+struct Watched {
+    relay: Rc<std::cell::RefCell<Option<Body>>>,
+    /// When a chunk was handed to actix and not yet followed by a new poll.
+    handed: Rc<std::cell::Cell<Option<Instant>>>,
+    watchdog: Option<actix_web::rt::task::JoinHandle<()>>,
+}
+
+impl Watched {
+    fn new(relay: Body, idle: Duration, deadline: Instant, audit: Rc<AuditCell>) -> Watched {
+        let relay = Rc::new(std::cell::RefCell::new(Some(relay)));
+        let handed = Rc::new(std::cell::Cell::new(None::<Instant>));
+        let (r, h) = (Rc::downgrade(&relay), handed.clone());
+        let watchdog = actix_web::rt::spawn(async move {
+            loop {
+                let now = Instant::now();
+                let wake = match h.get() {
+                    Some(at) if now >= at + idle || now >= deadline => {
+                        if let Some(relay) = r.upgrade() {
+                            // Dropped outside the borrow: its Drop records the audit line.
+                            let gone = relay.borrow_mut().take();
+                            drop(gone);
+                            audit.update(|rec| {
+                                rec.error = Some("client_stalled");
+                                rec.reason = Some(
+                                    "upstream.stream_idle_timeout_seconds: the client took no byte"
+                                        .to_owned(),
+                                );
+                            });
+                            tracing::info!(
+                                request_id = %audit.rec.borrow().request_id,
+                                "A client stopped reading its stream: the stream and its slot are released."
+                            );
+                        }
+                        return;
+                    }
+                    Some(at) => (at + idle).min(deadline),
+                    None => now + idle,
+                };
+                if r.strong_count() == 0 {
+                    return;
+                }
+                tokio::time::sleep_until(wake.into()).await;
+            }
+        });
+        Watched {
+            relay,
+            handed,
+            watchdog: Some(watchdog),
+        }
+    }
+}
+
+impl Stream for Watched {
+    type Item = Result<Bytes, actix_web::Error>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        this.handed.set(None);
+        let mut relay = this.relay.borrow_mut();
+        let Some(body) = relay.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match body.as_mut().poll_next(cx) {
+            Poll::Ready(Some(item)) => {
+                this.handed.set(Some(Instant::now()));
+                Poll::Ready(Some(item))
+            }
+            Poll::Ready(None) => {
+                *relay = None;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        // The client went away: the relay goes now (closing the upstream connection), not
+        // when the watchdog next wakes.
+        if let Some(w) = self.watchdog.take() {
+            w.abort();
+        }
+        let gone = self.relay.borrow_mut().take();
+        drop(gone);
+    }
 }
 
 #[cfg(test)]

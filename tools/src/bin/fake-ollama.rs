@@ -8,7 +8,7 @@
 //! `test/cut` (a Responses stream whose body ends early), `test/hang` (never answers), `test/stall` (one chunk, then silence), `test/error-mid` (one
 //! chunk, then an error line), `test/busy` (503), `test/error500`, `test/tools`, `test/think`,
 //! and hostile ones: `test/error-stall` (500 headers, then a body that never comes),
-//! `test/html` (a 200 HTML page), `test/error-newlines` (a 500 whose text forges a log line),
+//! `test/html` (a 200 HTML page), `test/flood` (64 KiB lines, never done), `test/error-newlines` (a 500 whose text forges a log line),
 //! `test/busy-retry:S` (503 with `Retry-After: S`), `test/endless-line` (bytes without a
 //! newline, forever), `test/forever:MS` (a token every MS, never done), `test/huge:MIB` (a
 //! non-streamed answer of MIB mebibytes). Besides `/api/chat`, it serves `/api/generate`,
@@ -400,7 +400,9 @@ async fn chat(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -> 
                 .content_type("application/json")
                 .streaming(body);
         }
-        "endless-line" | "forever" => return hostile_stream(&model, &behaviour, param, active),
+        "endless-line" | "forever" | "flood" => {
+            return hostile_stream(&model, &behaviour, param, active);
+        }
         "huge" if !stream => {
             // A non-streamed answer of `param` MiB.
             let mut fin = final_line(&model, "stop", 1, 1);
@@ -535,6 +537,13 @@ async fn chat(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -> 
 fn hostile_stream(model: &str, behaviour: &str, param: u64, active: Active) -> HttpResponse {
     let chunk = if behaviour == "endless-line" {
         Bytes::from(vec![b'a'; 64 * 1024])
+    } else if behaviour == "flood" {
+        // Large lines as fast as they are taken: fills a stalled client's buffers at once.
+        ndjson(&line(
+            model,
+            json!({"role": "assistant", "content": "x".repeat(64 * 1024)}),
+            false,
+        ))
     } else {
         ndjson(&line(
             model,
@@ -542,7 +551,7 @@ fn hostile_stream(model: &str, behaviour: &str, param: u64, active: Active) -> H
             false,
         ))
     };
-    let every = Duration::from_millis(if behaviour == "endless-line" {
+    let every = Duration::from_millis(if behaviour == "endless-line" || behaviour == "flood" {
         1
     } else {
         param.max(1)
