@@ -172,8 +172,17 @@ impl Drop for AuditCell {
             m.report_only(*guard);
         }
         // What the request cost: for the fair queue's order between keys, and settled against
-        // its token quota (what Ollama reported; what was seen so far for a cut stream).
-        let tokens = r.prompt_tokens.unwrap_or(0) + r.completion_tokens.unwrap_or(0);
+        // its token quota (what Ollama reported). A request Ollama got but did not report on
+        // (a stream cut short, a failure) pays at least its prompt's estimate: Ollama read
+        // the prompt before it could fail or be cut; and the tokens seen so far.
+        let prompt = match r.prompt_tokens {
+            Some(p) => p,
+            None if r.upstream.is_some() => {
+                crate::ratelimit::tokens::prompt_tokens_estimate(r.prompt_chars.unwrap_or(0))
+            }
+            None => 0,
+        };
+        let tokens = prompt + r.completion_tokens.unwrap_or(0);
         if let Some(key) = &r.key_id
             && tokens > 0
         {

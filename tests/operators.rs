@@ -319,10 +319,18 @@ fn check_reports_every_error_warnings_and_what_answers() {
     let (ok, _, err) = gateway_cmd(&["check", "--config", p]);
     assert!(!ok);
     let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
-    // A type error stops the run before values are checked (each section's type errors are
-    // all reported; values are checked once every section reads).
-    assert_eq!(errors.len(), 1, "{err}");
+    // A type error in one section does not hide the value errors of the others (issue 19):
+    // the sections that read are checked too.
+    assert_eq!(errors.len(), 5, "{err}");
     assert!(errors[0].contains("upstream.timeout_seconds"), "{err}");
+    for field in [
+        "rate_limit.max_requests",
+        "auth.keys[0].id",
+        "whitelist.ips",
+        "limits.over_limit",
+    ] {
+        assert!(errors.iter().any(|l| l.contains(field)), "{field}: {err}");
+    }
     std::fs::write(
         &path,
         "rate_limit: {enabled: true, max_requests: 0}\n\

@@ -305,6 +305,30 @@ fn token_quotas_reserve_settle_and_refuse() {
     assert_eq!(gw.chat("key-big-0000001", &big).status, 200);
 }
 
+/// A stream cut short (here: Ollama's error after the first chunk, so it never reports its
+/// counts) pays at least its prompt's estimate, not the one line it got: the sweep moved a
+/// quota by 31 tokens with 30 such streams (issue 19).
+#[test]
+fn a_cut_stream_pays_at_least_its_prompt() {
+    let fake = Fake::start(&[]);
+    let gw = Gateway::start(&quota_policy(), &fake.url());
+    // 240 characters: an estimate of 80 tokens, plus the output cap of 50 while it runs.
+    let cut = json!({"model": "test/error-mid", "stream": true,
+        "messages": [{"role": "user", "content": "y".repeat(240)}]});
+    let r = gw.chat("key-a-00000001", &cut);
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("error"), "{}", r.text());
+    // Settled at the prompt's 80 plus the chunk seen, not at the chunk alone.
+    let hello =
+        json!({"model": "qwen3:32b", "messages": [{"role": "user", "content": "hello there"}]});
+    let next = gw.chat("key-a-00000001", &hello);
+    let remaining: u64 = next
+        .header("x-ratelimit-remaining-tokens")
+        .and_then(|h| h.parse().ok())
+        .unwrap();
+    assert!(remaining <= 300 - 80 - 54, "remaining {remaining}");
+}
+
 #[test]
 fn a_token_quota_holds_across_concurrent_streams() {
     let fake = Fake::start(&[]);

@@ -519,7 +519,8 @@ pub async fn forward(
             message: "too many messages in this request for this gateway".to_owned(),
         });
     }
-    super::media_guard(&policy.limits, Images::in_body(&v))?;
+    let images = Images::in_body(&v);
+    super::media_guard(&policy.limits, images)?;
     if spec.embeds && embed_inputs(&v) > policy.limits.max_embed_inputs {
         return Err(GatewayError::BadRequest {
             message: "too many inputs in this request for this gateway".to_owned(),
@@ -564,6 +565,7 @@ pub async fn forward(
         &ctx,
         admitted.principal.as_ref(),
         chars,
+        images.count,
         clamps.max_output_tokens.filter(|_| generates),
     )
     .await?;

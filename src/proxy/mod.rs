@@ -203,6 +203,7 @@ pub(crate) async fn reserve_tokens(
     ctx: &RequestCtx,
     principal: Option<&crate::auth::Principal>,
     prompt_chars: usize,
+    images: usize,
     output_limit: Option<u64>,
 ) -> Result<Option<crate::ratelimit::tokens::TokenDecision>, GatewayError> {
     let policy = &ctx.policy;
@@ -216,7 +217,11 @@ pub(crate) async fn reserve_tokens(
         Some(p) => p.key.id.clone(),
         None => std::sync::Arc::from(crate::admission::ip_bucket(ctx.client_ip)),
     };
-    let estimate = prompt_tokens_estimate(prompt_chars) + output_limit.unwrap_or(0);
+    // Everything the request carries: its text (a native `context`'s token ids included),
+    // its images at their documented cost, and its output limit.
+    let estimate = prompt_tokens_estimate(prompt_chars)
+        + images as u64 * crate::ratelimit::tokens::IMAGE_TOKENS
+        + output_limit.unwrap_or(0);
     let reserved = match &policy.limit_backend {
         crate::policy::LimitBackend::Memory => state.tokens.reserve(&identity, quotas, estimate),
         crate::policy::LimitBackend::Redis(cfg) => {
@@ -373,6 +378,7 @@ pub async fn chat_completions(
         images.add_text(Some(image));
     }
     media_guard(&policy.limits, images)?;
+    let image_count = images.count;
     // The request clamps: context, output limit (every spelling, a default when absent),
     // keep_alive.
     let clamps = policy.clamps(key, &chat.model);
@@ -407,6 +413,7 @@ pub async fn chat_completions(
         &ctx,
         principal.as_ref(),
         chars,
+        image_count,
         native.options.num_predict,
     )
     .await?;

@@ -5,17 +5,7 @@
 
 use serde_json::Value;
 
-/// The gateway's estimate of the tokens in `chars` characters of prompt: one token per three
-/// characters, on the high side for English and code (Qwen's tokenizer averages about four),
-/// so that a quota is rather reserved too much than too little. The token quotas reserve it,
-/// and `/v1/messages/count_tokens` answers it.
-pub(crate) fn prompt_tokens_estimate(chars: usize) -> u64 {
-    (chars as u64).div_ceil(CHARS_PER_TOKEN as u64)
-}
-
-/// Characters per token in the gateway's estimate (and what one token id of a native
-/// `context` counts as against the prompt limit).
-pub(crate) const CHARS_PER_TOKEN: usize = 3;
+pub(crate) use crate::ratelimit::tokens::{CHARS_PER_TOKEN, prompt_tokens_estimate};
 
 /// Characters of every string in a JSON value, object keys included: tool definitions,
 /// schemas and tool-call arguments are text the model reads, whatever their keys are called

@@ -8,6 +8,12 @@
 //! other's reservations, so a quota is exceeded at most by one request's settled overshoot.
 //! The log lives outside the policy: reloads keep it. With `rate_limit.backend: redis` the
 //! same buckets live in Redis (`redis.rs`) and every gateway shares them.
+//!
+//! The ledgers live in the same kind of table as the request limits (`super`): at most
+//! `max_tracked_clients` identities, in shards; an identity leaves only once its ledgers are
+//! empty, and when a shard is full of live identities (a flood of fresh client addresses
+//! with auth off) a new one shares one overflow ledger under the same quotas, so memory stays
+//! bounded and no identity's use is forgotten.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -16,6 +22,22 @@ use std::time::{Duration, Instant};
 use actix_web::http::header::{HeaderName, HeaderValue};
 
 use crate::errors::HeaderPair;
+
+/// The gateway's estimate of the tokens in `chars` characters of prompt: one token per three
+/// characters, on the high side for English and code (Qwen's tokenizer averages about four),
+/// so that a quota is rather reserved too much than too little. The token quotas reserve it,
+/// and `/v1/messages/count_tokens` answers it.
+pub fn prompt_tokens_estimate(chars: usize) -> u64 {
+    (chars as u64).div_ceil(CHARS_PER_TOKEN as u64)
+}
+
+/// Characters per token in the gateway's estimate (and what one token id of a native
+/// `context` counts as against the prompt limit).
+pub const CHARS_PER_TOKEN: usize = 3;
+
+/// Tokens an image is reserved at: a vision model reads an image as hundreds to about a
+/// thousand tokens (Qwen2.5-VL: 1,024 for a 896x896 picture).
+pub const IMAGE_TOKENS: u64 = 1_024;
 
 /// One quota: at most `limit` tokens in any `window`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,18 +127,31 @@ impl Ledger {
     }
 }
 
+/// One shard of the table: per identity, one ledger per quota (in the order the quotas are
+/// given).
 #[derive(Default)]
-struct Inner {
-    /// Per identity, one ledger per quota (in the order the quotas are given).
-    ledgers: HashMap<Arc<str>, Vec<Ledger>>,
+struct Shard {
+    ledgers: HashMap<Arc<str>, Vec<Ledger>, foldhash::fast::RandomState>,
+    /// A full shard whose sweep freed nothing is not swept again before this (bucket number
+    /// of the first quota): a flood of new identities costs a lookup each, not a scan.
+    next_sweep: u64,
 }
 
 /// Per-identity token use, process-wide.
 pub struct TokenLimiter {
-    inner: Mutex<Inner>,
-    /// Identities kept at most; past it, idle ones are dropped first.
-    max_tracked: usize,
+    shards: Vec<Mutex<Shard>>,
+    per_shard: usize,
+    hasher: foldhash::fast::RandomState,
+    /// The ledgers of every identity that found its shard full of live ones.
+    overflow: Mutex<Vec<Ledger>>,
     epoch: Instant,
+}
+
+/// Where an identity's ledgers are.
+#[derive(Clone, Copy)]
+enum Place {
+    Shard(usize),
+    Overflow,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -130,6 +165,7 @@ enum Held {
     Memory {
         limiter: Arc<TokenLimiter>,
         identity: Arc<str>,
+        place: Place,
         /// Per quota: (bucket, tokens reserved there).
         held: Vec<(u64, u64)>,
     },
@@ -163,13 +199,21 @@ impl Reservation {
             Held::Memory {
                 limiter,
                 identity,
+                place,
                 held,
             } => {
-                let mut g = lock(&limiter.inner);
-                if let Some(ledgers) = g.ledgers.get_mut(&identity) {
+                let settle = |ledgers: &mut [Ledger]| {
                     for (l, &(n, h)) in ledgers.iter_mut().zip(&held) {
                         l.settle(n, h, tokens);
                     }
+                };
+                match place {
+                    Place::Shard(i) => {
+                        if let Some(ledgers) = lock(&limiter.shards[i]).ledgers.get_mut(&identity) {
+                            settle(ledgers);
+                        }
+                    }
+                    Place::Overflow => settle(&mut lock(&limiter.overflow)),
                 }
             }
             Held::Redis {
@@ -198,11 +242,63 @@ fn bucket_len(q: &TokenQuota) -> Duration {
 
 impl TokenLimiter {
     pub fn new(max_tracked: u64) -> Self {
+        let max = usize::try_from(max_tracked)
+            .unwrap_or(usize::MAX)
+            .max(super::SHARDS);
         TokenLimiter {
-            inner: Mutex::default(),
-            max_tracked: usize::try_from(max_tracked).unwrap_or(usize::MAX),
+            shards: (0..super::SHARDS).map(|_| Mutex::default()).collect(),
+            per_shard: max / super::SHARDS,
+            hasher: foldhash::fast::RandomState::default(),
+            overflow: Mutex::default(),
             epoch: Instant::now(),
         }
+    }
+
+    fn shard_of(&self, identity: &str) -> usize {
+        use std::hash::BuildHasher as _;
+        (self.hasher.hash_one(identity) as usize) % super::SHARDS
+    }
+
+    /// Runs `f` on the identity's ledgers: its own, made if its shard has room (after
+    /// dropping the identities whose ledgers have emptied), else the shared overflow ones.
+    fn with_ledgers<T>(
+        &self,
+        identity: &Arc<str>,
+        quotas: &[TokenQuota],
+        now: Instant,
+        f: impl FnOnce(&mut Vec<Ledger>, Place) -> T,
+    ) -> T {
+        let i = self.shard_of(identity);
+        let mut shard = lock(&self.shards[i]);
+        if !shard.ledgers.contains_key(identity) && shard.ledgers.len() >= self.per_shard {
+            let now_n = quotas.first().map_or(0, |q| self.bucket_of(q, now));
+            if now_n >= shard.next_sweep {
+                let nows: Vec<u64> = quotas.iter().map(|q| self.bucket_of(q, now)).collect();
+                shard.ledgers.retain(|_, ls| {
+                    ls.iter_mut().zip(&nows).for_each(|(l, &n)| l.prune(n));
+                    ls.iter().any(|l| l.sum > 0)
+                });
+                if shard.ledgers.len() >= self.per_shard {
+                    shard.next_sweep = now_n + 1;
+                }
+            }
+            if shard.ledgers.len() >= self.per_shard {
+                drop(shard);
+                let mut ledgers = lock(&self.overflow);
+                let n = quotas.len().max(ledgers.len());
+                ledgers.resize_with(n, Ledger::default);
+                return f(&mut ledgers, Place::Overflow);
+            }
+        }
+        let ledgers = shard.ledgers.entry(identity.clone()).or_default();
+        let n = quotas.len().max(ledgers.len());
+        ledgers.resize_with(n, Ledger::default);
+        f(ledgers, Place::Shard(i))
+    }
+
+    /// Identities with ledgers of their own now.
+    pub fn tracked(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).ledgers.len()).sum()
     }
 
     fn bucket_of(&self, q: &TokenQuota, at: Instant) -> u64 {
@@ -219,13 +315,20 @@ impl TokenLimiter {
         estimate: u64,
     ) -> Result<(Reservation, TokenDecision), TokenDecision> {
         let now = Instant::now();
-        let mut g = lock(&self.inner);
-        if !g.ledgers.contains_key(identity) && g.ledgers.len() >= self.max_tracked {
-            g.ledgers
-                .retain(|_, ls| ls.iter().any(|l| l.sum > 0 && !l.buckets.is_empty()));
-        }
-        let ledgers = g.ledgers.entry(identity.clone()).or_default();
-        ledgers.resize_with(quotas.len(), Ledger::default);
+        self.with_ledgers(identity, quotas, now, |ledgers, place| {
+            self.reserve_in(ledgers, place, identity, quotas, estimate, now)
+        })
+    }
+
+    fn reserve_in(
+        self: &Arc<Self>,
+        ledgers: &mut [Ledger],
+        place: Place,
+        identity: &Arc<str>,
+        quotas: &[TokenQuota],
+        estimate: u64,
+        now: Instant,
+    ) -> Result<(Reservation, TokenDecision), TokenDecision> {
         let mut tightest: Option<TokenDecision> = None;
         for (q, l) in quotas.iter().zip(ledgers.iter_mut()) {
             let now_n = self.bucket_of(q, now);
@@ -279,6 +382,7 @@ impl TokenLimiter {
             Reservation(Held::Memory {
                 limiter: self.clone(),
                 identity: identity.clone(),
+                place,
                 held,
             }),
             decision,
@@ -329,10 +433,38 @@ mod tests {
             let (r, _) = tl.reserve(&k, &quotas, 10).unwrap();
             r.settle(7);
         }
-        let g = lock(&tl.inner);
+        let g = lock(&tl.shards[tl.shard_of(&k)]);
         let ls = &g.ledgers[&k];
         assert!(ls.iter().all(|l| l.buckets.len() <= 61));
         assert!(ls.iter().all(|l| l.sum == 1_400_000));
+    }
+
+    /// With auth off and per-address quotas, a flood of fresh addresses (the sweep saw RSS
+    /// grow without bound past max_tracked_clients, each new address scanning the table under
+    /// one lock): the table stays within its bound, the addresses that did not fit share one
+    /// overflow ledger under the same quota, and a tracked address keeps its own count.
+    #[test]
+    fn a_flood_of_identities_stays_bounded_and_is_still_metered() {
+        let tl = Arc::new(TokenLimiter::new(160));
+        let q = [minute(1_000)];
+        let first: Arc<str> = Arc::from("10.0.0.1");
+        let (r, _) = tl.reserve(&first, &q, 100).unwrap();
+        r.settle(100);
+        let mut refused = 0;
+        for i in 0..20_000u32 {
+            let ip: Arc<str> = Arc::from(format!("198.51.{}.{}", i / 256, i % 256));
+            match tl.reserve(&ip, &q, 50) {
+                Ok((r, _)) => r.settle(50),
+                Err(_) => refused += 1,
+            }
+        }
+        assert!(tl.tracked() <= 160, "{} tracked", tl.tracked());
+        // The overflow ledger filled up under the quota: the flood was metered, not forgotten.
+        assert!(refused > 0);
+        assert!(lock(&tl.overflow).iter().all(|l| l.sum <= 1_000));
+        // The first address kept its own count.
+        let (_r, d) = tl.reserve(&first, &q, 0).unwrap();
+        assert_eq!(d.remaining, 900);
     }
 
     #[test]
