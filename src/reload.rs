@@ -49,6 +49,12 @@ const DEBOUNCE: Duration = Duration::from_millis(20);
 /// script writing the file in several steps is not caught halfway.
 pub const SETTLE: Duration = Duration::from_millis(100);
 
+/// A file that would take a field of the running policy away (or cut a value short) must stay
+/// unchanged this long before the watcher applies it: a save in place in two writes with a
+/// pause between them (seen: 1.5 s) would otherwise apply its first part, whose missing
+/// sections fall back to looser defaults. SIGHUP applies it at once.
+pub const REMOVAL_QUIET: Duration = Duration::from_secs(5);
+
 /// A file still changing after this many settle rounds (5 s) is not applied this time; the
 /// next event or SIGHUP tries again.
 const MAX_SETTLE_ROUNDS: u32 = 50;
@@ -160,6 +166,7 @@ impl Reload {
             settled_read(path)
         };
         let mut read_sha = None;
+        let mut read_bytes = Vec::new();
         let result = read.and_then(|(bytes, identity)| {
             self.last_read = Some(identity);
             let sha = sha256_hex(&bytes);
@@ -167,8 +174,28 @@ impl Reload {
             if sha == current.sha256 {
                 return Ok(None);
             }
-            Policy::from_bytes(&bytes, path).map(Some)
+            let policy = Policy::from_bytes(&bytes, path).map(Some);
+            read_bytes = bytes;
+            policy
         });
+        if matches!(trigger, Trigger::File | Trigger::Rearmed)
+            && let Ok(Some(new)) = &result
+            && let Some(field) = current.shape.loses_from(&new.shape)
+        {
+            tracing::info!(
+                field = %field,
+                quiet_s = REMOVAL_QUIET.as_secs(),
+                "The policy file takes a field away or cuts a value short (is it still being \
+                 written?): it applies once it has stayed unchanged for the quiet time, or at SIGHUP."
+            );
+            std::thread::sleep(REMOVAL_QUIET);
+            let again = source::read(path).map(|(b, _)| b).unwrap_or_default();
+            if again != read_bytes {
+                // It was still being written: the change's own event reads it again.
+                lock(state).in_progress_since = None;
+                return Outcome::Unchanged;
+            }
+        }
         let outcome = apply(state, &current, result, trigger, read_sha);
         lock(state).in_progress_since = None;
         outcome
@@ -527,4 +554,72 @@ fn wanted(path: &Path) -> (Vec<PathBuf>, Vec<OsString>) {
         }
     }
     (dirs, names)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::policy::Policy;
+
+    /// Whether a text cut at its end is inside a comment: the document is then the one cut
+    /// where the comment begins, already tried.
+    fn ends_in_comment(text: &str) -> bool {
+        let line = text.rsplit('\n').next().unwrap_or("");
+        let mut quote = None;
+        let mut prev = ' ';
+        for c in line.chars() {
+            match (quote, c) {
+                (None, '"' | '\'') => quote = Some(c),
+                (Some(q), c) if c == q => quote = None,
+                (None, '#') if prev.is_whitespace() => return true,
+                _ => {}
+            }
+            prev = c;
+        }
+        false
+    }
+
+    /// Every byte-prefix of the shipped policy, as a save in place caught halfway would leave
+    /// it (issue 19: cut before `models:` it served every model; before `limits:` every limit
+    /// went back to its default). A prefix is either refused, or means what the whole file
+    /// means, or is held back by the quiet time because it takes something away.
+    #[test]
+    fn no_prefix_of_the_shipped_policy_loosens_it_at_once() {
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("policy/policy.yaml"),
+        )
+        .unwrap_or_default();
+        let full = Policy::from_bytes(text.as_bytes(), Path::new("p")).ok();
+        let Some(full) = full else {
+            panic!("the shipped policy loads")
+        };
+        let full_view = crate::policy::view::view(&full);
+        let (mut tried, mut valid, mut other) = (0, 0, 0);
+        for end in (1..text.len()).filter(|&i| text.is_char_boundary(i)) {
+            let prefix = &text[..end];
+            if ends_in_comment(prefix) {
+                continue;
+            }
+            tried += 1;
+            let Ok(p) = Policy::from_bytes(prefix.as_bytes(), Path::new("p")) else {
+                continue;
+            };
+            valid += 1;
+            if crate::policy::view::view(&p) == full_view {
+                continue;
+            }
+            other += 1;
+            assert!(
+                full.shape.loses_from(&p.shape).is_some(),
+                "a prefix of {end} bytes loads, means something else, and would apply at once:\n{}",
+                &prefix[prefix.len().saturating_sub(200)..]
+            );
+        }
+        // The walk is not empty: many prefixes load, and many of them mean something else.
+        assert!(
+            tried > 500 && valid > 10 && other > 10,
+            "{tried} tried, {valid} valid, {other} other"
+        );
+    }
 }

@@ -109,6 +109,53 @@ fn a_save_in_quick_steps_is_applied_once_whole() {
     assert_eq!(gw.chat(KEY, &hello("qwen3:32b")).status, 401);
 }
 
+/// A save in place in two writes with a pause over the settle time (issue 19: cut before
+/// `models:` the first part served every Ollama model; cut before `limits:` every limit went
+/// back to its default). The first part loads, but it takes fields away: it waits for the
+/// quiet time, and the rest arrives first. Every byte-prefix of the shipped policy is tried
+/// the same way in `reload.rs`'s unit test.
+#[test]
+fn a_save_in_place_with_a_pause_never_applies_its_first_part() {
+    let fake = Fake::start(&["--models", "qwen3:32b,secret-70b"]);
+    let policy = format!(
+        "{}limits: {{max_prompt_chars: 50}}\nmodels:\n  \"qwen3:32b\": \"qwen3:32b\"\n",
+        article_policy()
+    );
+    let gw = Gateway::start(&policy, &fake.url());
+    let full = Gateway::render(&policy, &fake.url(), gw.dir.path());
+    let secret = || gw.chat(KEY, &hello("secret-70b")).status;
+    let long = || {
+        gw.chat(KEY, &json!({"model": "qwen3:32b", "messages": [{"role": "user", "content": "x".repeat(100)}]}))
+            .status
+    };
+    assert_eq!((secret(), long()), (404, 400));
+    for cut in ["models:", "limits:"] {
+        let first = &full[..full.find(cut).unwrap()];
+        let skip = gw.log_len();
+        let mut f = std::fs::File::create(&gw.policy_path).unwrap();
+        f.write_all(first.as_bytes()).unwrap();
+        f.flush().unwrap();
+        gw.wait_log("takes a field away", skip);
+        // The writer's pause (the shape of the attack, not a wait for the gateway).
+        std::thread::sleep(Duration::from_millis(1500));
+        assert_eq!(secret(), 404, "cut before {cut}: every model served");
+        assert_eq!(
+            long(),
+            400,
+            "cut before {cut}: the limits fell back to defaults"
+        );
+        f.write_all(&full.as_bytes()[first.len()..]).unwrap();
+        drop(f);
+    }
+    std::thread::sleep(Duration::from_millis(5500)); // past the quiet time of the last cut
+    assert_eq!((secret(), long()), (404, 400));
+    assert!(
+        !gw.stderr_text().contains("Policy reloaded."),
+        "{}",
+        gw.stderr_text()
+    );
+}
+
 #[test]
 fn reading_the_policy_is_not_a_change() {
     let fake = Fake::start(&[]);

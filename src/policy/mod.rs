@@ -287,6 +287,9 @@ pub struct Policy {
     pub sha256: String,
     /// Things that load but deserve an operator's attention (plaintext keys, open ranges).
     pub warnings: Vec<String>,
+    /// What the file wrote, field by field: a reload that would take something of it away
+    /// waits for the file to stay unchanged (`reload.rs`).
+    pub shape: Arc<yaml::Shape>,
 }
 
 /// Where a prompt limit is set: `auth.keys[id].limits`, `models[name]` or `limits`.
@@ -467,7 +470,9 @@ impl Policy {
                 message: "unreadable".to_owned(),
             })
         })?;
-        validate::validate(file, sha256_hex(bytes))
+        let mut policy = validate::validate(file, sha256_hex(bytes))?;
+        policy.shape = Arc::new(yaml::Shape::of(text));
+        Ok(policy)
     }
 
     /// The dotted names of keys that changed between two policies and cannot be applied live.

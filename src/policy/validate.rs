@@ -201,6 +201,7 @@ pub fn validate(f: PolicyFile, sha256: String) -> Result<Policy, PolicyError> {
         report_only,
         sha256,
         warnings,
+        shape: Arc::default(),
     })
 }
 

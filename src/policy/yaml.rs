@@ -18,6 +18,75 @@ use super::{PolicyError, PolicyFile};
 /// Deepest nesting of flow collections accepted. The shipped policy uses two.
 pub const MAX_FLOW_DEPTH: usize = 32;
 
+/// Every field a policy text writes, by its dotted path (list items by index), with the
+/// text of its scalar value ("" for a mapping or a list).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Shape(std::collections::BTreeMap<String, String>);
+
+impl Shape {
+    /// The shape of a text that parses (an empty shape otherwise).
+    pub fn of(text: &str) -> Shape {
+        let mut out = std::collections::BTreeMap::new();
+        if let Ok(v) = serde_yaml::from_str::<Value>(text) {
+            flatten(&v, &mut String::new(), &mut out);
+        }
+        Shape(out)
+    }
+
+    /// Whether `next` takes something of this shape away: a field this one has and `next`
+    /// lacks, or a value `next` has cut short (`10.0.0.0/1` where this has `10.0.0.0/16`,
+    /// `6` where it has `60`). What a file saved in place looks like halfway through, whose
+    /// missing part would fall back to a default, often looser than what was written.
+    pub fn loses_from(&self, next: &Shape) -> Option<String> {
+        self.0
+            .iter()
+            .find_map(|(path, value)| match next.0.get(path) {
+                None => Some(path.clone()),
+                Some(v) if v != value && !v.is_empty() && value.starts_with(v.as_str()) => {
+                    Some(path.clone())
+                }
+                Some(_) => None,
+            })
+    }
+}
+
+fn flatten(v: &Value, path: &mut String, out: &mut std::collections::BTreeMap<String, String>) {
+    let scalar = match v {
+        Value::Mapping(m) => {
+            out.insert(path.clone(), String::new());
+            for (k, child) in m {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                match k {
+                    Value::String(s) => path.push_str(s),
+                    other => path.push_str(&serde_yaml::to_string(other).unwrap_or_default()),
+                }
+                flatten(child, path, out);
+                path.truncate(len);
+            }
+            return;
+        }
+        Value::Sequence(items) => {
+            out.insert(path.clone(), String::new());
+            for (i, child) in items.iter().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                flatten(child, path, out);
+                path.truncate(len);
+            }
+            return;
+        }
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Null => String::new(),
+        Value::Tagged(t) => serde_yaml::to_string(&t.value).unwrap_or_default(),
+    };
+    out.insert(path.clone(), scalar);
+}
+
 /// Why a text is not a policy: every problem found, and, when only some sections failed to
 /// read, the others, so that their values can be checked too (a `-5` where a count goes must
 /// not hide a bad CIDR in another section until the next run).
