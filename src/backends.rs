@@ -22,6 +22,8 @@ pub struct BackendState {
     /// `{url}/api/chat`, parsed once: every chat request goes there.
     pub chat_uri: Option<Uri>,
     pub breaker: Breaker,
+    /// Each key's own run of failures here.
+    pub key_budgets: crate::breaker::KeyBudgets,
     in_flight: AtomicUsize,
     /// Model names from the last successful `/api/tags` (with `:latest` also stored bare);
     /// `None` until the first answer.
@@ -40,6 +42,7 @@ impl BackendState {
             url: url.to_owned(),
             chat_uri: Uri::try_from(format!("{url}/api/chat")).ok(),
             breaker: Breaker::default(),
+            key_budgets: crate::breaker::KeyBudgets::default(),
             in_flight: AtomicUsize::new(0),
             models: ArcSwapOption::empty(),
             up: AtomicBool::new(true),

@@ -160,12 +160,57 @@ fn stalled_stream_ends_after_the_idle_timeout() {
     assert_sse_error_without_done(&r, "upstream_timeout", &fake.addr.to_string());
 }
 
+fn two_keys() -> String {
+    policy("").replace(
+        r#"keys: [{id: ops, key: "ops-key-123456"}]"#,
+        r#"keys: [{id: ops, key: "ops-key-123456"}, {id: other, key: "other-key-12345"}]"#,
+    )
+}
+
+fn ask_as(gw: &Gateway, key: &str, model: &str) -> Response {
+    gw.chat(
+        key,
+        &json!({"model": model, "stream": false, "messages": [{"role":"user","content":"hi"}]}),
+    )
+}
+
+/// One key's requests that make Ollama answer 5xx (issue 19: they opened the breaker for
+/// everyone) use up that key's own failure budget: it is refused for the cool-down without
+/// reaching Ollama, while other keys are served and the breaker stays closed.
+#[test]
+fn one_keys_failures_are_its_own() {
+    let fake = Fake::start(&[]);
+    let gw = Gateway::start(&two_keys(), &fake.url());
+    for _ in 0..3 {
+        assert_eq!(ask_as(&gw, "ops-key-123456", "test/error500").status, 502);
+    }
+    let before = fake.chat_requests();
+    let r = ask_as(&gw, "ops-key-123456", "qwen3:32b");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(
+        fake.chat_requests(),
+        before,
+        "a refused key does not reach Ollama"
+    );
+    assert_eq!(ask_as(&gw, "other-key-12345", "qwen3:32b").status, 200);
+    assert_eq!(
+        request(gw.addr, "GET", "/readyz", &[], None).json()["breaker"],
+        "closed"
+    );
+    // After the cool-down, the key is served again.
+    wait_for(Duration::from_secs(5), "the key's cool-down", || {
+        (ask_as(&gw, "ops-key-123456", "qwen3:32b").status == 200).then_some(())
+    });
+}
+
 #[test]
 fn breaker_opens_fails_fast_and_closes() {
     let fake = Fake::start(&[]);
-    let gw = Gateway::start(&policy(""), &fake.url());
-    for _ in 0..3 {
-        assert_eq!(ask(&gw, "test/error500", false).status, 502);
+    let gw = Gateway::start(&two_keys(), &fake.url());
+    // Failures from more than one key: the backend is unwell, not one key's requests.
+    for key in ["ops-key-123456", "other-key-12345", "ops-key-123456"] {
+        assert_eq!(ask_as(&gw, key, "test/error500").status, 502);
     }
     let before = fake.chat_requests();
     let t = Instant::now();

@@ -217,6 +217,16 @@ impl Upstream {
             state.metrics.upstream_error("breaker_open");
             return Err(GatewayError::UpstreamUnavailable { retry_after });
         }
+        // The key whose request this is: its own failure budget here.
+        let key = call.queue.as_ref().map(|q| {
+            use std::hash::{BuildHasher as _, BuildHasherDefault};
+            BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+                .hash_one(&*q.owner.key)
+        });
+        if let Some(retry_after) = key.and_then(|k| backend.key_budgets.refused(k)) {
+            state.metrics.upstream_error("key_failure_budget");
+            return Err(GatewayError::UpstreamUnavailable { retry_after });
+        }
         let started = Instant::now();
         let uri = match &backend.chat_uri {
             Some(uri) if path == "/api/chat" => uri.clone(),
@@ -284,6 +294,9 @@ impl Upstream {
         let status = resp.status();
         if status == StatusCode::OK {
             breaker.on_success();
+            if let Some(k) = key {
+                backend.key_budgets.succeeded(k);
+            }
             return Ok(resp);
         }
         // Read a little of the error body for the log, never for the client, within the
@@ -327,10 +340,30 @@ impl Upstream {
                     .min(MAX_RETRY_AFTER);
                 Err(GatewayError::UpstreamBusy { retry_after })
             }
-            s if s.is_server_error() => {
-                fail("status_5xx");
-                Err(GatewayError::UpstreamFailed)
-            }
+            s if s.is_server_error() => match key {
+                // Ollama answered: the failure may be this key's request's doing. It counts
+                // against the key's own budget, and against the breaker only with others'.
+                Some(k) => {
+                    state.metrics.upstream_error("status_5xx");
+                    backend
+                        .key_budgets
+                        .failed(k, bp.failure_threshold, bp.cooldown);
+                    if breaker.on_answered_failure(bp.failure_threshold, bp.cooldown, k) {
+                        tracing::error!(
+                            request_id,
+                            backend = base,
+                            cooldown_s = bp.cooldown.as_secs_f64(),
+                            "Circuit breaker opened: this Ollama failed {} times in a row, for more than one key.",
+                            bp.failure_threshold
+                        );
+                    }
+                    Err(GatewayError::UpstreamFailed)
+                }
+                None => {
+                    fail("status_5xx");
+                    Err(GatewayError::UpstreamFailed)
+                }
+            },
             StatusCode::BAD_REQUEST => {
                 breaker.on_success();
                 state.metrics.upstream_error("status_400");
