@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs every check and test, exactly as CI does: format, clippy (warnings are errors), unit and
 # integration tests (real binaries, real sockets, real Nginx). Installs what the tests need
-# when it is missing: Debian's nginx, redis-server, golang-go, openssl, nftables, curl, wrk, systemd's
+# when it is missing: Debian's nginx, redis-server, golang-go, valgrind, openssl, nftables, curl, wrk, systemd's
 # analyzer and promtool, cargo-deb, plus a Python venv with the official OpenAI, Ollama and Anthropic clients for the
 # end-to-end client checks.
-# Ends with a seconds-long smoke run of the benchmark.
+# Ends with the instruction-count budget (callgrind, scripts/instructions.sh) and a
+# seconds-long smoke run of the benchmark.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +25,8 @@ command -v go >/dev/null 2>&1 || missing+=(golang-go)
 # promtool checks the shipped alerting rules (Debian ships it in the prometheus package; the
 # policy-rc.d below keeps that server from starting).
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+# callgrind counts the instructions each route costs, against a committed budget.
+command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing system packages: ${missing[*]}"
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
@@ -63,6 +66,9 @@ cargo build --locked --workspace --bins
 
 say "cargo test"
 cargo test --locked --workspace --all-targets
+
+say "instructions per request against the committed budget (callgrind; fails over +5%)"
+bash scripts/instructions.sh
 
 say "benchmark smoke (keeps scripts/bench.sh working; its numbers mean nothing)"
 BENCH_OUT="$PWD/target/bench-smoke" bash scripts/bench.sh --smoke
