@@ -13,8 +13,8 @@ use actix_web::http::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue}
 
 use crate::auth::{Principal, authenticate};
 use crate::errors::GatewayError;
-use crate::policy::{ApiKey, Guard, Policy};
-use crate::routes::{Access, table};
+use crate::policy::{ApiKey, Guard, ModelVerdict, Policy};
+use crate::routes::{Access, BodyGuards, table};
 
 /// The request to explain, as Nginx would hand it to the gateway.
 #[derive(Debug, Clone, Default)]
@@ -283,11 +283,10 @@ fn walk(w: &mut Walk<'_>, req: &Described) -> Result<(), GatewayError> {
             return Err(GatewayError::AdminOnly);
         }
     }
-    if route.access == Access::Listing {
+    // 5. The body guards the route table gives this route.
+    if route.body == BodyGuards::None {
         return Ok(());
     }
-
-    // 5. The body: prompt limit, model access, clamps, token quota.
     let Some(model) = &req.model else {
         w.say(
             "model",
@@ -295,6 +294,21 @@ fn walk(w: &mut Walk<'_>, req: &Described) -> Result<(), GatewayError> {
         );
         return Ok(());
     };
+    if route.body == BodyGuards::ModelAccess {
+        return model_access(w, p, key, model);
+    }
+    if route.body == BodyGuards::ModelVisible {
+        if let ModelVerdict::NotAllowed { rule } = p.model_verdict(key, model) {
+            w.say(
+                "models",
+                format!("{rule}: not in this key's model list -> 404"),
+            );
+            return Err(GatewayError::ModelNotFound {
+                model: model.clone(),
+            });
+        }
+        return model_access(w, p, key, model);
+    }
     let (max, field) = p.prompt_limit_rule(key, Some(model));
     if req.prompt_chars > max {
         w.refuse(
@@ -308,35 +322,7 @@ fn walk(w: &mut Walk<'_>, req: &Described) -> Result<(), GatewayError> {
             format!("{} chars within {field} {max}", req.prompt_chars),
         );
     }
-    if let Some(k) = key
-        && let Some(allowed) = &k.models
-        && !allowed.contains(model)
-    {
-        w.refuse(
-            Guard::Models,
-            format!("auth.keys[{}].models does not list {model}", k.id),
-            GatewayError::ModelNotAllowed {
-                model: model.clone(),
-            },
-        )?;
-    } else {
-        match p.models.to_upstream(model) {
-            Some(up) if up == model => w.say("models", format!("model {model} allowed")),
-            Some(up) => w.say(
-                "models",
-                format!("model {model} allowed, sent to Ollama as {up}"),
-            ),
-            None => {
-                w.say(
-                    "models",
-                    format!("{model} is not a public name under `models` -> 404"),
-                );
-                return Err(GatewayError::ModelNotFound {
-                    model: model.clone(),
-                });
-            }
-        }
-    }
+    model_access(w, p, key, model)?;
     let clamps = p.clamps(key, model);
     let mut noted = crate::clamp::Clamped::default();
     let mut output = req.max_tokens.and_then(|n| u64::try_from(n).ok());
@@ -360,8 +346,9 @@ fn walk(w: &mut Walk<'_>, req: &Described) -> Result<(), GatewayError> {
     if quotas.is_empty() {
         w.say("token_limit", "off".to_owned());
     } else {
-        // As the chat route reserves: prompt characters / 3, plus the output limit sent on.
-        let estimate = (req.prompt_chars as u64).div_ceil(3) + output.unwrap_or(0);
+        // As the model routes reserve: the prompt's estimate, plus the output limit sent on.
+        let estimate = crate::ratelimit::tokens::prompt_tokens_estimate(req.prompt_chars)
+            + output.unwrap_or(0);
         let list: Vec<String> = quotas
             .iter()
             .map(|q| format!("{}/{}s", q.limit, q.window.as_secs()))
@@ -386,6 +373,43 @@ fn walk(w: &mut Walk<'_>, req: &Described) -> Result<(), GatewayError> {
                 list.join(", ")
             ),
         );
+    }
+    Ok(())
+}
+
+/// The key's access to the model, as the server decides it ([`Policy::model_verdict`]).
+fn model_access(
+    w: &mut Walk<'_>,
+    p: &Policy,
+    key: Option<&ApiKey>,
+    model: &str,
+) -> Result<(), GatewayError> {
+    if let ModelVerdict::NotAllowed { rule } = p.model_verdict(key, model) {
+        w.refuse(
+            Guard::Models,
+            rule,
+            GatewayError::ModelNotAllowed {
+                model: model.to_owned(),
+            },
+        )?;
+    }
+    match p.model_verdict(None, model) {
+        ModelVerdict::Allowed { upstream } if upstream == model => {
+            w.say("models", format!("model {model} allowed"));
+        }
+        ModelVerdict::Allowed { upstream } => w.say(
+            "models",
+            format!("model {model} allowed, sent to Ollama as {upstream}"),
+        ),
+        _ => {
+            w.say(
+                "models",
+                format!("{model} is not a public name under `models` -> 404"),
+            );
+            return Err(GatewayError::ModelNotFound {
+                model: model.to_owned(),
+            });
+        }
     }
     Ok(())
 }

@@ -37,10 +37,26 @@ pub enum Access {
     Admin,
 }
 
+/// Which guards a route's request runs after admission: what `explain` walks for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyGuards {
+    /// None: lists, health, model management.
+    None,
+    /// The key's model access only, for the model the request names (details of a model, a
+    /// token count): 403/404 like a model route, no GPU spent.
+    ModelAccess,
+    /// One entry of the model list: a model the key may not use is not in its list, so it is
+    /// not found (404), like one the gateway does not serve.
+    ModelVisible,
+    /// Work for the model: prompt limit, model access, clamps, token quota.
+    Model,
+}
+
 pub struct RouteDef {
     pub method: Method,
     pub path: &'static str,
     pub access: Access,
+    pub body: BodyGuards,
     /// Builds the actix route (method and handler).
     pub route: fn() -> Route,
 }
@@ -50,7 +66,19 @@ fn def(method: Method, path: &'static str, access: Access, route: fn() -> Route)
         method,
         path,
         access,
+        body: if access == Access::Key {
+            BodyGuards::Model
+        } else {
+            BodyGuards::None
+        },
         route,
+    }
+}
+
+impl RouteDef {
+    fn guards(mut self, body: BodyGuards) -> RouteDef {
+        self.body = body;
+        self
     }
 }
 
@@ -82,7 +110,8 @@ pub fn table() -> Vec<RouteDef> {
         }),
         def(Method::GET, "/v1/models/{model}", Listing, || {
             web::get().to(proxy::model)
-        }),
+        })
+        .guards(BodyGuards::ModelVisible),
         def(Method::POST, "/v1/embeddings", Key, || {
             forward::route(&forward::V1_EMBEDDINGS)
         }),
@@ -99,7 +128,8 @@ pub fn table() -> Vec<RouteDef> {
         // Claude Code's context management: an estimate, no GPU (the listing class's limit).
         def(Method::POST, "/v1/messages/count_tokens", Listing, || {
             web::post().to(count_tokens::count_tokens)
-        }),
+        })
+        .guards(BodyGuards::ModelAccess),
         // Ollama's native API.
         def(Method::GET, "/api/version", Listing, || {
             web::get().to(native::version)
@@ -118,7 +148,8 @@ pub fn table() -> Vec<RouteDef> {
         }),
         def(Method::POST, "/api/show", Listing, || {
             web::post().to(native::show)
-        }),
+        })
+        .guards(BodyGuards::ModelAccess),
         def(Method::POST, "/api/chat", Key, || {
             forward::route(&forward::API_CHAT)
         }),

@@ -19,7 +19,7 @@ use crate::admission::Admitted;
 use crate::auth::Principal;
 use crate::context::{RequestCtx, request_ctx};
 use crate::errors::GatewayError;
-use crate::policy::{Guard, Policy};
+use crate::policy::{Guard, ModelVerdict, Policy};
 use crate::state::AppState;
 
 /// One Ollama model as a backend lists it (`/api/tags` or `/api/ps` entry), kept whole so
@@ -229,25 +229,23 @@ pub fn model_access(
     ctx: &RequestCtx,
     principal: Option<&Principal>,
 ) -> Result<String, GatewayError> {
-    if let Some(p) = principal
-        && let Some(allowed) = p.models()
-        && !allowed.contains(public)
-    {
+    let key = principal.map(|p| &*p.key);
+    if let ModelVerdict::NotAllowed { rule } = ctx.policy.model_verdict(key, public) {
+        // Report-only: served as if allowed, below.
         ctx.refuse(
             Guard::Models,
-            || format!("auth.keys[{}].models does not list {public}", p.key_id()),
+            || rule,
             GatewayError::ModelNotAllowed {
                 model: public.to_owned(),
             },
         )?;
     }
-    ctx.policy
-        .models
-        .to_upstream(public)
-        .map(str::to_owned)
-        .ok_or_else(|| GatewayError::ModelNotFound {
+    match ctx.policy.model_verdict(None, public) {
+        ModelVerdict::Allowed { upstream } => Ok(upstream.to_owned()),
+        _ => Err(GatewayError::ModelNotFound {
             model: public.to_owned(),
-        })
+        }),
+    }
 }
 
 /// `POST /api/show`: a model's details, for a model the key may use, under its public name and
