@@ -34,14 +34,7 @@ pub const FLUSH_BYTES: usize = 32 * 1024;
 /// ...or this long after its first line, whichever comes first.
 pub const FLUSH_AFTER: Duration = Duration::from_millis(50);
 
-/// A client-supplied string as the audit line keeps it: at most `max` characters, so a client
-/// cannot grow the audit log by megabytes per request.
-pub fn clip(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        None => s.to_owned(),
-        Some((cut, _)) => s[..cut].to_owned(),
-    }
-}
+pub use crate::json_out::clip;
 
 /// What the line says. Filled in over the life of the request.
 #[derive(Debug, Default)]

@@ -15,8 +15,8 @@ use actix_web::http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
-use crate::ratelimit::Decision;
-use crate::ratelimit::tokens::TokenDecision;
+use crate::quota::{Decision, TokenDecision};
+pub use crate::quota::{HeaderPair, ceil_secs};
 
 /// Everything that can go wrong for a client, without the internal cause.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -295,7 +295,7 @@ impl GatewayError {
                 "the request body did not arrive in time".to_owned()
             }
             GatewayError::RouteNotFound { method, path } => {
-                format!("Invalid URL ({method} {})", crate::audit::clip(path, 256))
+                format!("Invalid URL ({method} {})", crate::json_out::clip(path, 256))
             }
             GatewayError::AdminOnly => {
                 "model management (pull, push, create, copy, delete) needs an admin api key"
@@ -394,12 +394,6 @@ impl GatewayError {
                 .to_owned()
         })
     }
-}
-
-/// Whole seconds, rounded up and at least 1, for `Retry-After` (RFC 9110 delay-seconds).
-pub fn ceil_secs(d: Duration) -> u64 {
-    let whole = d.as_secs() + u64::from(d.subsec_nanos() > 0);
-    whole.max(1)
 }
 
 impl ResponseError for GatewayError {
@@ -544,9 +538,6 @@ impl GatewayError {
         }
     }
 }
-
-/// Header pairs helper used by the rate limiter and the error mapping.
-pub type HeaderPair = (HeaderName, HeaderValue);
 
 #[cfg(test)]
 mod tests {

@@ -104,6 +104,15 @@ fn escape_into(out: &mut impl BufMut, bytes: &[u8]) {
     out.put_slice(&bytes[run..]);
 }
 
+/// A client-supplied string as a log or an answer keeps it: at most `max` characters, so a client
+/// cannot grow the audit log by megabytes per request.
+pub fn clip(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        None => s.to_owned(),
+        Some((cut, _)) => s[..cut].to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

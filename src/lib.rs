@@ -27,6 +27,7 @@ pub mod ops;
 pub mod policy;
 pub mod proxy;
 pub mod queue;
+pub mod quota;
 pub mod ratelimit;
 pub mod reload;
 pub mod rfc3339;

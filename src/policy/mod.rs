@@ -7,15 +7,18 @@
 
 mod error;
 mod file;
+mod load;
 pub mod source;
 mod validate;
+#[cfg(test)]
+pub use load::with_guards_off;
 pub mod view;
 mod yaml;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,13 +29,7 @@ pub use error::PolicyError;
 pub use file::PolicyFile;
 
 use crate::client_ip::IpSet;
-
-/// "N requests per window". Used for the default limit, per-key limits and auth failures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Quota {
-    pub max_requests: u32,
-    pub window: Duration,
-}
+pub use crate::quota::{Quota, RedisLimits};
 
 /// One accepted API key. Only the SHA-256 digest is kept in memory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,7 +51,7 @@ pub struct ApiKey {
     /// Share of the GPU relative to other keys in the fair queue.
     pub weight: u32,
     /// This key's token quotas, instead of the policy's `token_limit`.
-    pub token_limit: Option<Vec<crate::ratelimit::tokens::TokenQuota>>,
+    pub token_limit: Option<Vec<crate::quota::TokenQuota>>,
     /// From then on the key is refused as expired.
     pub expires_at: Option<std::time::SystemTime>,
     /// Before then the key is refused as not yet valid (a rotation's new key, staged).
@@ -163,15 +160,6 @@ pub enum LimitBackend {
     Redis(RedisLimits),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RedisLimits {
-    pub url: String,
-    pub timeout: Duration,
-    /// Admit requests when Redis cannot be asked (true), or refuse them with 503 (false).
-    pub fail_open: bool,
-    pub key_prefix: String,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UpstreamPolicy {
     /// Connect and liveness-probe budget; also how long to wait for headers before probing.
@@ -267,7 +255,7 @@ pub struct Policy {
     pub log_level: String,
     pub rate_limit: Option<Quota>,
     /// Each key's token quotas (per minute, per day); empty: none.
-    pub token_limit: Vec<crate::ratelimit::tokens::TokenQuota>,
+    pub token_limit: Vec<crate::quota::TokenQuota>,
     pub limit_backend: LimitBackend,
     pub max_tracked_clients: u64,
     pub auth: Option<AuthPolicy>,
@@ -421,15 +409,6 @@ impl Policy {
         }
     }
 
-    /// Whether a key of this policy is the public demo key (README, `scripts/demo.sh`):
-    /// `check --deny-demo-key`, which the systemd unit runs, then fails.
-    pub fn uses_demo_key(&self) -> bool {
-        let demo = digest(validate::DEMO_KEY.as_bytes());
-        self.auth
-            .as_ref()
-            .is_some_and(|a| a.keys.iter().any(|k| k.digest == demo))
-    }
-
     /// Whether `guard` only reports (`report_only:`) instead of refusing.
     pub fn reports(&self, guard: Guard) -> bool {
         self.report_only.contains(&guard)
@@ -447,64 +426,6 @@ impl Policy {
             admin: key.is_some_and(|k| k.admin),
             allowed_options: self.limits.allowed_options,
         }
-    }
-
-    /// Reads, parses and validates a policy file. The one entry point for startup, `check`
-    /// and hot reload.
-    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-        Self::load_with_identity(path).map(|(p, _)| p)
-    }
-
-    /// [`Policy::load`], with the identity of the file version it read (the reload thread's
-    /// starting point: a later event for the same version is not a change).
-    pub fn load_with_identity(path: &Path) -> Result<(Policy, source::FileIdentity), PolicyError> {
-        let (bytes, identity) = source::read(path)?;
-        Ok((Self::from_bytes(&bytes, path)?, identity))
-    }
-
-    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Policy, PolicyError> {
-        let parse_err = |message: String| PolicyError::Parse {
-            path: path.to_owned(),
-            message,
-        };
-        let text = std::str::from_utf8(bytes).map_err(|_| parse_err("not UTF-8 text".into()))?;
-        if text.trim().is_empty() {
-            return Err(parse_err("the file is empty".into()));
-        }
-        let file = yaml::parse(text).map_err(|failure| {
-            let mut errors: Vec<PolicyError> = failure
-                .errors
-                .into_iter()
-                .map(|e| e.into_policy_error(path))
-                .collect();
-            // The values of the sections that did read are checked too, leaving out what
-            // only follows from the sections that did not (their absence, their fields).
-            if let Some(partial) = failure.partial
-                && let Err(e) = validate::validate(*partial, sha256_hex(bytes))
-            {
-                let of_failed = |e: &PolicyError| {
-                    failure.failed.iter().any(|s| match e {
-                        PolicyError::Invalid { key, .. } => {
-                            key == s
-                                || key.starts_with(&format!("{s}."))
-                                || key.starts_with(&format!("{s}["))
-                        }
-                        PolicyError::MissingSection { section, .. } => {
-                            section == s || section.starts_with(&format!("{s}."))
-                        }
-                        _ => false,
-                    })
-                };
-                errors.extend(e.into_each().into_iter().filter(|e| !of_failed(e)));
-            }
-            PolicyError::from_many(errors).unwrap_or(PolicyError::Parse {
-                path: path.to_owned(),
-                message: "unreadable".to_owned(),
-            })
-        })?;
-        let mut policy = validate::validate(file, sha256_hex(bytes))?;
-        policy.shape = Arc::new(yaml::Shape::of(text));
-        Ok(policy)
     }
 
     /// The dotted names of keys that changed between two policies and cannot be applied live.
@@ -641,20 +562,6 @@ fn describe_quota(q: Option<Quota>) -> String {
         None => "off".to_owned(),
         Some(q) => format!("{} per {}s", q.max_requests, q.window.as_secs()),
     }
-}
-
-/// Unit-test helper: `yaml` plus an explicit `enabled: false` for each guard section it does
-/// not write itself (every policy must have all three).
-#[cfg(test)]
-pub fn with_guards_off(yaml: &str) -> String {
-    let mut out = yaml.to_owned();
-    for section in validate::GUARD_SECTIONS {
-        let written = yaml.lines().any(|l| l.starts_with(&format!("{section}:")));
-        if !written {
-            out.push_str(&format!("\n{section}: {{enabled: false}}\n"));
-        }
-    }
-    out
 }
 
 /// The policy's identity in logs, metrics and `/readyz`: SHA-256 of the file's bytes, hex.

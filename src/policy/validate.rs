@@ -18,7 +18,7 @@ use super::{
 };
 use crate::client_ip::{IpSet, parse_net};
 use crate::ollama_options::OptionSet;
-use crate::ratelimit::tokens::TokenQuota;
+use crate::quota::TokenQuota;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:18789";
 pub const DEFAULT_OLLAMA: &str = "http://127.0.0.1:11434";

@@ -16,6 +16,7 @@ use super::openai::{
     ChatRequest, Content, Delta, OutFunction, OutMessage, OutToolCall, Part, Stop, Usage,
 };
 use super::prompt::text_chars;
+use super::stream::{LineOutcome, Lines};
 use crate::errors::GatewayError;
 use crate::json_out::{int, json_opt_str, json_str};
 
@@ -380,19 +381,6 @@ fn usage_into(out: &mut impl BufMut, u: &Usage) {
     out.put_u8(b'}');
 }
 
-/// What one NDJSON line meant for the stream.
-#[derive(Debug, PartialEq, Eq)]
-pub enum LineOutcome {
-    /// More to come.
-    Continue,
-    /// The final line: the stream is complete (finish chunk, usage and `[DONE]` written).
-    Done(Usage),
-    /// Ollama reported an error mid-stream; the caller ends the stream with an error event.
-    Failed,
-    /// The line is not an Ollama chat chunk: the stream cannot be trusted further.
-    Invalid,
-}
-
 /// Turns Ollama NDJSON lines into OpenAI SSE events, one event per line, at once.
 pub struct SseTranslator {
     /// `{"id":..,"object":"chat.completion.chunk","created":..,"model":..,"choices":[`: the
@@ -536,7 +524,7 @@ impl SseTranslator {
 }
 
 /// An SSE event carrying an OpenAI error envelope, for failures after the 200 went out.
-impl super::stream::Lines for SseTranslator {
+impl Lines for SseTranslator {
     fn on_line(&mut self, line: &[u8], out: &mut BytesMut) -> LineOutcome {
         SseTranslator::on_line(self, line, out)
     }

@@ -11,10 +11,11 @@
 use actix_web::http::header::CONTENT_TYPE;
 use actix_web::{HttpRequest, HttpResponse, web};
 
+use super::headers::with_rate_headers;
 use super::native::{model_access, requested_model};
 use super::prompt::prompt_messages;
 use super::prompt::prompt_tokens_estimate;
-use super::{parse_object, read_body, with_rate_headers};
+use super::request::{parse_object, read_body};
 use crate::admission::Admitted;
 use crate::context::request_ctx;
 use crate::errors::GatewayError;

@@ -14,16 +14,18 @@ use actix_web::{HttpMessage as _, HttpRequest, HttpResponse, web};
 use bytes::{BufMut, BytesMut};
 use serde_json::Value;
 
-use super::convert::LineOutcome;
+use super::headers::{with_clamped_header, with_rate_headers, with_token_headers};
 use super::native::{model_access, requested_model};
 use super::openai::Usage;
 use super::prompt::{
     Images, embed_inputs, prompt_completions, prompt_generate, prompt_input,
     prompt_legacy_embeddings, prompt_messages, prompt_native_chat, prompt_responses,
 };
+use super::request::{parse_object, read_body};
+use super::stream::LineOutcome;
 use super::stream::{self, Lines};
+use super::stream_parts;
 use super::upstream::{self, Call, Upstream};
-use super::{parse_object, read_body, stream_parts, with_clamped_header, with_rate_headers};
 use crate::admission::Admitted;
 use crate::clamp::Clamped;
 use crate::context::request_ctx;
@@ -631,7 +633,7 @@ pub async fn forward(
             .insert_header((CACHE_CONTROL, "no-cache"))
             .insert_header((HeaderName::from_static("x-accel-buffering"), "no"));
         with_rate_headers(&mut out, admitted.decision);
-        super::with_token_headers(&mut out, tokens);
+        with_token_headers(&mut out, tokens);
         with_clamped_header(&mut out, &clamped);
         return Ok(out.streaming(body));
     }
@@ -672,7 +674,7 @@ pub async fn forward(
     let mut out = HttpResponse::Ok();
     out.insert_header((CONTENT_TYPE, "application/json; charset=utf-8"));
     with_rate_headers(&mut out, admitted.decision);
-    super::with_token_headers(&mut out, tokens);
+    with_token_headers(&mut out, tokens);
     with_clamped_header(&mut out, &clamped);
     Ok(out.body(answer))
 }

@@ -13,8 +13,9 @@ use actix_web::http::header::CONTENT_TYPE;
 use actix_web::{HttpMessage as _, HttpRequest, HttpResponse, web};
 use serde_json::{Value, json};
 
+use super::headers::with_rate_headers;
+use super::request::{parse_json, read_body};
 use super::upstream::{self, Call, Upstream};
-use super::{parse_json, read_body, with_rate_headers};
 use crate::admission::Admitted;
 use crate::auth::Principal;
 use crate::context::{RequestCtx, request_ctx};

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 
-use super::convert::LineOutcome;
 use super::openai::Usage;
 use crate::audit::{AuditCell, CLIENT_CLOSED};
 use crate::backends::Lease;
@@ -49,6 +48,19 @@ pub const MAX_LINE: usize = 1024 * 1024;
 
 /// How long to wait for the end of Ollama's body after its `done` line.
 const DRAIN_LIMIT: Duration = Duration::from_millis(200);
+
+/// What one line from Ollama meant for the stream.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LineOutcome {
+    /// More to come.
+    Continue,
+    /// The final line: the stream is complete (finish chunk, usage and `[DONE]` written).
+    Done(Usage),
+    /// Ollama reported an error mid-stream; the caller ends the stream with an error event.
+    Failed,
+    /// The line is not an Ollama chat chunk: the stream cannot be trusted further.
+    Invalid,
+}
 
 /// What a relayed stream does with each complete line from Ollama: translate it (chat
 /// completions), or pass it on with public model names (the forwarded routes).

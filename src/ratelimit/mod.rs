@@ -26,72 +26,10 @@ use std::hash::BuildHasher as _;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use actix_web::http::header::{HeaderName, HeaderValue};
 use prometheus_client::metrics::counter::Counter;
 
-use crate::errors::{HeaderPair, ceil_secs};
-use crate::policy::Quota;
-
-/// The outcome of one check, with what the `x-ratelimit-*` headers report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Decision {
-    pub allowed: bool,
-    pub limit: u32,
-    pub remaining: u32,
-    /// Until the next request would be admitted (rejections) or until the window is empty.
-    pub reset: Duration,
-}
-
-impl Decision {
-    /// Whole seconds until a request would be admitted, at least the true wait.
-    pub fn retry_after(&self) -> Duration {
-        self.reset
-    }
-
-    /// OpenAI's `x-ratelimit-*` headers.
-    pub fn headers(&self) -> [HeaderPair; 3] {
-        [
-            (
-                HeaderName::from_static("x-ratelimit-limit-requests"),
-                HeaderValue::from(self.limit),
-            ),
-            (
-                HeaderName::from_static("x-ratelimit-remaining-requests"),
-                HeaderValue::from(self.remaining),
-            ),
-            (
-                HeaderName::from_static("x-ratelimit-reset-requests"),
-                HeaderValue::from_str(&go_duration(self.reset))
-                    .unwrap_or(HeaderValue::from_static("1s")),
-            ),
-        ]
-    }
-}
-
-/// `250ms`, `12s`, `1m0s`: the format OpenAI uses in `x-ratelimit-reset-*`.
-/// Built by hand: it is on every admitted request's answer.
-pub(crate) fn go_duration(d: Duration) -> String {
-    let mut out = String::with_capacity(12);
-    let mut n = itoa::Buffer::new();
-    if d < Duration::from_secs(1) {
-        out.push_str(n.format(d.as_millis().max(1)));
-        out.push_str("ms");
-        return out;
-    }
-    let secs = ceil_secs(d);
-    let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
-    if h > 0 {
-        out.push_str(n.format(h));
-        out.push('h');
-    }
-    if h > 0 || m > 0 {
-        out.push_str(n.format(m));
-        out.push('m');
-    }
-    out.push_str(n.format(s));
-    out.push('s');
-    out
-}
+use crate::quota::Quota;
+pub use crate::quota::{Decision, go_duration};
 
 /// One identity's admitted instants, and the window they were last judged by.
 struct Log {
@@ -343,6 +281,7 @@ fn decide(log: &mut VecDeque<Instant>, now: Instant, quota: Quota, record: bool)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quota::ceil_secs;
 
     fn q(n: u32, secs: u64) -> Quota {
         Quota {

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use redis::aio::MultiplexedConnection;
 
 use super::Decision;
-use super::tokens::{TokenDecision, TokenQuota};
-use crate::policy::{Quota, RedisLimits};
+use crate::quota::{Quota, RedisLimits};
+use crate::quota::{TokenDecision, TokenQuota};
 
 const SCRIPT: &str = r#"
 local t = redis.call('TIME')

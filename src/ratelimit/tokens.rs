@@ -19,9 +19,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use actix_web::http::header::{HeaderName, HeaderValue};
-
-use crate::errors::HeaderPair;
+pub use crate::quota::{TokenDecision, TokenQuota};
 
 /// The gateway's estimate of the tokens in `chars` characters of prompt: one token per three
 /// characters, on the high side for English and code (Qwen's tokenizer averages about four),
@@ -38,44 +36,6 @@ pub const CHARS_PER_TOKEN: usize = 3;
 /// Tokens an image is reserved at: a vision model reads an image as hundreds to about a
 /// thousand tokens (Qwen2.5-VL: 1,024 for a 896x896 picture).
 pub const IMAGE_TOKENS: u64 = 1_024;
-
-/// One quota: at most `limit` tokens in any `window`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TokenQuota {
-    pub limit: u64,
-    pub window: Duration,
-}
-
-/// What a check decided, with what the `x-ratelimit-*-tokens` headers report (of the tightest
-/// quota).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TokenDecision {
-    pub allowed: bool,
-    pub limit: u64,
-    pub remaining: u64,
-    /// Until the estimate would fit (refusals), or until the window is empty.
-    pub reset: Duration,
-}
-
-impl TokenDecision {
-    pub fn headers(&self) -> [HeaderPair; 3] {
-        [
-            (
-                HeaderName::from_static("x-ratelimit-limit-tokens"),
-                HeaderValue::from(self.limit),
-            ),
-            (
-                HeaderName::from_static("x-ratelimit-remaining-tokens"),
-                HeaderValue::from(self.remaining),
-            ),
-            (
-                HeaderName::from_static("x-ratelimit-reset-tokens"),
-                HeaderValue::from_str(&super::go_duration(self.reset))
-                    .unwrap_or(HeaderValue::from_static("1s")),
-            ),
-        ]
-    }
-}
 
 /// Tokens per time bucket: a window is `BUCKETS` buckets (a minute in seconds, a day in 24
 /// minutes), so memory and work per request stay constant at any request rate. A bucket
@@ -172,7 +132,7 @@ enum Held {
     /// Shared by every gateway through Redis; settled by a task on this worker.
     Redis {
         redis: actix_web::web::Data<super::redis::RedisLimiter>,
-        cfg: crate::policy::RedisLimits,
+        cfg: crate::quota::RedisLimits,
         keys: Vec<String>,
         held: Vec<(u64, u64)>,
     },
@@ -181,7 +141,7 @@ enum Held {
 impl Reservation {
     pub fn redis(
         redis: actix_web::web::Data<super::redis::RedisLimiter>,
-        cfg: crate::policy::RedisLimits,
+        cfg: crate::quota::RedisLimits,
         keys: Vec<String>,
         held: Vec<(u64, u64)>,
     ) -> Self {
