@@ -121,7 +121,7 @@ fn alert_exprs() -> Vec<(String, String)> {
     let text =
         std::fs::read_to_string(Path::new(REPO).join("scripts/monitoring/qwen-gateway-alerts.yml"))
             .unwrap();
-    let rules: Value = serde_yaml::from_str(&text).unwrap();
+    let rules: Value = yaml_serde::from_str(&text).unwrap();
     let mut out = Vec::new();
     for g in rules["groups"].as_array().unwrap() {
         for r in g["rules"].as_array().unwrap() {

@@ -11,7 +11,7 @@
 //!   messages quote the offending value (`invalid type: string "sk-…"`), and a key pasted under
 //!   the wrong field would end up in the log and on `/readyz`; they are rewritten without it.
 
-use serde_yaml::Value;
+use yaml_serde::Value;
 
 use super::{PolicyError, PolicyFile};
 
@@ -27,7 +27,7 @@ impl Shape {
     /// The shape of a text that parses (an empty shape otherwise).
     pub fn of(text: &str) -> Shape {
         let mut out = std::collections::BTreeMap::new();
-        if let Ok(v) = serde_yaml::from_str::<Value>(text) {
+        if let Ok(v) = yaml_serde::from_str::<Value>(text) {
             flatten(&v, &mut String::new(), &mut out);
         }
         Shape(out)
@@ -61,7 +61,7 @@ fn flatten(v: &Value, path: &mut String, out: &mut std::collections::BTreeMap<St
                 }
                 match k {
                     Value::String(s) => path.push_str(s),
-                    other => path.push_str(&serde_yaml::to_string(other).unwrap_or_default()),
+                    other => path.push_str(&yaml_serde::to_string(other).unwrap_or_default()),
                 }
                 flatten(child, path, out);
                 path.truncate(len);
@@ -82,7 +82,7 @@ fn flatten(v: &Value, path: &mut String, out: &mut std::collections::BTreeMap<St
         Value::Number(n) => n.to_string(),
         Value::Bool(b) => b.to_string(),
         Value::Null => String::new(),
-        Value::Tagged(t) => serde_yaml::to_string(&t.value).unwrap_or_default(),
+        Value::Tagged(t) => yaml_serde::to_string(&t.value).unwrap_or_default(),
     };
     out.insert(path.clone(), scalar);
 }
@@ -115,7 +115,7 @@ impl From<Vec<ParseError>> for ParseFailure {
 pub fn parse(text: &str) -> Result<PolicyFile, ParseFailure> {
     flow_depth_ok(text).map_err(|e| vec![e])?;
     let value: Value =
-        serde_yaml::from_str(text).map_err(|e| vec![ParseError::Syntax(scrub(&e))])?;
+        yaml_serde::from_str(text).map_err(|e| vec![ParseError::Syntax(scrub(&e))])?;
     let Value::Mapping(sections) = &value else {
         return Err(vec![ParseError::Syntax(
             "the file must be a YAML mapping of policy sections".to_owned(),
@@ -127,10 +127,10 @@ pub fn parse(text: &str) -> Result<PolicyFile, ParseFailure> {
     if !errors.is_empty() {
         return Err(errors.into());
     }
-    let mut read = serde_yaml::Mapping::new();
+    let mut read = yaml_serde::Mapping::new();
     let mut failed = Vec::new();
     for (name, section) in sections {
-        let mut one = serde_yaml::Mapping::new();
+        let mut one = yaml_serde::Mapping::new();
         one.insert(name.clone(), section.clone());
         match typed(Value::Mapping(one)) {
             Ok(_) => {
@@ -303,7 +303,7 @@ fn no_empty_values(v: &Value, path: &mut String, errors: &mut Vec<ParseError>) {
 /// sequence` -> `wrong type: found a string, expected a sequence`.
 fn scrub(e: &dyn std::fmt::Display) -> String {
     let msg = e.to_string();
-    // serde_yaml prefixes its own path (`auth.valid_keys: ...`); the caller names the field.
+    // yaml_serde prefixes its own path (`auth.valid_keys: ...`); the caller names the field.
     let (loc_free, location) = match msg.rfind(" at line ") {
         Some(i) => (&msg[..i], &msg[i..]),
         None => (msg.as_str(), ""),
