@@ -72,7 +72,7 @@ pub fn request_ctx(req: &HttpRequest) -> Result<Rc<RequestCtx>, GatewayError> {
 }
 
 /// The `route` label of metrics: one per route of the table, bounded whatever the client sends.
-fn route_label(path: &str) -> &'static str {
+pub fn route_label(path: &str) -> &'static str {
     const EXACT: &[&str] = &[
         "/v1/chat/completions",
         "/v1/models",

@@ -233,3 +233,20 @@ pub fn json_config() -> web::JsonConfig {
         .into()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every route of the table has its own metrics label (issue 20: `/status` was counted as
+    /// `route="other"` because the label list is kept apart from the table).
+    #[test]
+    fn every_route_has_its_own_label() {
+        for d in super::table() {
+            let concrete = d
+                .path
+                .replace("{model}", "qwen3:32b")
+                .replace("{digest}", "sha256:0");
+            assert_eq!(crate::context::route_label(&concrete), d.path, "{}", d.path);
+        }
+        assert_eq!(crate::context::route_label("/nope"), "other");
+    }
+}

@@ -143,7 +143,17 @@ pub fn view(p: &Policy) -> Value {
             "max_waiting_per_key": p.upstream.max_waiting_per_key,
             "max_wait_seconds": secs(p.upstream.max_wait),
         },
-        "models": p.models.entries(),
+        // With each model's settings, so that a reload changing only a model's num_ctx or
+        // prompt limit is seen as a change.
+        "models": p.models.entries().iter().map(|(public, up)| {
+            let s = p.models.settings(public);
+            let value = if s == crate::policy::ModelSettings::default() {
+                json!(up)
+            } else {
+                json!({"name": up, "num_ctx": s.num_ctx, "max_prompt_chars": s.max_prompt_chars})
+            };
+            (public.clone(), value)
+        }).collect::<serde_json::Map<String, Value>>(),
         "audit": {
             "dir": p.audit.dir.as_ref().map(|d| d.display().to_string()),
             "user_id_header": p.audit.user_id_header.as_str(),
@@ -234,6 +244,28 @@ mod tests {
     const BASE: &str = "rate_limit: {enabled: true, max_requests: 30}\n\
         whitelist: {enabled: true, ips: [10.0.0.0/16]}\n\
         auth: {enabled: true, keys: [{id: alice, key: alice-secret-0001}, {id: bob, key: bob-secret-00001}]}\n";
+
+    /// A reload that changes only a model's settings is a change, named (issue 20: it was
+    /// logged as "no effective change" and showed nowhere).
+    #[test]
+    fn a_models_settings_are_in_the_diff() {
+        let a = load(&format!(
+            "{BASE}models: {{\"qwen3:32b\": {{name: q, num_ctx: 8192}}}}\n"
+        ));
+        let b = load(&format!(
+            "{BASE}models: {{\"qwen3:32b\": {{name: q, num_ctx: 16384}}}}\n"
+        ));
+        let c = load(&format!(
+            "{BASE}models: {{\"qwen3:32b\": {{name: q, num_ctx: 16384, max_prompt_chars: 900}}}}\n"
+        ));
+        let changes = changes(&a, &b).join("; ");
+        assert!(
+            changes.contains("models") && changes.contains("16384"),
+            "{changes}"
+        );
+        let changes = super::changes(&b, &c).join("; ");
+        assert!(changes.contains("900"), "{changes}");
+    }
 
     #[test]
     fn view_never_holds_a_secret() {
