@@ -45,19 +45,39 @@ fn key_view(entries: &[&ApiKey]) -> Value {
     let Some(k) = entries.first() else {
         return Value::Null;
     };
+    let ApiKey {
+        id: _,             // the map's key
+        limit_identity: _, // derived from the id
+        digest: _,         // never shown
+        rate_limit,
+        models,
+        admin,
+        limits,
+        max_concurrent,
+        weight,
+        token_limit,
+        expires_at: _, // over every entry of the id, below
+        not_before: _,
+    } = &**k;
+    let super::KeyLimits {
+        max_prompt_chars,
+        max_num_ctx,
+        max_output_tokens,
+        max_keep_alive,
+    } = *limits;
     json!({
         "secrets": entries.len(),
-        "models": k.models.as_ref().map(|m| m.iter().collect::<Vec<_>>()),
-        "admin": k.admin,
-        "rate_limit": quota(k.rate_limit),
-        "token_limit": k.token_limit.as_deref().map(token_quotas),
-        "max_concurrent": k.max_concurrent,
-        "weight": k.weight,
+        "models": models.as_ref().map(|m| m.iter().collect::<Vec<_>>()),
+        "admin": admin,
+        "rate_limit": quota(*rate_limit),
+        "token_limit": token_limit.as_deref().map(token_quotas),
+        "max_concurrent": max_concurrent,
+        "weight": weight,
         "limits": {
-            "max_prompt_chars": k.limits.max_prompt_chars,
-            "max_num_ctx": k.limits.max_num_ctx,
-            "max_output_tokens": k.limits.max_output_tokens,
-            "max_keep_alive_seconds": k.limits.max_keep_alive.map(secs),
+            "max_prompt_chars": max_prompt_chars,
+            "max_num_ctx": max_num_ctx,
+            "max_output_tokens": max_output_tokens,
+            "max_keep_alive_seconds": max_keep_alive.map(secs),
         },
         "expires_at": time(entries.iter().filter_map(|k| k.expires_at).max()),
         "not_before": time(entries.iter().filter_map(|k| k.not_before).min()),
@@ -75,78 +95,148 @@ fn keys_by_id(p: &Policy) -> BTreeMap<&str, Vec<&ApiKey>> {
     out
 }
 
-/// The redacted view of `p`.
+/// The redacted view of `p`. Every struct is destructured without `..`: a field added to the
+/// policy does not compile until the view (and so `/status`, `check --against` and the
+/// reload diff) says something of it, or says here why not.
 pub fn view(p: &Policy) -> Value {
+    let Policy {
+        listen,
+        backends,
+        log_level,
+        rate_limit,
+        token_limit,
+        limit_backend,
+        max_tracked_clients,
+        auth,
+        whitelist,
+        trusted_proxies,
+        observers,
+        limits,
+        upstream,
+        models,
+        audit,
+        shutdown_grace,
+        report_only,
+        // Identify the file, not its meaning: in /status beside the view.
+        sha256: _,
+        warnings: _,
+        shape: _,
+    } = p;
     let nets = |s: &crate::client_ip::IpSet| -> Value {
         s.nets().iter().map(|n| json!(n.to_string())).collect()
     };
-    let auth = p.auth.as_ref().map(|a| {
+    let auth = auth.as_ref().map(|a| {
+        let super::AuthPolicy {
+            header,
+            keys: _, // by id, below: never a key or its hash
+            failures,
+        } = a;
         let keys: Map<String, Value> = keys_by_id(p)
             .into_iter()
             .map(|(id, entries)| (id.to_owned(), key_view(&entries)))
             .collect();
         json!({
-            "header": a.header.as_str(),
-            "failures": quota(Some(a.failures)),
+            "header": header.as_str(),
+            "failures": quota(Some(*failures)),
             "keys": keys,
         })
     });
+    let super::Limits {
+        max_prompt_chars,
+        max_body_bytes,
+        max_messages,
+        max_images,
+        max_image_bytes,
+        max_embed_inputs,
+        max_embed_answer_bytes,
+        allowed_options,
+        body_timeout,
+        max_num_ctx,
+        max_output_tokens,
+        max_keep_alive,
+        refuse_over_limit,
+    } = *limits;
+    let super::UpstreamPolicy {
+        timeout,
+        first_token_timeout,
+        stream_idle_timeout,
+        max_stream,
+        model_refresh,
+        breaker,
+        max_waiting,
+        max_waiting_per_key,
+        max_wait,
+    } = *upstream;
+    let super::AuditPolicy {
+        dir,
+        user_id_header,
+    } = audit;
     json!({
-        "listen": p.listen.to_string(),
-        "backends": p.backends.iter().map(|b| json!({
-            "url": b.url, "weight": b.weight, "max_in_flight": b.max_in_flight,
-        })).collect::<Vec<_>>(),
-        "log_level": p.log_level,
+        "listen": listen.to_string(),
+        "backends": backends.iter().map(|b| {
+            let super::Backend { url, weight, max_in_flight } = b;
+            json!({"url": url, "weight": weight, "max_in_flight": max_in_flight})
+        }).collect::<Vec<_>>(),
+        "log_level": log_level,
         "auth": auth,
-        "whitelist": p.whitelist.as_ref().map(nets),
-        "trusted_proxies": nets(&p.trusted_proxies),
-        "observers": nets(&p.observers),
-        "rate_limit": quota(p.rate_limit),
-        "rate_limit_backend": match &p.limit_backend {
+        "whitelist": whitelist.as_ref().map(nets),
+        "trusted_proxies": nets(trusted_proxies),
+        "observers": nets(observers),
+        "rate_limit": quota(*rate_limit),
+        "rate_limit_backend": match limit_backend {
             LimitBackend::Memory => json!("memory"),
-            LimitBackend::Redis(r) => json!({
-                "backend": "redis",
-                "failure": if r.fail_open { "open" } else { "closed" },
-                "timeout_ms": u64::try_from(r.timeout.as_millis()).unwrap_or(u64::MAX),
-            }),
+            LimitBackend::Redis(r) => {
+                let crate::quota::RedisLimits {
+                    url: _, // it may hold a password
+                    timeout,
+                    fail_open,
+                    key_prefix,
+                } = r;
+                json!({
+                    "backend": "redis",
+                    "failure": if *fail_open { "open" } else { "closed" },
+                    "timeout_ms": u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                    "key_prefix": key_prefix,
+                })
+            }
         },
-        "max_tracked_clients": p.max_tracked_clients,
-        "token_limit": token_quotas(&p.token_limit),
+        "max_tracked_clients": max_tracked_clients,
+        "token_limit": token_quotas(token_limit),
         "limits": {
-            "max_prompt_chars": p.limits.max_prompt_chars,
-            "max_body_bytes": p.limits.max_body_bytes,
-            "max_messages": p.limits.max_messages,
-            "max_images": p.limits.max_images,
-            "max_image_bytes": p.limits.max_image_bytes,
-            "max_embed_inputs": p.limits.max_embed_inputs,
-            "max_embed_answer_bytes": p.limits.max_embed_answer_bytes,
-            "allowed_options": p.limits.allowed_options.names().collect::<Vec<_>>(),
-            "body_timeout_seconds": secs(p.limits.body_timeout),
-            "max_num_ctx": p.limits.max_num_ctx,
-            "max_output_tokens": p.limits.max_output_tokens,
-            "max_keep_alive_seconds": secs(p.limits.max_keep_alive),
-            "over_limit": if p.limits.refuse_over_limit { "refuse" } else { "clamp" },
+            "max_prompt_chars": max_prompt_chars,
+            "max_body_bytes": max_body_bytes,
+            "max_messages": max_messages,
+            "max_images": max_images,
+            "max_image_bytes": max_image_bytes,
+            "max_embed_inputs": max_embed_inputs,
+            "max_embed_answer_bytes": max_embed_answer_bytes,
+            "allowed_options": allowed_options.names().collect::<Vec<_>>(),
+            "body_timeout_seconds": secs(body_timeout),
+            "max_num_ctx": max_num_ctx,
+            "max_output_tokens": max_output_tokens,
+            "max_keep_alive_seconds": secs(max_keep_alive),
+            "over_limit": if refuse_over_limit { "refuse" } else { "clamp" },
         },
         "upstream": {
-            "timeout_seconds": secs(p.upstream.timeout),
-            "first_token_timeout_seconds": secs(p.upstream.first_token_timeout),
-            "stream_idle_timeout_seconds": secs(p.upstream.stream_idle_timeout),
-            "max_stream_seconds": secs(p.upstream.max_stream),
-            "model_refresh_seconds": secs(p.upstream.model_refresh),
+            "timeout_seconds": secs(timeout),
+            "first_token_timeout_seconds": secs(first_token_timeout),
+            "stream_idle_timeout_seconds": secs(stream_idle_timeout),
+            "max_stream_seconds": secs(max_stream),
+            "model_refresh_seconds": secs(model_refresh),
             "breaker": {
-                "failure_threshold": p.upstream.breaker.failure_threshold,
-                "cooldown_seconds": secs(p.upstream.breaker.cooldown),
+                "failure_threshold": breaker.failure_threshold,
+                "cooldown_seconds": secs(breaker.cooldown),
             },
         },
         "queue": {
-            "max_waiting": p.upstream.max_waiting,
-            "max_waiting_per_key": p.upstream.max_waiting_per_key,
-            "max_wait_seconds": secs(p.upstream.max_wait),
+            "max_waiting": max_waiting,
+            "max_waiting_per_key": max_waiting_per_key,
+            "max_wait_seconds": secs(max_wait),
         },
         // With each model's settings, so that a reload changing only a model's num_ctx or
         // prompt limit is seen as a change.
-        "models": p.models.entries().iter().map(|(public, up)| {
-            let s = p.models.settings(public);
+        "models": models.entries().iter().map(|(public, up)| {
+            let s = models.settings(public);
             let value = if s == crate::policy::ModelSettings::default() {
                 json!(up)
             } else {
@@ -155,11 +245,11 @@ pub fn view(p: &Policy) -> Value {
             (public.clone(), value)
         }).collect::<serde_json::Map<String, Value>>(),
         "audit": {
-            "dir": p.audit.dir.as_ref().map(|d| d.display().to_string()),
-            "user_id_header": p.audit.user_id_header.as_str(),
+            "dir": dir.as_ref().map(|d| d.display().to_string()),
+            "user_id_header": user_id_header.as_str(),
         },
-        "shutdown_grace_seconds": secs(p.shutdown_grace),
-        "report_only": p.report_only.iter().map(|g| g.name()).collect::<Vec<_>>(),
+        "shutdown_grace_seconds": secs(*shutdown_grace),
+        "report_only": report_only.iter().map(|g| g.name()).collect::<Vec<_>>(),
     })
 }
 
