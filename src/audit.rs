@@ -90,17 +90,11 @@ impl AuditRecord {
 pub struct AuditSink {
     pub metrics: Arc<Metrics>,
     writer: Option<AuditWriter>,
-    /// Each key's recent token use, for the fair queue.
-    pub usage: Arc<crate::queue::Usage>,
 }
 
 impl AuditSink {
     pub fn new(metrics: Arc<Metrics>, writer: Option<AuditWriter>) -> Self {
-        AuditSink {
-            metrics,
-            writer,
-            usage: Arc::default(),
-        }
+        AuditSink { metrics, writer }
     }
 }
 
@@ -108,8 +102,6 @@ pub struct AuditCell {
     pub rec: RefCell<AuditRecord>,
     pub started: Instant,
     sink: Arc<AuditSink>,
-    /// The token-quota reservation, settled with the real counts when the request is over.
-    tokens: RefCell<Option<crate::ratelimit::tokens::Reservation>>,
 }
 
 impl AuditCell {
@@ -119,13 +111,7 @@ impl AuditCell {
             rec: RefCell::new(rec),
             started: Instant::now(),
             sink,
-            tokens: RefCell::new(None),
         }
-    }
-
-    /// Holds a token reservation until the request is over.
-    pub fn hold_tokens(&self, r: crate::ratelimit::tokens::Reservation) {
-        *self.tokens.borrow_mut() = Some(r);
     }
 
     pub fn update(&self, f: impl FnOnce(&mut AuditRecord)) {
@@ -163,26 +149,6 @@ impl Drop for AuditCell {
         }
         for (guard, _) in &r.report {
             m.report_only(*guard);
-        }
-        // What the request cost: for the fair queue's order between keys, and settled against
-        // its token quota (what Ollama reported). A request Ollama got but did not report on
-        // (a stream cut short, a failure) pays at least its prompt's estimate: Ollama read
-        // the prompt before it could fail or be cut; and the tokens seen so far.
-        let prompt = match r.prompt_tokens {
-            Some(p) => p,
-            None if r.upstream.is_some() => {
-                crate::ratelimit::tokens::prompt_tokens_estimate(r.prompt_chars.unwrap_or(0))
-            }
-            None => 0,
-        };
-        let tokens = prompt + r.completion_tokens.unwrap_or(0);
-        if let Some(key) = &r.key_id
-            && tokens > 0
-        {
-            self.sink.usage.add(key, tokens);
-        }
-        if let Some(reservation) = self.tokens.borrow_mut().take() {
-            reservation.settle(tokens);
         }
         if self.sink.writer.is_some() {
             batch_line(&self.sink, |out| {

@@ -21,6 +21,7 @@ pub mod explain;
 pub mod health;
 pub mod ids;
 pub mod json_out;
+pub mod meter;
 pub mod metrics;
 pub mod ollama_options;
 pub mod ops;

@@ -287,7 +287,7 @@ fn apply(
             // A raised max_in_flight lets waiting requests go at once.
             for (b, _) in state.backends.all(&policy) {
                 b.slots
-                    .reconcile(policy.max_in_flight(&b.url), &state.audit.usage);
+                    .reconcile(policy.max_in_flight(&b.url), &state.usage);
             }
             state
                 .metrics

@@ -84,6 +84,8 @@ pub struct AppState {
     pub per_key: Arc<crate::queue::PerKey>,
     /// Token quotas' logs (`token_limit`), surviving reloads.
     pub tokens: Arc<crate::ratelimit::tokens::TokenLimiter>,
+    /// Each key's recent token use, which orders the fair queue (added to by each meter).
+    pub usage: Arc<crate::queue::Usage>,
 }
 
 impl AppState {
@@ -113,6 +115,7 @@ impl AppState {
             policy_path,
             backends: Backends::default(),
             audit: Arc::new(AuditSink::new(metrics.clone(), audit)),
+            usage: Arc::default(),
             metrics,
             reload: Mutex::new(ReloadStatus {
                 ok: true,

@@ -561,7 +561,7 @@ pub async fn forward(
         spec.clamp,
         ClampAt::Native { generates: true } | ClampAt::Output(_)
     );
-    let tokens = super::reserve_tokens(
+    let (meter, tokens) = super::reserve_tokens(
         &req,
         &state,
         &ctx,
@@ -600,6 +600,8 @@ pub async fn forward(
         r.upstream = Some(sent.elapsed());
         r.queue = lease.waited();
     });
+    // Ollama has the request: from here on it pays at least its prompt.
+    meter.sent();
 
     if stream {
         let lines = PassThrough {
@@ -626,7 +628,7 @@ pub async fn forward(
         let body = stream::relay(
             resp.take_payload(),
             lines,
-            stream_parts(&state, &ctx, lease),
+            stream_parts(&state, &ctx, lease, meter),
         );
         let mut out = HttpResponse::Ok();
         out.insert_header((CONTENT_TYPE, content_type))
@@ -671,6 +673,8 @@ pub async fn forward(
         r.prompt_tokens = Some(usage.prompt_tokens);
         r.completion_tokens = Some(usage.completion_tokens);
     });
+    meter.counted(Some(usage.prompt_tokens), Some(usage.completion_tokens));
+    drop(meter);
     let mut out = HttpResponse::Ok();
     out.insert_header((CONTENT_TYPE, "application/json; charset=utf-8"));
     with_rate_headers(&mut out, admitted.decision);

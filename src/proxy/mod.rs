@@ -31,6 +31,7 @@ use crate::admission::Admitted;
 use crate::backends::Lease;
 use crate::context::{RequestCtx, request_ctx};
 use crate::errors::GatewayError;
+use crate::meter::Meter;
 use crate::state::AppState;
 use headers::{with_clamped_header, with_rate_headers, with_token_headers};
 use openai::{ChatRequest, ModelEntry, ModelList};
@@ -94,10 +95,11 @@ pub(crate) fn report_clamps(
     }
 }
 
-/// Reserves the request's estimated tokens (prompt characters / 3, plus its output limit)
-/// against its key's token quotas (`token_limit`), in this process or, with
-/// `rate_limit.backend: redis`, in Redis for every gateway; settled when the request is over
-/// (the audit cell holds the reservation). `None`: no quota applies.
+/// The request's meter: its estimated tokens (everything it carries, plus its output limit)
+/// reserved against its key's token quotas (`token_limit`), in this process or, with
+/// `rate_limit.backend: redis`, in Redis for every gateway; settled when the meter, which
+/// travels with the answer, is dropped (`meter.rs`). The decision is `None` when no quota
+/// applies.
 pub(crate) async fn reserve_tokens(
     req: &HttpRequest,
     state: &AppState,
@@ -106,23 +108,31 @@ pub(crate) async fn reserve_tokens(
     prompt_chars: usize,
     images: usize,
     output_limit: Option<u64>,
-) -> Result<Option<crate::ratelimit::tokens::TokenDecision>, GatewayError> {
+) -> Result<(Meter, Option<crate::ratelimit::tokens::TokenDecision>), GatewayError> {
     let policy = &ctx.policy;
+    // Everything the request carries: its text (a native `context`'s token ids included),
+    // its images at their documented cost, and its output limit.
+    let prompt_estimate = prompt_tokens_estimate(prompt_chars)
+        + images as u64 * crate::ratelimit::tokens::IMAGE_TOKENS;
+    let estimate = prompt_estimate + output_limit.unwrap_or(0);
+    let meter = |reservation| {
+        Meter::new(
+            state.usage.clone(),
+            principal.map(|p| p.key.id.clone()),
+            reservation,
+            prompt_estimate,
+        )
+    };
     let quotas = principal
         .and_then(|p| p.key.token_limit.as_deref())
         .unwrap_or(&policy.token_limit);
     if quotas.is_empty() {
-        return Ok(None);
+        return Ok((meter(None), None));
     }
     let identity: std::sync::Arc<str> = match principal {
         Some(p) => p.key.id.clone(),
         None => std::sync::Arc::from(crate::admission::ip_bucket(ctx.client_ip)),
     };
-    // Everything the request carries: its text (a native `context`'s token ids included),
-    // its images at their documented cost, and its output limit.
-    let estimate = prompt_tokens_estimate(prompt_chars)
-        + images as u64 * crate::ratelimit::tokens::IMAGE_TOKENS
-        + output_limit.unwrap_or(0);
     let reserved = match &policy.limit_backend {
         crate::policy::LimitBackend::Memory => state.tokens.reserve(&identity, quotas, estimate),
         crate::policy::LimitBackend::Redis(cfg) => {
@@ -145,16 +155,13 @@ pub(crate) async fn reserve_tokens(
                         &ctx.request_id,
                         "token quota",
                     )?;
-                    return Ok(None);
+                    return Ok((meter(None), None));
                 }
             }
         }
     };
     match reserved {
-        Ok((reservation, decision)) => {
-            ctx.audit.hold_tokens(reservation);
-            Ok(Some(decision))
-        }
+        Ok((reservation, decision)) => Ok((meter(Some(reservation)), Some(decision))),
         Err(decision) => {
             let scope = match principal {
                 Some(p) if p.key.token_limit.is_some() => {
@@ -168,7 +175,7 @@ pub(crate) async fn reserve_tokens(
                 || format!("{scope}: an estimated {estimate} tokens do not fit"),
                 GatewayError::TokenLimited(decision),
             )?;
-            Ok(None)
+            Ok((meter(None), None))
         }
     }
 }
@@ -202,9 +209,11 @@ pub(crate) fn stream_parts(
     state: &AppState,
     ctx: &RequestCtx,
     lease: Lease,
+    meter: Meter,
 ) -> stream::StreamParts {
     let policy = &ctx.policy;
     stream::StreamParts {
+        meter,
         idle: policy.upstream.stream_idle_timeout,
         max_duration: policy.upstream.max_stream,
         audit: ctx.audit.clone(),
@@ -285,7 +294,7 @@ pub async fn chat_completions(
         native.options.num_ctx = num_ctx;
         native.keep_alive = keep_alive;
     }
-    let tokens = reserve_tokens(
+    let (meter, tokens) = reserve_tokens(
         &req,
         &state,
         &ctx,
@@ -311,6 +320,8 @@ pub async fn chat_completions(
         r.upstream = Some(sent.elapsed());
         r.queue = lease.waited();
     });
+    // Ollama has the request: from here on it pays at least its prompt.
+    meter.sent();
 
     let id = convert::completion_id();
     let created = unix_now();
@@ -326,7 +337,7 @@ pub async fn chat_completions(
         let body = stream::relay(
             resp.take_payload(),
             translator,
-            stream_parts(&state, &ctx, lease),
+            stream_parts(&state, &ctx, lease, meter),
         );
         let mut out = HttpResponse::Ok();
         out.insert_header((CONTENT_TYPE, "text/event-stream"))
@@ -356,6 +367,8 @@ pub async fn chat_completions(
         r.prompt_tokens = Some(usage.prompt_tokens);
         r.completion_tokens = Some(usage.completion_tokens);
     });
+    meter.counted(Some(usage.prompt_tokens), Some(usage.completion_tokens));
+    drop(meter);
     let json = convert::completion_json(&answer, &id, created, &chat.model);
     let mut out = HttpResponse::Ok();
     out.insert_header((CONTENT_TYPE, "application/json"));

@@ -21,6 +21,7 @@ use super::openai::Usage;
 use crate::audit::{AuditCell, CLIENT_CLOSED};
 use crate::backends::Lease;
 use crate::errors::{Dialect, GatewayError};
+use crate::meter::Meter;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
@@ -94,6 +95,8 @@ pub struct StreamParts {
     /// Keeps the stream counted against its backend until it ends.
     pub lease: Lease,
     pub shutdown: Arc<Shutdown>,
+    /// What the answer cost, settled when the stream ends however it ends.
+    pub meter: Meter,
 }
 
 struct State<S, L> {
@@ -115,6 +118,7 @@ struct State<S, L> {
     lines_seen: u64,
     shutdown: Arc<Shutdown>,
     gauge: StreamGauge,
+    meter: Meter,
     /// Keeps the stream counted against its backend until it ends.
     _lease: Lease,
 }
@@ -185,6 +189,7 @@ impl<S, L: Lines> State<S, L> {
             r.reason = Some(err.rule().to_owned());
             r.completion_tokens = r.completion_tokens.or(Some(seen));
         });
+        self.meter.counted(None, Some(seen));
         self.translator.error_event(&err, out);
     }
 
@@ -195,6 +200,8 @@ impl<S, L: Lines> State<S, L> {
             r.prompt_tokens = Some(usage.prompt_tokens);
             r.completion_tokens = Some(usage.completion_tokens);
         });
+        self.meter
+            .counted(Some(usage.prompt_tokens), Some(usage.completion_tokens));
     }
 }
 
@@ -211,6 +218,7 @@ impl<S, L> Drop for State<S, L> {
                 r.error = Some("client_closed");
                 r.completion_tokens = r.completion_tokens.or(Some(seen));
             });
+            self.meter.counted(None, Some(seen));
         }
     }
 }
@@ -237,6 +245,7 @@ where
         metrics,
         lease,
         shutdown,
+        meter,
     } = parts;
     let deadline = Instant::now() + max_duration;
     let watched_audit = audit.clone();
@@ -254,6 +263,7 @@ where
         lines_seen: 0,
         shutdown,
         gauge: StreamGauge::new(metrics),
+        meter,
         _lease: lease,
     };
     let relayed = futures_util::stream::unfold(state, |mut st| async move {
@@ -480,6 +490,7 @@ mod tests {
                 metrics,
                 lease,
                 shutdown: Arc::new(Shutdown::default()),
+                meter: Meter::new(Arc::default(), None, None, 0),
             },
         );
         let parts: Vec<Bytes> = body.map(|r| r.unwrap()).collect().await;

@@ -160,7 +160,7 @@ impl Upstream {
                 };
                 let slot = backend
                     .slots
-                    .acquire(&q.owner, limits, &state.audit.usage)
+                    .acquire(&q.owner, limits, &state.usage)
                     .await
                     .map_err(|e| {
                         state.metrics.upstream_error(match e {
