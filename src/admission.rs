@@ -119,6 +119,16 @@ async fn admit(
     next.call(req).await
 }
 
+/// Who a request is for the token quotas, the fair queue and per-key budgets: its key's id,
+/// or its client address's bucket when auth is off (`ip:` + the /64 for IPv6). Key ids have
+/// no `:`, so the two never meet.
+pub fn caller(principal: Option<&crate::auth::Principal>, client: IpAddr) -> std::sync::Arc<str> {
+    match principal {
+        Some(p) => p.key.id.clone(),
+        None => std::sync::Arc::from(ip_bucket(client)),
+    }
+}
+
 /// Whose rate limit applies, as the policy names it: a key's own, the default per key, or the
 /// default per address (audit reasons and `explain`).
 pub fn rate_scope(key: Option<&crate::policy::ApiKey>, client: IpAddr) -> String {

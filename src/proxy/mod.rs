@@ -129,10 +129,7 @@ pub(crate) async fn reserve_tokens(
     if quotas.is_empty() {
         return Ok((meter(None), None));
     }
-    let identity: std::sync::Arc<str> = match principal {
-        Some(p) => p.key.id.clone(),
-        None => std::sync::Arc::from(crate::admission::ip_bucket(ctx.client_ip)),
-    };
+    let identity = crate::admission::caller(principal, ctx.client_ip);
     let reserved = match &policy.limit_backend {
         crate::policy::LimitBackend::Memory => state.tokens.reserve(&identity, quotas, estimate),
         crate::policy::LimitBackend::Redis(cfg) => {
@@ -186,21 +183,12 @@ pub(crate) fn queue_for(
     ctx: &RequestCtx,
     principal: Option<&crate::auth::Principal>,
 ) -> upstream::QueueFor {
-    match principal {
-        Some(p) => upstream::QueueFor {
-            owner: crate::queue::Owner {
-                key: p.key.id.clone(),
-                weight: p.key.weight,
-            },
-            max_concurrent: p.key.max_concurrent,
+    upstream::QueueFor {
+        owner: crate::queue::Owner {
+            key: crate::admission::caller(principal, ctx.client_ip),
+            weight: principal.map_or(1, |p| p.key.weight),
         },
-        None => upstream::QueueFor {
-            owner: crate::queue::Owner {
-                key: std::sync::Arc::from(crate::admission::ip_bucket(ctx.client_ip)),
-                weight: 1,
-            },
-            max_concurrent: None,
-        },
+        max_concurrent: principal.and_then(|p| p.key.max_concurrent),
     }
 }
 
