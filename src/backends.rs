@@ -32,6 +32,9 @@ pub struct BackendState {
     pub up: AtomicBool,
     /// Number of models last seen, for /readyz.
     pub model_count: AtomicI64,
+    /// The models Ollama has in memory (its `/api/ps`), from the last refresh; `None` until
+    /// the first answer (or from an Ollama without `/api/ps`).
+    loaded: ArcSwapOption<HashSet<String>>,
     /// Its slots (`max_in_flight`) and fair queue.
     pub slots: crate::queue::Slots,
 }
@@ -47,6 +50,7 @@ impl BackendState {
             models: ArcSwapOption::empty(),
             up: AtomicBool::new(true),
             model_count: AtomicI64::new(-1),
+            loaded: ArcSwapOption::empty(),
             slots: crate::queue::Slots::default(),
         }
     }
@@ -73,6 +77,38 @@ impl BackendState {
             Ordering::Relaxed,
         );
         self.models.store(Some(Arc::new(set)));
+    }
+
+    /// The models in memory, as its last `/api/ps` said.
+    pub fn set_loaded(&self, names: impl IntoIterator<Item = String>) {
+        let mut set = HashSet::new();
+        for n in names {
+            if let Some(bare) = n.strip_suffix(":latest") {
+                set.insert(bare.to_owned());
+            }
+            set.insert(n);
+        }
+        self.loaded.store(Some(Arc::new(set)));
+    }
+
+    /// Whether `model` is in memory here (a request for it starts without a load).
+    pub fn is_warm(&self, model: &str) -> bool {
+        self.loaded
+            .load()
+            .as_ref()
+            .is_some_and(|m| m.contains(model))
+    }
+
+    /// The models in memory, sorted (for /readyz).
+    pub fn loaded_models(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .loaded
+            .load()
+            .as_ref()
+            .map(|m| m.iter().cloned().collect())
+            .unwrap_or_default();
+        v.sort();
+        v
     }
 
     /// Counts a request against this backend until the lease is dropped (for streams, when
@@ -151,10 +187,13 @@ impl Backends {
             .collect()
     }
 
-    /// Backends that may serve `model`, preferred first: fewest requests in flight per unit of
-    /// weight, ties rotated. Backends whose last model list lacks the model are left out, unless
-    /// every backend lacks it: lists can be stale (a model pulled since the last refresh), and
-    /// asking costs one quick 404 each.
+    /// Backends that may serve `model`, preferred first. Where the work is cheapest: a backend
+    /// with the model in memory and a free slot, then one with a free slot that must load it
+    /// (a request does not wait for a busy warm backend while a cold one is free), then the
+    /// busy ones, warm first; within each, fewest requests in flight per unit of weight, ties
+    /// rotated. Backends whose last model list lacks the model are left out, unless every
+    /// backend lacks it: lists can be stale (a model pulled since the last refresh), and asking
+    /// costs one quick 404 each.
     pub fn candidates(&self, policy: &Policy, model: Option<&str>) -> Vec<Arc<BackendState>> {
         let all = self.all(policy);
         let mut list: Vec<(Arc<BackendState>, u32)> = all
@@ -169,11 +208,21 @@ impl Backends {
             let n = list.len();
             let start = self.turn.fetch_add(1, Ordering::Relaxed) % n;
             list.rotate_left(start);
-            // Stable sort: equal loads keep the rotated order.
+            let rank = |s: &BackendState| {
+                let room = s.in_flight() < policy.max_in_flight(&s.url);
+                let warm = model.is_some_and(|m| s.is_warm(m));
+                match (room, warm) {
+                    (true, true) => 0,
+                    (true, false) => 1,
+                    (false, true) => 2,
+                    (false, false) => 3,
+                }
+            };
+            // Stable sort: equal ranks and loads keep the rotated order.
             list.sort_by(|(a, wa), (b, wb)| {
                 let la = (a.in_flight() as u64 + 1) * u64::from(*wb);
                 let lb = (b.in_flight() as u64 + 1) * u64::from(*wa);
-                la.cmp(&lb)
+                rank(a).cmp(&rank(b)).then(la.cmp(&lb))
             });
         }
         list.into_iter().map(|(s, _)| s).collect()
@@ -208,6 +257,28 @@ mod tests {
         assert_eq!(c[0].url, "http://a:1");
         // Nobody lists it: ask everyone (the lists may be stale).
         assert_eq!(reg.candidates(&p, Some("mistral")).len(), 2);
+    }
+
+    /// A backend with the model in memory and room goes first, whatever the rotation; a
+    /// cold one with room before a warm one without (issue 21).
+    #[test]
+    fn warm_before_cold() {
+        let p = policy(
+            "backends: [{url: 'http://a:1', max_in_flight: 1}, {url: 'http://b:1', max_in_flight: 1}]",
+        );
+        let reg = Backends::default();
+        let all = reg.all(&p);
+        let (a, b) = (all[0].0.clone(), all[1].0.clone());
+        for s in [&a, &b] {
+            s.set_models(["qwen3:32b".to_owned()]);
+        }
+        b.set_loaded(["qwen3:32b".to_owned()]);
+        for _ in 0..4 {
+            assert_eq!(reg.candidates(&p, Some("qwen3:32b"))[0].url, "http://b:1");
+        }
+        // The warm one is full: the cold one with room goes first.
+        let _busy = b.lease();
+        assert_eq!(reg.candidates(&p, Some("qwen3:32b"))[0].url, "http://a:1");
     }
 
     #[test]

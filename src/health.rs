@@ -50,6 +50,9 @@ struct BackendReady {
     in_flight: usize,
     /// Models seen at the last refresh; -1 before the first.
     models: i64,
+    /// The served models it has in memory (its `/api/ps`), by public name: requests for them
+    /// go here first.
+    loaded: Vec<String>,
     queue: QueueReady,
 }
 
@@ -111,6 +114,17 @@ pub async fn readyz(
             breaker: breaker.as_str(),
             in_flight: b.in_flight(),
             models: b.model_count.load(Ordering::Relaxed),
+            loaded: {
+                let mut v: Vec<String> = b
+                    .loaded_models()
+                    .iter()
+                    .flat_map(|up| p.models.public_names(up))
+                    .map(str::to_owned)
+                    .collect();
+                v.sort();
+                v.dedup();
+                v
+            },
             queue: {
                 let (slots_in_use, waiting) = b.slots.load();
                 QueueReady {

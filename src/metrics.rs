@@ -96,6 +96,7 @@ pub struct Metrics {
     pub backend_breaker: Family<BackendLabels, Gauge<i64, AtomicI64>>,
     pub backend_in_flight: Family<BackendLabels, Gauge<i64, AtomicI64>>,
     pub backend_up: Family<BackendLabels, Gauge<i64, AtomicI64>>,
+    pub backend_loaded: Family<BackendLabels, Gauge<i64, AtomicI64>>,
     pub ratelimit_backend_errors: Family<ResultLabels, Counter>,
     pub reloads: Family<ResultLabels, Counter>,
     pub policy_info: Family<PolicyLabels, Gauge<i64, AtomicI64>>,
@@ -138,6 +139,7 @@ impl Metrics {
             backend_breaker: Family::default(),
             backend_in_flight: Family::default(),
             backend_up: Family::default(),
+            backend_loaded: Family::default(),
             ratelimit_backend_errors: Family::default(),
             reloads: Family::default(),
             policy_info: Family::default(),
@@ -225,6 +227,11 @@ impl Metrics {
             "backend_up",
             "Whether the backend answered its last model refresh (1) or not (0)",
             m.backend_up.clone(),
+        );
+        r.register(
+            "backend_loaded_models",
+            "Models the backend has in memory (its /api/ps at the last refresh)",
+            m.backend_loaded.clone(),
         );
         r.register(
             "ratelimit_backend_errors",

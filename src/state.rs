@@ -160,6 +160,10 @@ impl AppState {
                 .get_or_create(&labels)
                 .set(i64::from(b.up.load(std::sync::atomic::Ordering::Relaxed)));
             self.metrics
+                .backend_loaded
+                .get_or_create(&labels)
+                .set(i64::try_from(b.loaded_models().len()).unwrap_or(i64::MAX));
+            self.metrics
                 .backend_queue
                 .get_or_create(&labels)
                 .set(i64::try_from(b.slots.load().1).unwrap_or(i64::MAX));

@@ -227,6 +227,29 @@ fn load_spreads_and_models_route_to_the_backend_that_has_them() {
     assert_eq!(ids, vec!["llama3.2:latest", "qwen3:32b"]);
 }
 
+/// Warm before cold (issue 21): of two backends that serve the model, the one that has it in
+/// memory (its /api/ps) gets the requests, instead of one that would first load it; /readyz
+/// says which backend has what loaded.
+#[test]
+fn requests_go_to_the_backend_with_the_model_in_memory() {
+    let cold = Fake::start(&["--models", "qwen3:32b", "--loaded", ""]);
+    let warm = Fake::start(&["--models", "qwen3:32b", "--loaded", "qwen3:32b"]);
+    let gw = Gateway::start(&backends_policy(&[&cold, &warm]), "unused");
+    wait_for(Duration::from_secs(5), "loaded models", || {
+        let r = readyz(&gw);
+        let b = r["backends"].as_array().cloned().unwrap_or_default();
+        (b.len() == 2
+            && b.iter().all(|b| b["models"].as_i64() > Some(0))
+            && b[1]["loaded"] == serde_json::json!(["qwen3:32b"])
+            && b[0]["loaded"] == serde_json::json!([]))
+        .then_some(())
+    });
+    for _ in 0..10 {
+        assert_eq!(ask(&gw).status, 200);
+    }
+    assert_eq!((cold.chat_requests(), warm.chat_requests()), (0, 10));
+}
+
 #[test]
 fn a_killed_backend_costs_no_client_an_error_and_comes_back() {
     let mut a = Fake::start(&[]);

@@ -504,7 +504,8 @@ fn local_shortage(e: &std::io::Error) -> bool {
 }
 
 /// Keeps every backend's model list fresh (`/api/tags` every `upstream.model_refresh_seconds`),
-/// so requests go only to backends that have their model. Runs for the life of the process on
+/// so requests go only to backends that have their model, and its loaded models (`/api/ps`),
+/// so they go first to one that has it in memory. Nothing is polled on a request's path. Runs for the life of the process on
 /// the main thread, with its own client.
 pub async fn refresh_models(state: std::sync::Arc<AppState>) {
     let client = Upstream::new(Duration::from_secs(3));
@@ -525,6 +526,22 @@ pub async fn refresh_models(state: std::sync::Arc<AppState>) {
                 }
                 _ => None,
             };
+            // What it has in memory: a request for a loaded model starts at once, one for
+            // another waits for a load (tens of seconds for a large model).
+            if tags.is_some() {
+                let ps = client
+                    .client
+                    .get(format!("{}/api/ps", backend.url))
+                    .timeout(budget)
+                    .send();
+                if let Ok(Ok(mut resp)) = tokio::time::timeout(budget, ps).await
+                    && resp.status().is_success()
+                    && let Ok(ps) =
+                        read_json::<super::ollama::Tags>(&mut resp, budget, TAGS_LIMIT).await
+                {
+                    backend.set_loaded(ps.models.into_iter().map(|m| m.name));
+                }
+            }
             let was_up = backend.up.load(std::sync::atomic::Ordering::Relaxed);
             match tags {
                 Some(t) => {

@@ -47,6 +47,9 @@ struct Args {
         default_value = "qwen3:32b,registry.internal/qwen3:32b,llama3.2:latest"
     )]
     models: String,
+    /// The models `/api/ps` lists as loaded (comma-separated); default: every served model.
+    #[arg(long)]
+    loaded: Option<String>,
     /// `normal` or `dead` (accept connections, never answer).
     #[arg(long, default_value = "normal")]
     mode: String,
@@ -748,11 +751,13 @@ async fn show(req: HttpRequest, body: web::Json<Value>, shared: web::Data<Shared
     }))
 }
 
-/// `GET /api/ps`: every served model, as if loaded.
+/// `GET /api/ps`: the models in memory (`--loaded`; default every served model).
 async fn ps(shared: web::Data<Shared>) -> HttpResponse {
     let models: Vec<Value> = shared
         .args
-        .models
+        .loaded
+        .as_deref()
+        .unwrap_or(&shared.args.models)
         .split(',')
         .filter(|m| !m.is_empty())
         .map(|m| {
