@@ -65,13 +65,7 @@ impl BackendState {
     }
 
     pub fn set_models(&self, names: impl IntoIterator<Item = String>) {
-        let mut set = HashSet::new();
-        for n in names {
-            if let Some(bare) = n.strip_suffix(":latest") {
-                set.insert(bare.to_owned());
-            }
-            set.insert(n);
-        }
+        let set = with_bare_names(names);
         self.model_count.store(
             i64::try_from(set.len()).unwrap_or(i64::MAX),
             Ordering::Relaxed,
@@ -81,14 +75,7 @@ impl BackendState {
 
     /// The models in memory, as its last `/api/ps` said.
     pub fn set_loaded(&self, names: impl IntoIterator<Item = String>) {
-        let mut set = HashSet::new();
-        for n in names {
-            if let Some(bare) = n.strip_suffix(":latest") {
-                set.insert(bare.to_owned());
-            }
-            set.insert(n);
-        }
-        self.loaded.store(Some(Arc::new(set)));
+        self.loaded.store(Some(Arc::new(with_bare_names(names))));
     }
 
     /// Whether `model` is in memory here (a request for it starts without a load).
@@ -121,6 +108,19 @@ impl BackendState {
             ticket: None,
         }
     }
+}
+
+/// Model names as Ollama lists them, with `qwen3` beside `qwen3:latest` (a model pulled as
+/// `qwen3` is listed as `qwen3:latest`).
+fn with_bare_names(names: impl IntoIterator<Item = String>) -> HashSet<String> {
+    let mut set = HashSet::new();
+    for n in names {
+        if let Some(bare) = n.strip_suffix(":latest") {
+            set.insert(bare.to_owned());
+        }
+        set.insert(n);
+    }
+    set
 }
 
 /// A request counted against its backend until dropped (for streams, when the stream ends),

@@ -158,29 +158,13 @@ fn holds(path: &str, body: &str, r: &Response) -> Result<(), String> {
     if read["inputs"].as_u64().unwrap_or(0) > 100 {
         return fail("inputs past max_embed_inputs");
     }
-    const SAMPLING: &[&str] = &[
-        "num_keep",
-        "seed",
-        "num_predict",
-        "top_k",
-        "top_p",
-        "min_p",
-        "typical_p",
-        "repeat_last_n",
-        "temperature",
-        "repeat_penalty",
-        "presence_penalty",
-        "frequency_penalty",
-        "stop",
-        "mirostat",
-        "mirostat_tau",
-        "mirostat_eta",
-        "tfs_z",
-        "penalize_newline",
-        "num_ctx",
-    ];
     for o in read["options"].as_array().into_iter().flatten() {
-        if !o.as_str().is_some_and(|o| SAMPLING.contains(&o)) {
+        // The default allowed options, and num_ctx (the clamp's own).
+        let allowed = qwen_gateway::ollama_options::OptionSet::SAMPLING;
+        if !o
+            .as_str()
+            .is_some_and(|o| o == "num_ctx" || allowed.contains(o))
+        {
             return fail("a runner option a non-admin key may not set");
         }
     }

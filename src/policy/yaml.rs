@@ -50,10 +50,11 @@ impl Shape {
     }
 }
 
-fn flatten(v: &Value, path: &mut String, out: &mut std::collections::BTreeMap<String, String>) {
-    let scalar = match v {
+/// Visits every node below `v` with its dotted path (list items by index; a key that is not a
+/// string as `?`), and whether it is a list item; tagged values are their value.
+fn walk(v: &Value, path: &mut String, visit: &mut impl FnMut(&str, &Value, bool)) {
+    match v {
         Value::Mapping(m) => {
-            out.insert(path.clone(), String::new());
             for (k, child) in m {
                 let len = path.len();
                 if !path.is_empty() {
@@ -61,30 +62,38 @@ fn flatten(v: &Value, path: &mut String, out: &mut std::collections::BTreeMap<St
                 }
                 match k {
                     Value::String(s) => path.push_str(s),
-                    other => path.push_str(&yaml_serde::to_string(other).unwrap_or_default()),
+                    _ => path.push('?'),
                 }
-                flatten(child, path, out);
+                visit(path, child, false);
+                walk(child, path, visit);
                 path.truncate(len);
             }
-            return;
         }
         Value::Sequence(items) => {
-            out.insert(path.clone(), String::new());
             for (i, child) in items.iter().enumerate() {
                 let len = path.len();
                 path.push_str(&format!("[{i}]"));
-                flatten(child, path, out);
+                visit(path, child, true);
+                walk(child, path, visit);
                 path.truncate(len);
             }
-            return;
         }
-        Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
-        Value::Bool(b) => b.to_string(),
-        Value::Null => String::new(),
-        Value::Tagged(t) => yaml_serde::to_string(&t.value).unwrap_or_default(),
-    };
-    out.insert(path.clone(), scalar);
+        Value::Tagged(t) => walk(&t.value, path, visit),
+        _ => {}
+    }
+}
+
+fn flatten(v: &Value, path: &mut String, out: &mut std::collections::BTreeMap<String, String>) {
+    walk(v, path, &mut |at, node, _| {
+        let scalar = match node {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            Value::Tagged(t) => yaml_serde::to_string(&t.value).unwrap_or_default(),
+            Value::Mapping(_) | Value::Sequence(_) | Value::Null => String::new(),
+        };
+        out.insert(at.to_owned(), scalar);
+    });
 }
 
 /// Why a text is not a policy: every problem found, and, when only some sections failed to
@@ -257,46 +266,19 @@ fn flow_depth_ok(text: &str) -> Result<(), ParseError> {
 
 /// Finds every `key:` with nothing after it, and `- ` list items with nothing in them.
 fn no_empty_values(v: &Value, path: &mut String, errors: &mut Vec<ParseError>) {
-    match v {
-        Value::Mapping(m) => {
-            for (k, child) in m {
-                let len = path.len();
-                if !path.is_empty() {
-                    path.push('.');
-                }
-                match k {
-                    Value::String(s) => path.push_str(s),
-                    _ => path.push('?'),
-                }
-                if child.is_null() {
-                    errors.push(ParseError::Field {
-                        key: path.clone(),
-                        reason: "has no value (was the file cut short?); write a value or \
-                                 remove the line"
-                            .to_owned(),
-                    });
-                }
-                no_empty_values(child, path, errors);
-                path.truncate(len);
-            }
+    walk(v, path, &mut |at, node, item| {
+        if node.is_null() {
+            errors.push(ParseError::Field {
+                key: at.to_owned(),
+                reason: if item {
+                    "is an empty list item".to_owned()
+                } else {
+                    "has no value (was the file cut short?); write a value or remove the line"
+                        .to_owned()
+                },
+            });
         }
-        Value::Sequence(items) => {
-            for (i, child) in items.iter().enumerate() {
-                let len = path.len();
-                path.push_str(&format!("[{i}]"));
-                if child.is_null() {
-                    errors.push(ParseError::Field {
-                        key: path.clone(),
-                        reason: "is an empty list item".to_owned(),
-                    });
-                }
-                no_empty_values(child, path, errors);
-                path.truncate(len);
-            }
-        }
-        Value::Tagged(t) => no_empty_values(&t.value, path, errors),
-        _ => {}
-    }
+    });
 }
 
 /// serde's message without the value it quotes: `invalid type: string "x", expected a

@@ -244,9 +244,8 @@ impl Upstream {
             }
             None => self.wait_for_head(req.send(), policy, base, started).await,
         };
-        let fail = |kind: &'static str| {
-            state.metrics.upstream_error(kind);
-            if breaker.on_failure(bp.failure_threshold, bp.cooldown) {
+        let opened = |opened: bool| {
+            if opened {
                 tracing::error!(
                     request_id,
                     backend = base,
@@ -255,6 +254,10 @@ impl Upstream {
                     bp.failure_threshold
                 );
             }
+        };
+        let fail = |kind: &'static str| {
+            state.metrics.upstream_error(kind);
+            opened(breaker.on_failure(bp.failure_threshold, bp.cooldown));
         };
         let mut resp = match head {
             Ok(resp) => resp,
@@ -348,15 +351,7 @@ impl Upstream {
                     backend
                         .key_budgets
                         .failed(k, bp.failure_threshold, bp.cooldown);
-                    if breaker.on_answered_failure(bp.failure_threshold, bp.cooldown, k) {
-                        tracing::error!(
-                            request_id,
-                            backend = base,
-                            cooldown_s = bp.cooldown.as_secs_f64(),
-                            "Circuit breaker opened: this Ollama failed {} times in a row, for more than one key.",
-                            bp.failure_threshold
-                        );
-                    }
+                    opened(breaker.on_answered_failure(bp.failure_threshold, bp.cooldown, k));
                     Err(GatewayError::UpstreamFailed)
                 }
                 None => {
