@@ -158,7 +158,18 @@ impl Drop for Lease {
 pub struct Backends {
     states: RwLock<HashMap<String, Arc<BackendState>>>,
     turn: AtomicUsize,
+    /// Conversation fingerprint -> the backend that served its last turn, and when: that
+    /// host still holds the conversation's prompt in its cache.
+    affinity: std::sync::Mutex<HashMap<u64, (Arc<BackendState>, std::time::Instant)>>,
 }
+
+/// How long a conversation keeps its backend after a turn: Ollama keeps a model (and its
+/// slots' cached prompts) loaded 5 minutes after use by default; an agent's next turn comes
+/// well within it.
+pub const AFFINITY_TTL: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+
+/// Conversations remembered at most; past it the oldest half is forgotten.
+const AFFINITY_MAX: usize = 16_384;
 
 impl Backends {
     pub fn get(&self, b: &Backend) -> Arc<BackendState> {
@@ -195,6 +206,53 @@ impl Backends {
     /// backend lacks it: lists can be stale (a model pulled since the last refresh), and asking
     /// costs one quick 404 each.
     pub fn candidates(&self, policy: &Policy, model: Option<&str>) -> Vec<Arc<BackendState>> {
+        self.candidates_for(policy, model, None)
+    }
+
+    /// The backend that served this conversation's last turn, if it is still remembered.
+    fn affine(&self, conversation: u64) -> Option<Arc<BackendState>> {
+        let map = self.affinity.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&conversation)
+            .filter(|(_, at)| at.elapsed() < AFFINITY_TTL)
+            .map(|(b, _)| b.clone())
+    }
+
+    /// Remembers that `backend` served a turn of this conversation.
+    pub fn remember(&self, conversation: u64, backend: &Arc<BackendState>) {
+        let mut map = self.affinity.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= AFFINITY_MAX && !map.contains_key(&conversation) {
+            let now = std::time::Instant::now();
+            map.retain(|_, (_, at)| now.duration_since(*at) < AFFINITY_TTL / 2);
+            if map.len() >= AFFINITY_MAX {
+                map.clear();
+            }
+        }
+        map.insert(conversation, (backend.clone(), std::time::Instant::now()));
+    }
+
+    /// [`Backends::candidates`], with conversation affinity: the backend that served the
+    /// conversation's last turn goes first while it is in the list, its breaker is closed and
+    /// it has a free slot (its cache holds the conversation's prompt: Ollama evaluates only
+    /// what is new). Affinity never overrides the model filter, the breaker or a full backend.
+    pub fn candidates_for(
+        &self,
+        policy: &Policy,
+        model: Option<&str>,
+        conversation: Option<u64>,
+    ) -> Vec<Arc<BackendState>> {
+        let mut list = self.ranked(policy, model);
+        if let Some(home) = conversation.and_then(|c| self.affine(c))
+            && let Some(i) = list.iter().position(|b| Arc::ptr_eq(b, &home))
+            && home.breaker.state() == crate::breaker::BreakerState::Closed
+            && home.in_flight() < policy.max_in_flight(&home.url)
+        {
+            let home = list.remove(i);
+            list.insert(0, home);
+        }
+        list
+    }
+
+    fn ranked(&self, policy: &Policy, model: Option<&str>) -> Vec<Arc<BackendState>> {
         let all = self.all(policy);
         let mut list: Vec<(Arc<BackendState>, u32)> = all
             .iter()
@@ -279,6 +337,23 @@ mod tests {
         // The warm one is full: the cold one with room goes first.
         let _busy = b.lease();
         assert_eq!(reg.candidates(&p, Some("qwen3:32b"))[0].url, "http://a:1");
+    }
+
+    #[test]
+    fn a_conversation_keeps_its_backend_while_it_has_room() {
+        let p = policy(
+            "backends: [{url: 'http://a:1', max_in_flight: 1}, {url: 'http://b:1', max_in_flight: 1}]",
+        );
+        let reg = Backends::default();
+        let all = reg.all(&p);
+        let b = all[1].0.clone();
+        reg.remember(7, &b);
+        for _ in 0..4 {
+            assert_eq!(reg.candidates_for(&p, None, Some(7))[0].url, "http://b:1");
+        }
+        // Full: affinity gives way.
+        let _busy = b.lease();
+        assert_eq!(reg.candidates_for(&p, None, Some(7))[0].url, "http://a:1");
     }
 
     #[test]

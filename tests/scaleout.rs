@@ -197,8 +197,11 @@ fn load_spreads_and_models_route_to_the_backend_that_has_them() {
             .all(|b| b["models"].as_i64() > Some(0))
             .then_some(())
     });
-    for _ in 0..20 {
-        assert_eq!(ask(&gw).status, 200);
+    // Twenty conversations (one conversation would stay on one backend).
+    for i in 0..20 {
+        let body = json!({"model": "qwen3:32b",
+            "messages": [{"role": "user", "content": format!("hello {i}")}]});
+        assert_eq!(gw.chat("shared-key-000", &body).status, 200);
     }
     let (na, nb) = (a.chat_requests(), b.chat_requests());
     assert_eq!(na + nb, 20);
@@ -250,6 +253,54 @@ fn requests_go_to_the_backend_with_the_model_in_memory() {
     assert_eq!((cold.chat_requests(), warm.chat_requests()), (0, 10));
 }
 
+/// Conversation affinity (issue 21): each turn of a conversation (the same system prompt and
+/// first message, growing) goes to the backend that served the previous one, whose cache holds
+/// its prompt, on the native and the OpenAI route alike; without it the two backends would
+/// take turns.
+#[test]
+fn a_conversation_stays_on_its_backend() {
+    let a = Fake::start(&["--models", "qwen3:32b"]);
+    let b = Fake::start(&["--models", "qwen3:32b"]);
+    let gw = Gateway::start(&backends_policy(&[&a, &b]), "unused");
+    wait_for(Duration::from_secs(5), "model lists", || {
+        readyz(&gw)["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["models"].as_i64() > Some(0))
+            .then_some(())
+    });
+    for path in ["/api/chat", "/v1/chat/completions"] {
+        let (a0, b0) = (a.chat_requests(), b.chat_requests());
+        let mut messages = vec![
+            serde_json::json!({"role": "system", "content": format!("You are the agent of {path}.")}),
+            serde_json::json!({"role": "user", "content": "first question"}),
+        ];
+        for turn in 0..8 {
+            let body =
+                serde_json::json!({"model": "qwen3:32b", "stream": false, "messages": messages});
+            let r = request(
+                gw.addr,
+                "POST",
+                path,
+                &[("X-Api-Key", "shared-key-000")],
+                Some(body.to_string().as_bytes()),
+            );
+            assert_eq!(r.status, 200, "{}", r.text());
+            messages.push(
+                serde_json::json!({"role": "assistant", "content": format!("answer {turn}")}),
+            );
+            messages
+                .push(serde_json::json!({"role": "user", "content": format!("question {turn}")}));
+        }
+        let (na, nb) = (a.chat_requests() - a0, b.chat_requests() - b0);
+        assert!(
+            (na, nb) == (8, 0) || (na, nb) == (0, 8),
+            "{path}: the conversation moved between backends: {na} / {nb}"
+        );
+    }
+}
+
 #[test]
 fn a_killed_backend_costs_no_client_an_error_and_comes_back() {
     let mut a = Fake::start(&[]);
@@ -261,7 +312,8 @@ fn a_killed_backend_costs_no_client_an_error_and_comes_back() {
             a.kill();
         }
         for stream in [false, true] {
-            let r = gw.chat("shared-key-000", &json!({"model":"qwen3:32b","stream":stream,"messages":[{"role":"user","content":"hi"}]}));
+            // A new conversation each time (one conversation would stay on one backend).
+            let r = gw.chat("shared-key-000", &json!({"model":"qwen3:32b","stream":stream,"messages":[{"role":"user","content":format!("hi {i} {stream}")}]}));
             assert_eq!(r.status, 200, "request {i}: {}", r.text());
             if stream {
                 assert_eq!(r.events().last().map(String::as_str), Some("[DONE]"));
@@ -288,11 +340,17 @@ fn a_killed_backend_costs_no_client_an_error_and_comes_back() {
 
     // The backend comes back on its old address and gets traffic again after the cool-down.
     let back = Fake::start_at(&a_addr, &[]);
+    let mut n = 0;
     wait_for(
         Duration::from_secs(10),
         "traffic to return to the revived backend",
         || {
-            assert_eq!(ask(&gw).status, 200);
+            n += 1;
+            let r = gw.chat(
+                "shared-key-000",
+                &json!({"model":"qwen3:32b","messages":[{"role":"user","content":format!("again {n}")}]}),
+            );
+            assert_eq!(r.status, 200);
             (back.chat_requests() > 0).then_some(())
         },
     );

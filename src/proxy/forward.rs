@@ -588,6 +588,13 @@ pub async fn forward(
         request_id: &ctx.request_id,
         model: Some(&public),
         queue: Some(super::queue_for(&ctx, admitted.principal.as_ref())),
+        // Affinity chooses between backends: with one there is nothing to remember.
+        conversation: (spec.answer == Answer::Text && policy.backends.len() > 1)
+            .then(|| {
+                let caller = crate::admission::caller(admitted.principal.as_ref(), ctx.client_ip);
+                super::prompt::conversation(&caller, &public, super::prompt::conversation_parts(&v))
+            })
+            .flatten(),
     };
     let sent = std::time::Instant::now();
     let (mut resp, lease) = match upstream.send(&state, policy, &call).await {

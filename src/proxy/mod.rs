@@ -302,6 +302,17 @@ pub async fn chat_completions(
         request_id: &ctx.request_id,
         model: Some(&chat.model),
         queue: Some(queue_for(&ctx, principal.as_ref())),
+        // Affinity chooses between backends: with one there is nothing to remember.
+        conversation: (policy.backends.len() > 1)
+            .then(|| {
+                prompt::conversation_of(
+                    &crate::admission::caller(principal.as_ref(), ctx.client_ip),
+                    &chat.model,
+                    native.messages.iter().take(2),
+                    prompt::feed_json,
+                )
+            })
+            .flatten(),
     };
     let (mut resp, lease) = upstream.send(&state, policy, &call).await?;
     ctx.audit.update(|r| {

@@ -49,6 +49,7 @@ pub async fn gather(
             request_id,
             model: None,
             queue: None,
+            conversation: None,
         };
         let fetched = async {
             let mut resp = upstream.send_to(state, policy, &backend, &call).await?;
@@ -183,6 +184,7 @@ pub async fn version(
         request_id: &ctx.request_id,
         model: None,
         queue: None,
+        conversation: None,
     };
     let (mut resp, _lease) = upstream.send(&state, policy, &call).await?;
     let v: Value = upstream::read_json(&mut resp, policy.upstream.timeout, 64 * 1024)
@@ -280,6 +282,7 @@ pub async fn show(
         request_id: &ctx.request_id,
         model: Some(&public),
         queue: None,
+        conversation: None,
     };
     let (mut resp, _lease) = upstream.send(&state, policy, &call).await?;
     let mut answer: Value =
@@ -319,6 +322,7 @@ pub async fn admin(
         request_id: &ctx.request_id,
         model: None,
         queue: None,
+        conversation: None,
     };
     let (mut resp, lease) = upstream.send(&state, policy, &call).await?;
     let mut out = HttpResponse::Ok();

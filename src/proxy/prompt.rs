@@ -135,6 +135,95 @@ pub fn embed_inputs(v: &Value) -> usize {
     }
 }
 
+/// Feeds what is written to a hasher, so a value can be hashed as its JSON without the text.
+struct HashWriter<'h>(&'h mut std::collections::hash_map::DefaultHasher);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        std::hash::Hasher::write(self.0, buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Characters of a bare prompt (`/api/generate`, `/v1/completions`) that name its
+/// conversation: a prompt that grows turn by turn keeps its start.
+const PROMPT_PREFIX: usize = 2_000;
+
+/// A conversation's fingerprint, for routing its next turn to the backend whose cache holds
+/// its prompt: who asks, the model, and what stays the same from turn to turn at the start of
+/// the prompt (the system prompt or instructions and the first two messages or input items;
+/// or the start of a bare prompt). `None`: nothing that continues (an embedding, an empty
+/// body).
+pub fn conversation<'a>(
+    caller: &str,
+    model: &str,
+    parts: impl IntoIterator<Item = &'a Value>,
+) -> Option<u64> {
+    use std::hash::Hash as _;
+    conversation_of(caller, model, parts, |h, part| {
+        match part {
+            Value::String(s) => {
+                let end = s
+                    .char_indices()
+                    .nth(PROMPT_PREFIX)
+                    .map_or(s.len(), |(i, _)| i);
+                s[..end].hash(h);
+            }
+            other => serde_json::to_writer(HashWriter(h), other).ok()?,
+        }
+        Some(())
+    })
+}
+
+/// [`conversation`] over any parts, each fed to the hasher by `feed`.
+pub fn conversation_of<T>(
+    caller: &str,
+    model: &str,
+    parts: impl IntoIterator<Item = T>,
+    mut feed: impl FnMut(&mut std::collections::hash_map::DefaultHasher, T) -> Option<()>,
+) -> Option<u64> {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    caller.hash(&mut h);
+    model.hash(&mut h);
+    let mut any = false;
+    for part in parts {
+        any = true;
+        feed(&mut h, part)?;
+    }
+    any.then(|| h.finish())
+}
+
+/// A serialisable part, fed to the hasher as its JSON.
+pub fn feed_json<T: serde::Serialize>(
+    h: &mut std::collections::hash_map::DefaultHasher,
+    part: T,
+) -> Option<()> {
+    serde_json::to_writer(HashWriter(h), &part).ok()
+}
+
+/// The parts of a forwarded body that start its conversation.
+pub fn conversation_parts(v: &Value) -> Vec<&Value> {
+    let mut parts: Vec<&Value> = ["system", "instructions"]
+        .iter()
+        .filter_map(|f| v.get(*f))
+        .collect();
+    for f in ["messages", "input"] {
+        match v.get(f) {
+            Some(Value::Array(items)) => parts.extend(items.iter().take(2)),
+            Some(s @ Value::String(_)) => parts.push(s),
+            _ => {}
+        }
+    }
+    if let Some(p) = v.get("prompt") {
+        parts.push(p);
+    }
+    parts
+}
+
 fn fields_chars(v: &Value, fields: &[&str]) -> usize {
     fields
         .iter()

@@ -135,9 +135,11 @@ impl Upstream {
         call: &Call<'_>,
     ) -> Result<(UpstreamResponse, Lease), GatewayError> {
         let (request_id, model) = (call.request_id, call.model);
-        let candidates = state
-            .backends
-            .candidates(policy, model.and_then(|m| policy.models.to_upstream(m)));
+        let candidates = state.backends.candidates_for(
+            policy,
+            model.and_then(|m| policy.models.to_upstream(m)),
+            call.conversation,
+        );
         let mut last: Option<GatewayError> = None;
         // One ticket per request against its key's max_concurrent, whatever the backend.
         let mut ticket = match &call.queue {
@@ -183,7 +185,12 @@ impl Upstream {
                 lease.hold(slot, ticket.take());
             }
             match self.send_to(state, policy, &backend, call).await {
-                Ok(resp) => return Ok((resp, lease)),
+                Ok(resp) => {
+                    if let Some(c) = call.conversation {
+                        state.backends.remember(c, &backend);
+                    }
+                    return Ok((resp, lease));
+                }
                 Err(e) if retryable(&e) => {
                     ticket = lease.take_ticket();
                     tracing::debug!(request_id, backend = %backend.url, code = e.code(), "Trying the next backend.");
@@ -458,6 +465,8 @@ pub struct Call<'a> {
     /// Work for the GPU: waits for a backend slot in the fair queue. `None`: sent at once
     /// (lists, details, model management).
     pub queue: Option<QueueFor>,
+    /// The conversation this turn continues (`prompt::conversation`), for affinity.
+    pub conversation: Option<u64>,
 }
 
 /// Failures after which another backend may still answer: nothing reached the client yet.
