@@ -63,6 +63,8 @@ pub struct AuditRecord {
     pub upstream: Option<Duration>,
     /// Time waited in the fair queue for a backend slot.
     pub queue: Option<Duration>,
+    /// Why the backend that answered was chosen (`affinity`, `warm`, `cold`, `least_busy`).
+    pub backend_choice: Option<&'static str>,
 }
 
 impl AuditRecord {
@@ -329,6 +331,8 @@ fn write_line(out: &mut Vec<u8>, r: &AuditRecord, latency: Duration, now: System
     opt_ms(out, r.upstream);
     out.extend_from_slice(b",\"queue_ms\":");
     opt_ms(out, r.queue);
+    out.extend_from_slice(b",\"backend_choice\":");
+    json_opt_str(out, r.backend_choice);
     out.push(b'}');
 }
 
@@ -438,6 +442,7 @@ mod tests {
             prompt_tokens: Some(7),
             ttft: Some(Duration::from_micros(1_234_567)),
             queue: Some(Duration::from_millis(40)),
+            backend_choice: Some("warm"),
             ..AuditRecord::default()
         };
         let mut out = Vec::new();
@@ -455,8 +460,9 @@ mod tests {
         assert_eq!(v["latency_ms"], 0.005);
         assert_eq!(v["ttft_ms"], 1234.567);
         assert_eq!(v["queue_ms"], 40.0);
+        assert_eq!(v["backend_choice"], "warm");
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
-        assert_eq!(keys.len(), 19, "{keys:?}");
+        assert_eq!(keys.len(), 20, "{keys:?}");
         let mut v4 = Vec::new();
         ip_into(&mut v4, "10.0.255.1".parse().unwrap());
         assert_eq!(v4, b"10.0.255.1");

@@ -106,6 +106,7 @@ impl BackendState {
             backend: self.clone(),
             slot: None,
             ticket: None,
+            choice: None,
         }
     }
 }
@@ -129,6 +130,8 @@ pub struct Lease {
     backend: Arc<BackendState>,
     slot: Option<crate::queue::Slot>,
     ticket: Option<crate::queue::KeyTicket>,
+    /// Why this backend was chosen, once it answered.
+    choice: Option<&'static str>,
 }
 
 impl Lease {
@@ -140,6 +143,15 @@ impl Lease {
     /// The key's ticket back, for the request's next attempt on another backend.
     pub fn take_ticket(&mut self) -> Option<crate::queue::KeyTicket> {
         self.ticket.take()
+    }
+
+    /// Why this backend was chosen (`affinity`, `warm`, `cold`, `least_busy`).
+    pub fn choice(&self) -> Option<&'static str> {
+        self.choice
+    }
+
+    pub fn set_choice(&mut self, why: &'static str) {
+        self.choice = Some(why);
     }
 
     /// How long the request waited in the queue for its slot.
@@ -207,6 +219,28 @@ impl Backends {
     /// costs one quick 404 each.
     pub fn candidates(&self, policy: &Policy, model: Option<&str>) -> Vec<Arc<BackendState>> {
         self.candidates_for(policy, model, None)
+    }
+
+    /// Why `chosen` serves a request for `model` (an Ollama name) of `conversation`: the
+    /// conversation's backend (`affinity`), one with the model in memory (`warm`), one that
+    /// must load it (`cold`), or, knowing neither, the least busy (`least_busy`).
+    pub fn why(
+        &self,
+        chosen: &Arc<BackendState>,
+        model: Option<&str>,
+        conversation: Option<u64>,
+    ) -> &'static str {
+        if conversation
+            .and_then(|c| self.affine(c))
+            .is_some_and(|home| Arc::ptr_eq(&home, chosen))
+        {
+            return "affinity";
+        }
+        match model {
+            Some(m) if chosen.is_warm(m) => "warm",
+            Some(_) if chosen.loaded.load().is_some() => "cold",
+            _ => "least_busy",
+        }
     }
 
     /// The backend that served this conversation's last turn, if it is still remembered.

@@ -97,6 +97,9 @@ pub struct Metrics {
     pub backend_in_flight: Family<BackendLabels, Gauge<i64, AtomicI64>>,
     pub backend_up: Family<BackendLabels, Gauge<i64, AtomicI64>>,
     pub backend_loaded: Family<BackendLabels, Gauge<i64, AtomicI64>>,
+    pub backend_choices: Family<ReasonLabels, Counter>,
+    /// The four children of `backend_choices`, made once: counted on every model request.
+    choice_counters: [(&'static str, Counter); 4],
     pub ratelimit_backend_errors: Family<ResultLabels, Counter>,
     pub reloads: Family<ResultLabels, Counter>,
     pub policy_info: Family<PolicyLabels, Gauge<i64, AtomicI64>>,
@@ -122,6 +125,13 @@ impl Metrics {
     pub fn new() -> Self {
         let mut r = Registry::with_prefix("qwen_gateway");
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let backend_choices: Family<ReasonLabels, Counter> = Family::default();
+        let choice_counters = ["affinity", "warm", "cold", "least_busy"].map(|reason| {
+            let counter = backend_choices
+                .get_or_create(&ReasonLabels { reason })
+                .clone();
+            (reason, counter)
+        });
         let m = Metrics {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             requests: Family::default(),
@@ -140,6 +150,8 @@ impl Metrics {
             backend_in_flight: Family::default(),
             backend_up: Family::default(),
             backend_loaded: Family::default(),
+            backend_choices,
+            choice_counters,
             ratelimit_backend_errors: Family::default(),
             reloads: Family::default(),
             policy_info: Family::default(),
@@ -227,6 +239,11 @@ impl Metrics {
             "backend_up",
             "Whether the backend answered its last model refresh (1) or not (0)",
             m.backend_up.clone(),
+        );
+        r.register(
+            "backend_choice",
+            "Model requests by why their backend was chosen (affinity, warm, cold, least_busy)",
+            m.backend_choices.clone(),
         );
         r.register(
             "backend_loaded_models",
@@ -346,6 +363,19 @@ impl Metrics {
                 guard: guard.name(),
             })
             .inc();
+    }
+
+    pub fn backend_choice(&self, why: &'static str) {
+        match self.choice_counters.iter().find(|(r, _)| *r == why) {
+            Some((_, c)) => {
+                c.inc();
+            }
+            None => {
+                self.backend_choices
+                    .get_or_create(&ReasonLabels { reason: why })
+                    .inc();
+            }
+        }
     }
 
     pub fn upstream_error(&self, kind: &'static str) {

@@ -247,10 +247,19 @@ fn requests_go_to_the_backend_with_the_model_in_memory() {
             && b[0]["loaded"] == serde_json::json!([]))
         .then_some(())
     });
-    for _ in 0..10 {
-        assert_eq!(ask(&gw).status, 200);
+    // Ten conversations: each goes where its model is warm.
+    for i in 0..10 {
+        let body = json!({"model": "qwen3:32b",
+            "messages": [{"role": "user", "content": format!("hello {i}")}]});
+        assert_eq!(gw.chat("shared-key-000", &body).status, 200);
     }
     assert_eq!((cold.chat_requests(), warm.chat_requests()), (0, 10));
+    // The metric says why.
+    let m = request(gw.addr, "GET", "/metrics", &[], None).text();
+    assert!(
+        m.contains("qwen_gateway_backend_choice_total{reason=\"warm\"} 10"),
+        "{m}"
+    );
 }
 
 /// Conversation affinity (issue 21): each turn of a conversation (the same system prompt and
@@ -299,6 +308,12 @@ fn a_conversation_stays_on_its_backend() {
             "{path}: the conversation moved between backends: {na} / {nb}"
         );
     }
+    // Every turn after each conversation's first went by affinity.
+    let m = request(gw.addr, "GET", "/metrics", &[], None).text();
+    assert!(
+        m.contains("qwen_gateway_backend_choice_total{reason=\"affinity\"} 14"),
+        "{m}"
+    );
 }
 
 #[test]

@@ -318,6 +318,7 @@ pub async fn chat_completions(
     ctx.audit.update(|r| {
         r.upstream = Some(sent.elapsed());
         r.queue = lease.waited();
+        r.backend_choice = lease.choice();
     });
     // Ollama has the request: from here on it pays at least its prompt.
     meter.sent();

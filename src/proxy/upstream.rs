@@ -135,11 +135,10 @@ impl Upstream {
         call: &Call<'_>,
     ) -> Result<(UpstreamResponse, Lease), GatewayError> {
         let (request_id, model) = (call.request_id, call.model);
-        let candidates = state.backends.candidates_for(
-            policy,
-            model.and_then(|m| policy.models.to_upstream(m)),
-            call.conversation,
-        );
+        let up_model = model.and_then(|m| policy.models.to_upstream(m));
+        let candidates = state
+            .backends
+            .candidates_for(policy, up_model, call.conversation);
         let mut last: Option<GatewayError> = None;
         // One ticket per request against its key's max_concurrent, whatever the backend.
         let mut ticket = match &call.queue {
@@ -186,6 +185,11 @@ impl Upstream {
             }
             match self.send_to(state, policy, &backend, call).await {
                 Ok(resp) => {
+                    if call.queue.is_some() {
+                        let why = state.backends.why(&backend, up_model, call.conversation);
+                        state.metrics.backend_choice(why);
+                        lease.set_choice(why);
+                    }
                     if let Some(c) = call.conversation {
                         state.backends.remember(c, &backend);
                     }
