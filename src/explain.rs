@@ -13,7 +13,7 @@ use actix_web::http::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue}
 
 use crate::auth::{Principal, authenticate};
 use crate::errors::GatewayError;
-use crate::policy::{ApiKey, Guard, ModelVerdict, Policy};
+use crate::policy::{ApiKey, Guard, Policy};
 use crate::routes::{Access, BodyGuards, table};
 
 /// The request to explain, as Nginx would hand it to the gateway.
@@ -298,7 +298,7 @@ fn walk(w: &mut Walk<'_>, req: &Described) -> Result<(), GatewayError> {
         return model_access(w, p, key, model);
     }
     if route.body == BodyGuards::ModelVisible {
-        if let ModelVerdict::NotAllowed { rule } = p.model_verdict(key, model) {
+        if let Some(rule) = p.model_refusal(key, model) {
             w.say(
                 "models",
                 format!("{rule}: not in this key's model list -> 404"),
@@ -377,14 +377,15 @@ fn walk(w: &mut Walk<'_>, req: &Described) -> Result<(), GatewayError> {
     Ok(())
 }
 
-/// The key's access to the model, as the server decides it ([`Policy::model_verdict`]).
+/// The key's access to the model, as the server decides it ([`Policy::model_refusal`], then
+/// the `models` map).
 fn model_access(
     w: &mut Walk<'_>,
     p: &Policy,
     key: Option<&ApiKey>,
     model: &str,
 ) -> Result<(), GatewayError> {
-    if let ModelVerdict::NotAllowed { rule } = p.model_verdict(key, model) {
+    if let Some(rule) = p.model_refusal(key, model) {
         w.refuse(
             Guard::Models,
             rule,
@@ -393,15 +394,15 @@ fn model_access(
             },
         )?;
     }
-    match p.model_verdict(None, model) {
-        ModelVerdict::Allowed { upstream } if upstream == model => {
+    match p.models.to_upstream(model) {
+        Some(upstream) if upstream == model => {
             w.say("models", format!("model {model} allowed"));
         }
-        ModelVerdict::Allowed { upstream } => w.say(
+        Some(upstream) => w.say(
             "models",
             format!("model {model} allowed, sent to Ollama as {upstream}"),
         ),
-        _ => {
+        None => {
             w.say(
                 "models",
                 format!("{model} is not a public name under `models` -> 404"),

@@ -280,20 +280,6 @@ pub struct Policy {
     pub shape: Arc<yaml::Shape>,
 }
 
-/// What [`Policy::model_verdict`] decided.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ModelVerdict<'p> {
-    Allowed {
-        upstream: &'p str,
-    },
-    /// The key may not use it (403), by this rule.
-    NotAllowed {
-        rule: String,
-    },
-    /// Not a public name this gateway serves (404).
-    NotServed,
-}
-
 /// Where a prompt limit is set: `auth.keys[id].limits`, `models[name]` or `limits`.
 #[derive(Debug, Clone, Copy)]
 pub enum LimitField<'a> {
@@ -391,22 +377,15 @@ impl Policy {
         (self.limits.max_prompt_chars, LimitField::Limits)
     }
 
-    /// A key's access to a public model, as every route that names one decides it: the
-    /// Ollama name, or why not (the key's `models` does not list it: 403; the gateway does
-    /// not serve it: 404). The server and `explain` both ask this.
-    pub fn model_verdict<'p>(&'p self, key: Option<&ApiKey>, model: &'p str) -> ModelVerdict<'p> {
-        if let Some(k) = key
-            && let Some(allowed) = &k.models
-            && !allowed.contains(model)
-        {
-            return ModelVerdict::NotAllowed {
-                rule: format!("auth.keys[{}].models does not list {model}", k.id),
-            };
-        }
-        match self.models.to_upstream(model) {
-            Some(up) => ModelVerdict::Allowed { upstream: up },
-            None => ModelVerdict::NotServed,
-        }
+    /// Why a key may not use a public model (its `models` does not list it: 403), as every
+    /// route that names a model decides it; `None`: it may. The server and `explain` both ask
+    /// this, then `models.to_upstream` (404 when the gateway does not serve it), apart, since
+    /// a report-only refusal goes on to the model.
+    pub fn model_refusal(&self, key: Option<&ApiKey>, model: &str) -> Option<String> {
+        let k = key?;
+        let allowed = k.models.as_ref()?;
+        (!allowed.contains(model))
+            .then(|| format!("auth.keys[{}].models does not list {model}", k.id))
     }
 
     /// Whether `guard` only reports (`report_only:`) instead of refusing.

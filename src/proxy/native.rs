@@ -20,7 +20,7 @@ use crate::admission::Admitted;
 use crate::auth::Principal;
 use crate::context::{RequestCtx, request_ctx};
 use crate::errors::GatewayError;
-use crate::policy::{Guard, ModelVerdict, Policy};
+use crate::policy::{Guard, Policy};
 use crate::state::AppState;
 
 /// One Ollama model as a backend lists it (`/api/tags` or `/api/ps` entry), kept whole so
@@ -233,7 +233,7 @@ pub fn model_access(
     principal: Option<&Principal>,
 ) -> Result<String, GatewayError> {
     let key = principal.map(|p| &*p.key);
-    if let ModelVerdict::NotAllowed { rule } = ctx.policy.model_verdict(key, public) {
+    if let Some(rule) = ctx.policy.model_refusal(key, public) {
         // Report-only: served as if allowed, below.
         ctx.refuse(
             Guard::Models,
@@ -243,12 +243,13 @@ pub fn model_access(
             },
         )?;
     }
-    match ctx.policy.model_verdict(None, public) {
-        ModelVerdict::Allowed { upstream } => Ok(upstream.to_owned()),
-        _ => Err(GatewayError::ModelNotFound {
+    ctx.policy
+        .models
+        .to_upstream(public)
+        .map(str::to_owned)
+        .ok_or_else(|| GatewayError::ModelNotFound {
             model: public.to_owned(),
-        }),
-    }
+        })
 }
 
 /// `POST /api/show`: a model's details, for a model the key may use, under its public name and
