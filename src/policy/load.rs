@@ -30,7 +30,7 @@ impl Policy {
         if text.trim().is_empty() {
             return Err(parse_err("the file is empty".into()));
         }
-        let file = yaml::parse(text).map_err(|failure| {
+        let (file, shape) = yaml::parse(text).map_err(|failure| {
             let mut errors: Vec<PolicyError> = failure
                 .errors
                 .into_iter()
@@ -62,7 +62,7 @@ impl Policy {
             })
         })?;
         let mut policy = validate::validate(file, sha256_hex(bytes))?;
-        policy.shape = Arc::new(yaml::Shape::of(text));
+        policy.shape = Arc::new(shape);
         Ok(policy)
     }
 

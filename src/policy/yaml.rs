@@ -24,12 +24,10 @@ pub const MAX_FLOW_DEPTH: usize = 32;
 pub struct Shape(std::collections::BTreeMap<String, String>);
 
 impl Shape {
-    /// The shape of a text that parses (an empty shape otherwise).
-    pub fn of(text: &str) -> Shape {
+    /// The shape of a parsed policy text.
+    fn of(v: &Value) -> Shape {
         let mut out = std::collections::BTreeMap::new();
-        if let Ok(v) = yaml_serde::from_str::<Value>(text) {
-            flatten(&v, &mut String::new(), &mut out);
-        }
+        flatten(v, &mut String::new(), &mut out);
         Shape(out)
     }
 
@@ -118,10 +116,10 @@ impl From<Vec<ParseError>> for ParseFailure {
     }
 }
 
-/// The typed policy, or every independent problem found: all empty values, and one type
+/// The typed policy with its shape (from the same parse), or every independent problem found: all empty values, and one type
 /// or name error per top-level section (serde stops at the first error in what it reads, so
 /// each section is read on its own first).
-pub fn parse(text: &str) -> Result<PolicyFile, ParseFailure> {
+pub fn parse(text: &str) -> Result<(PolicyFile, Shape), ParseFailure> {
     flow_depth_ok(text).map_err(|e| vec![e])?;
     let value: Value =
         yaml_serde::from_str(text).map_err(|e| vec![ParseError::Syntax(scrub(&e))])?;
@@ -158,7 +156,10 @@ pub fn parse(text: &str) -> Result<PolicyFile, ParseFailure> {
             failed,
         });
     }
-    typed(value).map_err(|e| vec![e].into())
+    let shape = Shape::of(&value);
+    typed(value)
+        .map(|file| (file, shape))
+        .map_err(|e| vec![e].into())
 }
 
 fn typed(value: Value) -> Result<PolicyFile, ParseError> {
