@@ -581,20 +581,25 @@ pub async fn forward(
     let upstream_body: bytes::Bytes = serde_json::to_vec(&v)
         .map_err(|_| GatewayError::Internal)?
         .into();
+    let queue = super::queue_for(&ctx, admitted.principal.as_ref());
+    // Affinity chooses between backends: with one there is nothing to remember.
+    let conversation = (spec.answer == Answer::Text && policy.backends.len() > 1)
+        .then(|| {
+            super::prompt::conversation(
+                &queue.owner.key,
+                &public,
+                super::prompt::conversation_parts(&v),
+            )
+        })
+        .flatten();
     let call = Call {
         method: Method::POST,
         path: spec.path,
         body: Some(upstream_body),
         request_id: &ctx.request_id,
         model: Some(&public),
-        queue: Some(super::queue_for(&ctx, admitted.principal.as_ref())),
-        // Affinity chooses between backends: with one there is nothing to remember.
-        conversation: (spec.answer == Answer::Text && policy.backends.len() > 1)
-            .then(|| {
-                let caller = crate::admission::caller(admitted.principal.as_ref(), ctx.client_ip);
-                super::prompt::conversation(&caller, &public, super::prompt::conversation_parts(&v))
-            })
-            .flatten(),
+        queue: Some(queue),
+        conversation,
     };
     let sent = std::time::Instant::now();
     let (mut resp, lease) = match upstream.send(&state, policy, &call).await {

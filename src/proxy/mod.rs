@@ -295,24 +295,26 @@ pub async fn chat_completions(
     let native_body = serde_json::to_vec(&native).map_err(|_| GatewayError::Internal)?;
 
     let sent = Instant::now();
+    let queue = queue_for(&ctx, principal.as_ref());
+    // Affinity chooses between backends: with one there is nothing to remember.
+    let conversation = (policy.backends.len() > 1)
+        .then(|| {
+            prompt::conversation_of(
+                &queue.owner.key,
+                &chat.model,
+                native.messages.iter().take(2),
+                prompt::feed_json,
+            )
+        })
+        .flatten();
     let call = Call {
         method: actix_web::http::Method::POST,
         path: "/api/chat",
         body: Some(native_body.into()),
         request_id: &ctx.request_id,
         model: Some(&chat.model),
-        queue: Some(queue_for(&ctx, principal.as_ref())),
-        // Affinity chooses between backends: with one there is nothing to remember.
-        conversation: (policy.backends.len() > 1)
-            .then(|| {
-                prompt::conversation_of(
-                    &crate::admission::caller(principal.as_ref(), ctx.client_ip),
-                    &chat.model,
-                    native.messages.iter().take(2),
-                    prompt::feed_json,
-                )
-            })
-            .flatten(),
+        queue: Some(queue),
+        conversation,
     };
     let (mut resp, lease) = upstream.send(&state, policy, &call).await?;
     ctx.audit.update(|r| {
