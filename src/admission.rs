@@ -8,7 +8,7 @@
 //! classes) answers 500, never serves.
 //!
 //! Body-level guards (size, JSON, prompt length, model access) need the body and run in the
-//! handler's pipeline (`proxy::forward`, `proxy::chat_completions`).
+//! handler's pipeline (`proxy::pipeline`), the one handler of every model route.
 
 use std::future::{Ready, ready};
 use std::net::IpAddr;

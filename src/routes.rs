@@ -15,7 +15,7 @@ use actix_web::{HttpRequest, HttpResponse, Route, web};
 use crate::admission;
 use crate::errors::GatewayError;
 use crate::health;
-use crate::proxy::{self, count_tokens, forward, native};
+use crate::proxy::{self, count_tokens, forward, native, pipeline};
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,7 +103,7 @@ pub fn table() -> Vec<RouteDef> {
         }),
         // OpenAI surface.
         def(Method::POST, "/v1/chat/completions", Key, || {
-            web::post().to(proxy::chat_completions)
+            pipeline::route(&forward::V1_CHAT_COMPLETIONS)
         }),
         def(Method::GET, "/v1/models", Listing, || {
             web::get().to(proxy::models)
@@ -113,17 +113,17 @@ pub fn table() -> Vec<RouteDef> {
         })
         .guards(BodyGuards::ModelVisible),
         def(Method::POST, "/v1/embeddings", Key, || {
-            forward::route(&forward::V1_EMBEDDINGS)
+            pipeline::route(&forward::V1_EMBEDDINGS)
         }),
         def(Method::POST, "/v1/completions", Key, || {
-            forward::route(&forward::V1_COMPLETIONS)
+            pipeline::route(&forward::V1_COMPLETIONS)
         }),
         def(Method::POST, "/v1/responses", Key, || {
-            forward::route(&forward::V1_RESPONSES)
+            pipeline::route(&forward::V1_RESPONSES)
         }),
         // Anthropic surface (the key may also come in Anthropic's own `x-api-key`).
         def(Method::POST, "/v1/messages", Key, || {
-            forward::route(&forward::V1_MESSAGES)
+            pipeline::route(&forward::V1_MESSAGES)
         }),
         // Claude Code's context management: an estimate, no GPU (the listing class's limit).
         def(Method::POST, "/v1/messages/count_tokens", Listing, || {
@@ -151,16 +151,16 @@ pub fn table() -> Vec<RouteDef> {
         })
         .guards(BodyGuards::ModelAccess),
         def(Method::POST, "/api/chat", Key, || {
-            forward::route(&forward::API_CHAT)
+            pipeline::route(&forward::API_CHAT)
         }),
         def(Method::POST, "/api/generate", Key, || {
-            forward::route(&forward::API_GENERATE)
+            pipeline::route(&forward::API_GENERATE)
         }),
         def(Method::POST, "/api/embed", Key, || {
-            forward::route(&forward::API_EMBED)
+            pipeline::route(&forward::API_EMBED)
         }),
         def(Method::POST, "/api/embeddings", Key, || {
-            forward::route(&forward::API_EMBEDDINGS)
+            pipeline::route(&forward::API_EMBEDDINGS)
         }),
         // Model management: admin keys only, passed to Ollama as they are.
         def(Method::POST, "/api/pull", Admin, || {

@@ -100,7 +100,7 @@ pub fn check_request(req: &ChatRequest, max_messages: usize) -> Result<(), Gatew
 /// `limits.max_messages` bounds what Ollama receives: each content part becomes a message
 /// of its own there, so a few messages of many parts must not slip past it.
 pub fn check_native_messages(
-    native: &ollama::ChatRequest<'_>,
+    native: &ollama::ChatRequest,
     max_messages: usize,
 ) -> Result<(), GatewayError> {
     if native.messages.len() > max_messages {
@@ -155,11 +155,9 @@ fn think_from(effort: &str) -> Result<Value, GatewayError> {
     })
 }
 
-/// OpenAI request -> Ollama `/api/chat` body.
-pub fn to_ollama<'a>(
-    req: &'a ChatRequest,
-    upstream_model: &'a str,
-) -> Result<ollama::ChatRequest<'a>, GatewayError> {
+/// OpenAI request -> Ollama `/api/chat` body, still under the public model name (renamed when
+/// sent). The tool definitions move over, unread: count the prompt before.
+pub fn to_ollama(req: &mut ChatRequest) -> Result<ollama::ChatRequest, GatewayError> {
     let mut messages = Vec::with_capacity(req.messages.len());
     // tool_call_id -> function name, to fill `tool_name` on tool results.
     let mut call_names: HashMap<&str, &str> = HashMap::new();
@@ -253,13 +251,14 @@ pub fn to_ollama<'a>(
         presence_penalty: req.presence_penalty,
     };
 
+    let tools = req.tools.take().filter(|t| !t.is_empty());
     Ok(ollama::ChatRequest {
-        model: upstream_model,
+        model: req.model.clone(),
         messages,
         stream: req.stream.unwrap_or(false),
         format,
         options,
-        tools: req.tools.as_deref().filter(|t| !t.is_empty()),
+        tools,
         think: req
             .reasoning_effort
             .as_deref()
@@ -553,7 +552,8 @@ mod tests {
             "messages":[{"role":"system","content":"Answer in JSON."},
                         {"role":"user","content":"Capital of France?"}]}),
         );
-        let o = serde_json::to_value(to_ollama(&r, "llama3.2").unwrap()).unwrap();
+        let mut r = r;
+        let o = serde_json::to_value(to_ollama(&mut r).unwrap()).unwrap();
         assert_eq!(
             o,
             json!({"model":"llama3.2","stream":true,"format":"json",
@@ -577,8 +577,9 @@ mod tests {
                  "function":{"name":"get_weather","arguments":"{\"city\":\"Tokyo\"}"}}]},
               {"role":"tool","tool_call_id":"call_1","content":"sunny"}]}),
         );
-        let o = serde_json::to_value(to_ollama(&r, "up/m").unwrap()).unwrap();
-        assert_eq!(o["model"], "up/m");
+        let mut r = r;
+        let o = serde_json::to_value(to_ollama(&mut r).unwrap()).unwrap();
+        assert_eq!(o["model"], "m");
         assert_eq!(o["stream"], false);
         assert_eq!(o["options"], json!({"num_predict":9,"seed":7}));
         assert_eq!(o["think"], "low");
@@ -602,16 +603,16 @@ mod tests {
 
     #[test]
     fn rejects_what_ollama_would_choke_on() {
-        let url = req(json!({"model":"m","messages":[{"role":"user","content":[
+        let mut url = req(json!({"model":"m","messages":[{"role":"user","content":[
             {"type":"image_url","image_url":{"url":"https://x/y.png"}}]}]}));
-        assert!(to_ollama(&url, "m").is_err());
-        let args = req(
+        assert!(to_ollama(&mut url).is_err());
+        let mut args = req(
             json!({"model":"m","messages":[{"role":"assistant","tool_calls":[
             {"id":"c","function":{"name":"f","arguments":"{nope"}}]}]}),
         );
-        assert!(to_ollama(&args, "m").is_err());
-        let role = req(json!({"model":"m","messages":[{"role":"wizard","content":"x"}]}));
-        assert!(to_ollama(&role, "m").is_err());
+        assert!(to_ollama(&mut args).is_err());
+        let mut role = req(json!({"model":"m","messages":[{"role":"wizard","content":"x"}]}));
+        assert!(to_ollama(&mut role).is_err());
         let empty = req(json!({"model":"m","messages":[]}));
         assert!(check_request(&empty, 10).is_err());
     }

@@ -1,37 +1,18 @@
-//! One pipeline for every model route the gateway forwards to Ollama's own implementation:
-//! native `/api/chat`, `/api/generate`, `/api/embed`, `/api/embeddings`, and OpenAI's
-//! `/v1/embeddings`, `/v1/completions`.
-//!
-//! The path is the same for all: read the body (size limit), parse it, find the model, check it
-//! against the key's models, count what the model will read against the prompt limit, rename
-//! the model to Ollama's name, send, then stream the answer back line by line (or read it
-//! whole) with the public name in place of Ollama's, metering the usage it reports. What
-//! differs per route is a small description, [`Forward`].
+//! What differs between model routes: each route's description ([`Forward`]: how its body is
+//! read, where its clamps apply, how its stream is framed and ends), and the line handler
+//! that passes Ollama's own answers on under the public model name ([`PassThrough`]). The
+//! handler all of them share is `pipeline.rs`.
 
-use actix_web::http::Method;
-use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderName};
-use actix_web::{HttpMessage as _, HttpRequest, HttpResponse, web};
 use bytes::{BufMut, BytesMut};
 use serde_json::Value;
 
-use super::headers::{with_clamped_header, with_rate_headers, with_token_headers};
-use super::native::{model_access, requested_model};
 use super::openai::Usage;
 use super::prompt::{
-    Images, embed_inputs, prompt_completions, prompt_generate, prompt_input,
-    prompt_legacy_embeddings, prompt_messages, prompt_native_chat, prompt_responses,
+    prompt_completions, prompt_generate, prompt_input, prompt_legacy_embeddings, prompt_messages,
+    prompt_native_chat, prompt_responses,
 };
-use super::request::{parse_object, read_body};
-use super::stream::LineOutcome;
-use super::stream::{self, Lines};
-use super::stream_parts;
-use super::upstream::{self, Call, Upstream};
-use crate::admission::Admitted;
-use crate::clamp::Clamped;
-use crate::context::request_ctx;
+use super::stream::{LineOutcome, Lines};
 use crate::errors::{Dialect, GatewayError};
-use crate::policy::Guard;
-use crate::state::AppState;
 
 /// How a streamed answer comes from Ollama on this route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,8 +33,8 @@ pub struct Forward {
     pub stream_default: bool,
     /// Whether the route can stream at all.
     pub streams: bool,
-    /// Characters of text the model reads in this route's request body.
-    pub prompt: fn(&Value) -> usize,
+    /// How the gateway reads the route's body, and so what Ollama is sent.
+    pub reading: Reading,
     /// Largest whole (non-streamed) answer accepted: a chat's is small; embeddings'
     /// (`limits.max_embed_answer_bytes`) grow with their batch.
     pub answer: Answer,
@@ -71,6 +52,17 @@ pub struct Forward {
     pub conversation: bool,
     /// Whether `input` is a batch of embedding inputs (`limits.max_embed_inputs`).
     pub embeds: bool,
+}
+
+/// How a route's body is read.
+#[derive(Debug, Clone, Copy)]
+pub enum Reading {
+    /// As a JSON object, checked and sent on to Ollama's own implementation of the route
+    /// (re-serialised); the function counts the characters of text the model reads in it.
+    Json(fn(&Value) -> usize),
+    /// As an OpenAI chat completion (typed), translated by the gateway to native `/api/chat`
+    /// and its answer translated back (`convert.rs`).
+    ChatCompletions,
 }
 
 /// Where a route's body carries what the clamps bound.
@@ -93,12 +85,29 @@ pub enum StreamErrors {
     Responses,
 }
 
+/// `/v1/chat/completions`: the gateway's own translation to native chat (`convert.rs`), whose
+/// answer goes back as OpenAI SSE events or one `chat.completion`.
+pub static V1_CHAT_COMPLETIONS: Forward = Forward {
+    path: "/api/chat",
+    framing: Framing::Sse,
+    stream_default: false,
+    streams: true,
+    reading: Reading::ChatCompletions,
+    answer: Answer::Text,
+    since: "0.1.14",
+    end_marker: b"",
+    stream_errors: StreamErrors::Dialect,
+    clamp: ClampAt::Native { generates: true },
+    embeds: false,
+    conversation: true,
+};
+
 pub static API_CHAT: Forward = Forward {
     path: "/api/chat",
     framing: Framing::Ndjson,
     stream_default: true,
     streams: true,
-    prompt: prompt_native_chat,
+    reading: Reading::Json(prompt_native_chat),
     answer: Answer::Text,
     since: "0.1.14",
     end_marker: b"\"done\":true",
@@ -113,7 +122,7 @@ pub static API_GENERATE: Forward = Forward {
     framing: Framing::Ndjson,
     stream_default: true,
     streams: true,
-    prompt: prompt_generate,
+    reading: Reading::Json(prompt_generate),
     answer: Answer::Text,
     since: "0.1.0",
     end_marker: b"\"done\":true",
@@ -128,7 +137,7 @@ pub static API_EMBED: Forward = Forward {
     framing: Framing::Ndjson,
     stream_default: false,
     streams: false,
-    prompt: prompt_input,
+    reading: Reading::Json(prompt_input),
     answer: Answer::Embeddings,
     since: "0.3.0",
     end_marker: b"",
@@ -143,7 +152,7 @@ pub static API_EMBEDDINGS: Forward = Forward {
     framing: Framing::Ndjson,
     stream_default: false,
     streams: false,
-    prompt: prompt_legacy_embeddings,
+    reading: Reading::Json(prompt_legacy_embeddings),
     answer: Answer::Embeddings,
     since: "0.1.26",
     end_marker: b"",
@@ -158,7 +167,7 @@ pub static V1_EMBEDDINGS: Forward = Forward {
     framing: Framing::Sse,
     stream_default: false,
     streams: false,
-    prompt: prompt_input,
+    reading: Reading::Json(prompt_input),
     answer: Answer::Embeddings,
     since: "0.2.0",
     end_marker: b"",
@@ -173,7 +182,7 @@ pub static V1_COMPLETIONS: Forward = Forward {
     framing: Framing::Sse,
     stream_default: false,
     streams: true,
-    prompt: prompt_completions,
+    reading: Reading::Json(prompt_completions),
     answer: Answer::Text,
     since: "0.2.0",
     end_marker: b"[DONE]",
@@ -188,7 +197,7 @@ pub static V1_RESPONSES: Forward = Forward {
     framing: Framing::Sse,
     stream_default: false,
     streams: true,
-    prompt: prompt_responses,
+    reading: Reading::Json(prompt_responses),
     answer: Answer::Text,
     since: "0.13.3",
     end_marker: b"response.completed",
@@ -203,7 +212,7 @@ pub static V1_MESSAGES: Forward = Forward {
     framing: Framing::Sse,
     stream_default: false,
     streams: true,
-    prompt: prompt_messages,
+    reading: Reading::Json(prompt_messages),
     answer: Answer::Text,
     since: "0.14.0",
     end_marker: b"message_stop",
@@ -224,14 +233,14 @@ pub enum Answer {
 }
 
 /// `"model":"<name>"` as Go's encoder writes it, for renaming in answers without parsing them.
-fn model_field(name: &str) -> Vec<u8> {
+pub(super) fn model_field(name: &str) -> Vec<u8> {
     let mut out = b"\"model\":".to_vec();
     crate::json_out::json_str(&mut out, name);
     out
 }
 
 /// Replaces every `from` in `line` with `to`, writing into `out`.
-fn put_renamed(line: &[u8], from: &[u8], to: &[u8], out: &mut BytesMut) {
+pub(super) fn put_renamed(line: &[u8], from: &[u8], to: &[u8], out: &mut BytesMut) {
     let mut rest = line;
     while let Some(i) = memchr::memmem::find(rest, from) {
         out.put_slice(&rest[..i]);
@@ -274,7 +283,7 @@ fn usage_in(v: &Value, usage: &mut Usage) {
 
 /// Passes Ollama's lines on with the public model name, watching for the end, errors and
 /// usage.
-struct PassThrough {
+pub(super) struct PassThrough {
     from: Vec<u8>,
     to: Vec<u8>,
     spec: &'static Forward,
@@ -365,6 +374,27 @@ impl ResponsesSeen {
 }
 
 impl PassThrough {
+    /// Lines of `spec`'s route, renamed from Ollama's name `up` to the public one.
+    pub(super) fn new(spec: &'static Forward, up: &str, public: String, dialect: Dialect) -> Self {
+        PassThrough {
+            from: model_field(up),
+            to: model_field(&public),
+            spec,
+            dialect,
+            usage: Usage::default(),
+            ended: false,
+            held_event: None,
+            responses: ResponsesSeen {
+                // Only a Responses stream names its model in a failure of ours.
+                model: match spec.stream_errors {
+                    StreamErrors::Responses => public,
+                    StreamErrors::Dialect => String::new(),
+                },
+                ..ResponsesSeen::default()
+            },
+        }
+    }
+
     fn put(&self, line: &[u8], out: &mut BytesMut) {
         if self.from == self.to {
             out.put_slice(line);
@@ -489,218 +519,11 @@ impl Lines for PassThrough {
     }
 }
 
-/// The actix route (POST) of a forwarded route.
-pub fn route(spec: &'static Forward) -> actix_web::Route {
-    web::post().to(
-        move |req: HttpRequest,
-              payload: web::Payload,
-              state: web::Data<AppState>,
-              upstream: web::Data<Upstream>,
-              admitted: Admitted| forward(req, payload, state, upstream, admitted, spec),
-    )
-}
-
-/// The forwarded-route handler; `spec` says what differs per route.
-pub async fn forward(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-    upstream: web::Data<Upstream>,
-    admitted: Admitted,
-    spec: &'static Forward,
-) -> Result<HttpResponse, GatewayError> {
-    let ctx = request_ctx(&req)?;
-    let policy = &ctx.policy;
-    let body = read_body(&req, payload, &policy.limits).await?;
-    let mut v = parse_object(&body)?;
-    // limits.max_messages on every route that carries a conversation, not only on chat
-    // completions: native chat and Anthropic `messages`, Responses `input` items.
-    let turns = |f: &str| v.get(f).and_then(Value::as_array).map_or(0, Vec::len);
-    if spec.conversation && turns("messages") + turns("input") > policy.limits.max_messages {
-        return Err(GatewayError::BadRequest {
-            message: "too many messages in this request for this gateway".to_owned(),
-        });
-    }
-    let images = Images::in_body(&v);
-    super::media_guard(&policy.limits, images)?;
-    if spec.embeds && embed_inputs(&v) > policy.limits.max_embed_inputs {
-        return Err(GatewayError::BadRequest {
-            message: "too many inputs in this request for this gateway".to_owned(),
-        });
-    }
-    let stream = spec.streams
-        && v.get("stream")
-            .and_then(Value::as_bool)
-            .unwrap_or(spec.stream_default);
-    ctx.audit.update(|r| r.stream = stream);
-    let chars = (spec.prompt)(&v);
-    ctx.audit.update(|r| r.prompt_chars = Some(chars));
-    // In the chat route's order: the prompt limit, then the key's model access.
-    let public = requested_model(&v, &ctx)?.to_owned();
-    let key = admitted.principal.as_ref().map(|p| &*p.key);
-    super::prompt_guard(&ctx, key, &public, chars)?;
-    let up = model_access(&public, &ctx, admitted.principal.as_ref())?;
-    let clamps = policy.clamps(key, &public);
-    let mut clamped = Clamped::default();
-    let apply = |obj: &mut serde_json::Map<String, Value>, clamped: &mut Clamped| match spec.clamp {
-        ClampAt::Native { generates } => clamps.native_body(obj, generates, clamped),
-        ClampAt::Output(field) => clamps.output_field(obj, field, clamped),
-        ClampAt::Nothing => Ok(()),
-    };
-    if let Some(obj) = v.as_object_mut() {
-        if policy.reports(Guard::Clamps) {
-            // Report-only: the clamps run on a copy; the request goes on as the client sent it.
-            let mut copy = obj.clone();
-            let mut would = Clamped::default();
-            super::report_clamps(&ctx, apply(&mut copy, &mut would), &would);
-        } else {
-            apply(obj, &mut clamped)?;
-        }
-    }
-    let generates = matches!(
-        spec.clamp,
-        ClampAt::Native { generates: true } | ClampAt::Output(_)
-    );
-    let (meter, tokens) = super::reserve_tokens(
-        &req,
-        &state,
-        &ctx,
-        admitted.principal.as_ref(),
-        chars,
-        images.count,
-        clamps.max_output_tokens.filter(|_| generates),
-    )
-    .await?;
-    // What goes to Ollama is what the gateway read and checked, re-serialised: never the
-    // client's bytes, in which a repeated key would read differently in Go (one_reading.rs).
-    let renamed = public != up;
-    if let Some(obj) = v.as_object_mut() {
-        obj.insert("model".to_owned(), Value::from(up.as_str()));
-    }
-    drop(body);
-    let upstream_body: bytes::Bytes = serde_json::to_vec(&v)
-        .map_err(|_| GatewayError::Internal)?
-        .into();
-    let queue = super::queue_for(&ctx, admitted.principal.as_ref());
-    // Affinity chooses between backends: with one there is nothing to remember.
-    let conversation = (spec.answer == Answer::Text && policy.backends.len() > 1)
-        .then(|| {
-            super::prompt::conversation(
-                &queue.owner.key,
-                &public,
-                super::prompt::conversation_parts(&v),
-            )
-        })
-        .flatten();
-    let call = Call {
-        method: Method::POST,
-        path: spec.path,
-        body: Some(upstream_body),
-        request_id: &ctx.request_id,
-        model: Some(&public),
-        queue: Some(queue),
-        conversation,
-    };
-    let sent = std::time::Instant::now();
-    let (mut resp, lease) = match upstream.send(&state, policy, &call).await {
-        Err(GatewayError::UpstreamTooOld { .. }) => {
-            return Err(GatewayError::UpstreamTooOld { needs: spec.since });
-        }
-        other => other?,
-    };
-    ctx.audit.update(|r| {
-        r.upstream = Some(sent.elapsed());
-        r.queue = lease.waited();
-        r.backend_choice = lease.choice();
-    });
-    // Ollama has the request: from here on it pays at least its prompt.
-    meter.sent();
-
-    if stream {
-        let lines = PassThrough {
-            from: model_field(&up),
-            to: model_field(&public),
-            spec,
-            dialect: ctx.dialect,
-            usage: Usage::default(),
-            ended: false,
-            held_event: None,
-            responses: ResponsesSeen {
-                // Only a Responses stream names its model in a failure of ours.
-                model: match spec.stream_errors {
-                    StreamErrors::Responses => public.clone(),
-                    StreamErrors::Dialect => String::new(),
-                },
-                ..ResponsesSeen::default()
-            },
-        };
-        let content_type = match spec.framing {
-            Framing::Ndjson => "application/x-ndjson",
-            Framing::Sse => "text/event-stream",
-        };
-        let body = stream::relay(
-            resp.take_payload(),
-            lines,
-            stream_parts(&state, &ctx, lease, meter),
-        );
-        let mut out = HttpResponse::Ok();
-        out.insert_header((CONTENT_TYPE, content_type))
-            .insert_header((CACHE_CONTROL, "no-cache"))
-            .insert_header((HeaderName::from_static("x-accel-buffering"), "no"));
-        with_rate_headers(&mut out, admitted.decision);
-        with_token_headers(&mut out, tokens);
-        with_clamped_header(&mut out, &clamped);
-        return Ok(out.streaming(body));
-    }
-
-    let bytes = upstream::read_body(
-        &mut resp,
-        policy.upstream.first_token_timeout,
-        match spec.answer {
-            Answer::Text => upstream::ANSWER_LIMIT,
-            Answer::Embeddings => policy.limits.max_embed_answer_bytes,
-        },
-    )
-    .await
-    .map_err(|e| e.into_gateway_error(&state))?;
-    drop(lease);
-    ctx.audit.update(|r| r.upstream = Some(sent.elapsed()));
-    // The answer is checked and its counts read by a typed read that skips everything else
-    // (a tree of a 30 MB embeddings answer would take several times its size), then goes
-    // back as Ollama wrote it, with the model's name replaced where Go's encoder wrote it.
-    let probe: AnswerProbe = serde_json::from_slice(&bytes)
-        .map_err(|_| upstream::BodyError::Invalid.into_gateway_error(&state))?;
-    if probe.error.is_some() {
-        state.metrics.upstream_error("error_body");
-        return Err(GatewayError::UpstreamFailed);
-    }
-    let usage = probe.usage();
-    let answer = if renamed {
-        let mut out = BytesMut::with_capacity(bytes.len() + public.len());
-        put_renamed(&bytes, &model_field(&up), &model_field(&public), &mut out);
-        out.freeze()
-    } else {
-        bytes
-    };
-    ctx.audit.update(|r| {
-        r.prompt_tokens = Some(usage.prompt_tokens);
-        r.completion_tokens = Some(usage.completion_tokens);
-    });
-    meter.counted(Some(usage.prompt_tokens), Some(usage.completion_tokens));
-    drop(meter);
-    let mut out = HttpResponse::Ok();
-    out.insert_header((CONTENT_TYPE, "application/json; charset=utf-8"));
-    with_rate_headers(&mut out, admitted.decision);
-    with_token_headers(&mut out, tokens);
-    with_clamped_header(&mut out, &clamped);
-    Ok(out.body(answer))
-}
-
 /// What a whole answer says about itself: an error, and its token counts in each surface's
 /// spelling. Every other field is skipped unread.
 #[derive(serde::Deserialize)]
-struct AnswerProbe {
-    error: Option<serde::de::IgnoredAny>,
+pub(super) struct AnswerProbe {
+    pub(super) error: Option<serde::de::IgnoredAny>,
     prompt_eval_count: Option<u64>,
     eval_count: Option<u64>,
     usage: Option<UsageProbe>,
@@ -715,7 +538,7 @@ struct UsageProbe {
 }
 
 impl AnswerProbe {
-    fn usage(&self) -> Usage {
+    pub(super) fn usage(&self) -> Usage {
         let u = self.usage.as_ref();
         let prompt = self
             .prompt_eval_count

@@ -37,3 +37,18 @@ pub(crate) fn with_clamped_header(
         resp.insert_header((HeaderName::from_static("x-qwen-gateway-clamped"), h));
     }
 }
+
+/// Everything the guards decided for the answer's headers, applied in one place.
+pub(crate) struct Decided {
+    pub rate: Option<Decision>,
+    pub tokens: Option<crate::ratelimit::tokens::TokenDecision>,
+    pub clamped: crate::clamp::Clamped,
+}
+
+impl Decided {
+    pub(crate) fn apply(self, resp: &mut actix_web::HttpResponseBuilder) {
+        with_rate_headers(resp, self.rate);
+        with_token_headers(resp, self.tokens);
+        with_clamped_header(resp, &self.clamped);
+    }
+}

@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 #[derive(Debug, Serialize)]
-pub struct ChatRequest<'a> {
-    pub model: &'a str,
+pub struct ChatRequest {
+    pub model: String,
     pub messages: Vec<Message>,
     /// Always explicit: Ollama's default is `true`.
     pub stream: bool,
@@ -17,7 +17,7 @@ pub struct ChatRequest<'a> {
     #[serde(skip_serializing_if = "Options::is_empty")]
     pub options: Options,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tools: Option<&'a [Value]>,
+    pub tools: Option<Vec<Value>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub think: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
