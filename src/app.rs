@@ -7,13 +7,13 @@ use std::time::Duration;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 
-use crate::audit;
 use crate::context::gate;
-use crate::proxy::upstream::Upstream;
-use crate::ratelimit::redis::RedisLimiter;
+use crate::limits::ratelimit::redis::RedisLimiter;
+use crate::observe::audit;
 use crate::routes;
 use crate::shutdown::Shutdown;
 use crate::state::AppState;
+use crate::upstream::client::Upstream;
 
 /// SIGTERM or SIGINT: stop accepting and let requests finish; when the grace period is over,
 /// cut what is still running (streams end with an error event, waiting requests get 503).

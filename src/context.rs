@@ -19,8 +19,8 @@ use actix_web::middleware::Next;
 use actix_web::{HttpMessage, HttpRequest, ResponseError as _, web};
 use bytes::Bytes;
 
-use crate::audit::{self, AuditCell, AuditRecord};
 use crate::errors::{Dialect, GatewayError};
+use crate::observe::audit::{self, AuditCell, AuditRecord};
 use crate::policy::Guard;
 use crate::policy::Policy;
 use crate::state::AppState;
@@ -197,7 +197,8 @@ pub async fn gate(
         .peer_addr()
         .map(|a| a.ip())
         .unwrap_or(IpAddr::from([0, 0, 0, 0]));
-    let client_ip = crate::client_ip::resolve(peer, req.headers(), &policy.trusted_proxies);
+    let client_ip =
+        crate::admission::client_ip::resolve(peer, req.headers(), &policy.trusted_proxies);
     let request_id = request_id(&req);
     let dialect = Dialect::for_path(req.path());
     let audit = Rc::new(AuditCell::new(

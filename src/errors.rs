@@ -15,8 +15,8 @@ use actix_web::http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
-use crate::quota::{Decision, TokenDecision};
-pub use crate::quota::{HeaderPair, ceil_secs};
+use crate::limits::quota::{Decision, TokenDecision};
+pub use crate::limits::quota::{HeaderPair, ceil_secs};
 
 /// Everything that can go wrong for a client, without the internal cause.
 #[derive(Debug, Clone, thiserror::Error)]

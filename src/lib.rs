@@ -1,38 +1,25 @@
 //! qwen-gateway: an OpenAI-compatible gateway in front of Ollama.
 //!
-//! Request flow: Nginx -> `app` (middleware: policy snapshot, request id, client IP, audit) ->
-//! `proxy` (guards: `client_ip` allowlist, `auth`, `ratelimit`; then request limits,
-//! `proxy::convert` to Ollama's native API, `proxy::upstream` with the `breaker`, and
-//! `proxy::stream` back to SSE). `policy` is the validated file, `reload` swaps it live,
-//! `audit`/`telemetry`/`metrics`/`health` are what operators see, `errors` is what clients see.
+//! Request flow: Nginx -> `context` (the gate: policy snapshot, request id, client IP, audit)
+//! -> `routes` (the table) -> `admission` (allowlist, key, rate limit, admin) ->
+//! `surface::pipeline` (one handler for every model route: body guards, send, relay) ->
+//! `upstream` (backend choice, fair queue slot, breaker) -> Ollama. `limits` holds what a
+//! caller may spend, `policy` the validated file and its live reload, `observe` what operators
+//! see, `commands` the operator's commands, `errors` what clients see.
 
 pub mod admission;
 pub mod app;
-pub mod audit;
-pub mod auth;
-pub mod backends;
-pub mod breaker;
-pub mod clamp;
-pub mod cli;
-pub mod client_ip;
+pub mod commands;
 pub mod context;
 pub mod errors;
-pub mod explain;
-pub mod health;
 pub mod ids;
 pub mod json_out;
-pub mod meter;
-pub mod metrics;
-pub mod ollama_options;
-pub mod ops;
+pub mod limits;
+pub mod observe;
 pub mod policy;
-pub mod proxy;
-pub mod queue;
-pub mod quota;
-pub mod ratelimit;
-pub mod reload;
 pub mod rfc3339;
 pub mod routes;
 pub mod shutdown;
 pub mod state;
-pub mod telemetry;
+pub mod surface;
+pub mod upstream;

@@ -7,10 +7,12 @@ use std::sync::Arc;
 
 use clap::Parser as _;
 use qwen_gateway::app;
-use qwen_gateway::cli::{Cli, Command};
+use qwen_gateway::commands::cli::{Cli, Command};
+use qwen_gateway::commands::ops;
+use qwen_gateway::observe::telemetry;
+use qwen_gateway::policy::reload;
 use qwen_gateway::policy::{Policy, hash_key};
 use qwen_gateway::state::AppState;
-use qwen_gateway::{ops, reload, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -57,7 +59,7 @@ fn check(path: &Path, mut opts: ops::CheckOptions) -> ExitCode {
 
 /// `explain`: the walk through the guards for a described request; exit 0 when it would be
 /// served, 1 when refused, 2 when the policy file is not valid.
-fn explain(path: &Path, a: qwen_gateway::cli::ExplainArgs) -> ExitCode {
+fn explain(path: &Path, a: qwen_gateway::commands::cli::ExplainArgs) -> ExitCode {
     let policy = match Policy::load(path) {
         Ok(p) => p,
         Err(e) => {
@@ -65,7 +67,7 @@ fn explain(path: &Path, a: qwen_gateway::cli::ExplainArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let described = qwen_gateway::explain::Described {
+    let described = qwen_gateway::commands::explain::Described {
         peer: Some(a.peer),
         x_forwarded_for: a.forwarded_for,
         x_real_ip: a.real_ip,
@@ -77,8 +79,8 @@ fn explain(path: &Path, a: qwen_gateway::cli::ExplainArgs) -> ExitCode {
         prompt_chars: a.prompt_chars,
         max_tokens: a.max_tokens,
     };
-    let e = qwen_gateway::explain::explain(&policy, &described);
-    print!("{}", qwen_gateway::explain::render(&e));
+    let e = qwen_gateway::commands::explain::explain(&policy, &described);
+    print!("{}", qwen_gateway::commands::explain::render(&e));
     if e.code.is_none() {
         ExitCode::SUCCESS
     } else {
@@ -177,14 +179,16 @@ fn run(path: &Path, workers: Option<usize>, watch: bool) -> anyhow::Result<()> {
                 let _ = trigger.send(reload::Trigger::Signal);
             }
         });
-        actix_web::rt::spawn(qwen_gateway::proxy::upstream::refresh_models(state.clone()));
+        actix_web::rt::spawn(qwen_gateway::upstream::client::refresh_models(
+            state.clone(),
+        ));
         let result = app::run(state, workers).await;
         drop(reloader);
         result
     })?;
     // Workers hand over their last audit lines as their threads end; then dropping the
     // telemetry guard flushes the file: every accepted request has its line.
-    if !qwen_gateway::audit::wait_flushed(std::time::Duration::from_secs(5)) {
+    if !qwen_gateway::observe::audit::wait_flushed(std::time::Duration::from_secs(5)) {
         eprintln!("qwen-gateway: some audit lines were not handed over before exit");
     }
     drop(telemetry);

@@ -14,8 +14,8 @@ use actix_web::{HttpRequest, HttpResponse, Route, web};
 
 use crate::admission;
 use crate::errors::GatewayError;
-use crate::health;
-use crate::proxy::{self, count_tokens, forward, native, pipeline};
+use crate::observe::health;
+use crate::surface::{self, count_tokens, forward, native, pipeline};
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,10 +106,10 @@ pub fn table() -> Vec<RouteDef> {
             pipeline::route(&forward::V1_CHAT_COMPLETIONS)
         }),
         def(Method::GET, "/v1/models", Listing, || {
-            web::get().to(proxy::models)
+            web::get().to(surface::models)
         }),
         def(Method::GET, "/v1/models/{model}", Listing, || {
-            web::get().to(proxy::model)
+            web::get().to(surface::model)
         })
         .guards(BodyGuards::ModelVisible),
         def(Method::POST, "/v1/embeddings", Key, || {

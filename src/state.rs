@@ -11,13 +11,13 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
-use crate::audit::AuditSink;
-use crate::backends::Backends;
-use crate::metrics::{BackendLabels, Metrics};
+use crate::limits::ratelimit::RateLimiter;
+use crate::observe::audit::AuditSink;
+use crate::observe::metrics::{BackendLabels, Metrics};
+use crate::observe::telemetry::{AuditWriter, LogLevel};
 use crate::policy::Policy;
-use crate::ratelimit::RateLimiter;
 use crate::shutdown::Shutdown;
-use crate::telemetry::{AuditWriter, LogLevel};
+use crate::upstream::backends::Backends;
 
 /// The outcome of the latest reload attempt, for `/readyz`.
 #[derive(Debug, Clone)]
@@ -81,11 +81,11 @@ pub struct AppState {
     /// Fires when the shutdown grace period is over.
     pub shutdown: Arc<Shutdown>,
     /// Requests in flight or waiting per key (`max_concurrent`).
-    pub per_key: Arc<crate::queue::PerKey>,
+    pub per_key: Arc<crate::limits::queue::PerKey>,
     /// Token quotas' logs (`token_limit`), surviving reloads.
-    pub tokens: Arc<crate::ratelimit::tokens::TokenLimiter>,
+    pub tokens: Arc<crate::limits::ratelimit::tokens::TokenLimiter>,
     /// Each key's recent token use, which orders the fair queue (added to by each meter).
-    pub usage: Arc<crate::queue::Usage>,
+    pub usage: Arc<crate::limits::queue::Usage>,
 }
 
 impl AppState {
@@ -124,7 +124,7 @@ impl AppState {
                 loaded_at: now,
                 in_progress_since: None,
                 history: std::collections::VecDeque::from([ReloadEntry {
-                    at: crate::audit::rfc3339(now),
+                    at: crate::observe::audit::rfc3339(now),
                     trigger: "startup",
                     result: "loaded",
                     sha256: Some(sha256),
@@ -136,7 +136,9 @@ impl AppState {
             log_level,
             shutdown: Arc::new(Shutdown::default()),
             per_key: Arc::default(),
-            tokens: Arc::new(crate::ratelimit::tokens::TokenLimiter::new(max_tracked)),
+            tokens: Arc::new(crate::limits::ratelimit::tokens::TokenLimiter::new(
+                max_tracked,
+            )),
         }
     }
 
@@ -174,7 +176,7 @@ impl AppState {
         for (key, n) in self.per_key.snapshot() {
             self.metrics
                 .key_in_flight
-                .get_or_create(&crate::metrics::KeyLabels {
+                .get_or_create(&crate::observe::metrics::KeyLabels {
                     key_id: key.to_string(),
                 })
                 .set(i64::try_from(n).unwrap_or(i64::MAX));

@@ -160,7 +160,7 @@ fn holds(path: &str, body: &str, r: &Response) -> Result<(), String> {
     }
     for o in read["options"].as_array().into_iter().flatten() {
         // The default allowed options, and num_ctx (the clamp's own).
-        let allowed = qwen_gateway::ollama_options::OptionSet::SAMPLING;
+        let allowed = qwen_gateway::limits::ollama_options::OptionSet::SAMPLING;
         if !o
             .as_str()
             .is_some_and(|o| o == "num_ctx" || allowed.contains(o))

@@ -8,6 +8,7 @@
 mod error;
 mod file;
 mod load;
+pub mod reload;
 pub mod source;
 mod validate;
 #[cfg(test)]
@@ -28,8 +29,8 @@ use sha2::{Digest, Sha256};
 pub use error::PolicyError;
 pub use file::PolicyFile;
 
-use crate::client_ip::IpSet;
-pub use crate::quota::{Quota, RedisLimits};
+use crate::admission::client_ip::IpSet;
+pub use crate::limits::quota::{Quota, RedisLimits};
 
 /// One accepted API key. Only the SHA-256 digest is kept in memory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,7 +52,7 @@ pub struct ApiKey {
     /// Share of the GPU relative to other keys in the fair queue.
     pub weight: u32,
     /// This key's token quotas, instead of the policy's `token_limit`.
-    pub token_limit: Option<Vec<crate::quota::TokenQuota>>,
+    pub token_limit: Option<Vec<crate::limits::quota::TokenQuota>>,
     /// From then on the key is refused as expired.
     pub expires_at: Option<std::time::SystemTime>,
     /// Before then the key is refused as not yet valid (a rotation's new key, staged).
@@ -104,7 +105,7 @@ pub struct Limits {
     /// Largest embeddings answer read from Ollama (it is held whole to be checked).
     pub max_embed_answer_bytes: usize,
     /// Ollama `options` a non-admin key may set; others are dropped (or refused).
-    pub allowed_options: crate::ollama_options::OptionSet,
+    pub allowed_options: crate::limits::ollama_options::OptionSet,
     /// The whole request body must arrive within this (slow-drip clients get 408).
     pub body_timeout: Duration,
     /// Largest context a request may ask for; `None`: any.
@@ -255,7 +256,7 @@ pub struct Policy {
     pub log_level: String,
     pub rate_limit: Option<Quota>,
     /// Each key's token quotas (per minute, per day); empty: none.
-    pub token_limit: Vec<crate::quota::TokenQuota>,
+    pub token_limit: Vec<crate::limits::quota::TokenQuota>,
     pub limit_backend: LimitBackend,
     pub max_tracked_clients: u64,
     pub auth: Option<AuthPolicy>,
@@ -394,9 +395,9 @@ impl Policy {
     }
 
     /// The request clamps for a key (if any) and a public model.
-    pub fn clamps(&self, key: Option<&ApiKey>, model: &str) -> crate::clamp::Clamps {
+    pub fn clamps(&self, key: Option<&ApiKey>, model: &str) -> crate::limits::clamp::Clamps {
         let kl = key.map(|k| k.limits).unwrap_or_default();
-        crate::clamp::Clamps {
+        crate::limits::clamp::Clamps {
             max_num_ctx: kl.max_num_ctx.or(self.limits.max_num_ctx),
             max_output_tokens: kl.max_output_tokens.or(self.limits.max_output_tokens),
             max_keep_alive: kl.max_keep_alive.unwrap_or(self.limits.max_keep_alive),

@@ -16,9 +16,9 @@ use super::{
     ApiKey, AuditPolicy, AuthPolicy, Backend, BreakerPolicy, KeyLimits, LimitBackend, Limits,
     ModelMap, ModelSettings, Policy, PolicyError, Quota, RedisLimits, UpstreamPolicy, digest,
 };
-use crate::client_ip::{IpSet, parse_net};
-use crate::ollama_options::OptionSet;
-use crate::quota::TokenQuota;
+use crate::admission::client_ip::{IpSet, parse_net};
+use crate::limits::ollama_options::OptionSet;
+use crate::limits::quota::TokenQuota;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:18789";
 pub const DEFAULT_OLLAMA: &str = "http://127.0.0.1:11434";

@@ -29,14 +29,14 @@ fn quota(q: Option<Quota>) -> Value {
     }
 }
 
-fn token_quotas(list: &[crate::ratelimit::tokens::TokenQuota]) -> Value {
+fn token_quotas(list: &[crate::limits::ratelimit::tokens::TokenQuota]) -> Value {
     list.iter()
         .map(|t| json!(format!("{}/{}s", t.limit, t.window.as_secs())))
         .collect()
 }
 
 fn time(t: Option<std::time::SystemTime>) -> Value {
-    t.map_or(Value::Null, |t| json!(crate::audit::rfc3339(t)))
+    t.map_or(Value::Null, |t| json!(crate::observe::audit::rfc3339(t)))
 }
 
 /// One key id's view. Several entries under one id (a rotation) are one client; the view
@@ -122,7 +122,7 @@ pub fn view(p: &Policy) -> Value {
         warnings: _,
         shape: _,
     } = p;
-    let nets = |s: &crate::client_ip::IpSet| -> Value {
+    let nets = |s: &crate::admission::client_ip::IpSet| -> Value {
         s.nets().iter().map(|n| json!(n.to_string())).collect()
     };
     let auth = auth.as_ref().map(|a| {
@@ -186,7 +186,7 @@ pub fn view(p: &Policy) -> Value {
         "rate_limit_backend": match limit_backend {
             LimitBackend::Memory => json!("memory"),
             LimitBackend::Redis(r) => {
-                let crate::quota::RedisLimits {
+                let crate::limits::quota::RedisLimits {
                     url: _, // it may hold a password
                     timeout,
                     fail_open,

@@ -15,13 +15,13 @@ use serde_json::{Value, json};
 
 use super::headers::with_rate_headers;
 use super::request::{parse_json, read_body};
-use super::upstream::{self, Call, Upstream};
 use crate::admission::Admitted;
-use crate::auth::Principal;
+use crate::admission::auth::Principal;
 use crate::context::{RequestCtx, request_ctx};
 use crate::errors::GatewayError;
 use crate::policy::{Guard, Policy};
 use crate::state::AppState;
+use crate::upstream::client::{self, Call, Upstream};
 
 /// One Ollama model as a backend lists it (`/api/tags` or `/api/ps` entry), kept whole so
 /// that every field Ollama sends reaches the client.
@@ -53,7 +53,7 @@ pub async fn gather(
         };
         let fetched = async {
             let mut resp = upstream.send_to(state, policy, &backend, &call).await?;
-            upstream::read_json::<Value>(&mut resp, policy.upstream.timeout, upstream::TAGS_LIMIT)
+            client::read_json::<Value>(&mut resp, policy.upstream.timeout, client::TAGS_LIMIT)
                 .await
                 .map_err(|e| e.into_gateway_error(state))
         }
@@ -187,7 +187,7 @@ pub async fn version(
         conversation: None,
     };
     let (mut resp, _lease) = upstream.send(&state, policy, &call).await?;
-    let v: Value = upstream::read_json(&mut resp, policy.upstream.timeout, 64 * 1024)
+    let v: Value = client::read_json(&mut resp, policy.upstream.timeout, 64 * 1024)
         .await
         .map_err(|e| e.into_gateway_error(&state))?;
     let version = v.get("version").cloned().unwrap_or(Value::Null);
@@ -212,7 +212,10 @@ pub fn requested_model<'b>(body: &'b Value, ctx: &RequestCtx) -> Result<&'b str,
             message: "model is required".to_owned(),
         })?;
     ctx.audit.update(|r| {
-        r.model = Some(crate::audit::clip(public, super::convert::MAX_MODEL_CHARS));
+        r.model = Some(crate::observe::audit::clip(
+            public,
+            super::convert::MAX_MODEL_CHARS,
+        ));
     });
     if public.chars().count() > super::convert::MAX_MODEL_CHARS {
         return Err(GatewayError::BadRequest {
@@ -287,7 +290,7 @@ pub async fn show(
     };
     let (mut resp, _lease) = upstream.send(&state, policy, &call).await?;
     let mut answer: Value =
-        upstream::read_json(&mut resp, policy.upstream.timeout, upstream::TAGS_LIMIT)
+        client::read_json(&mut resp, policy.upstream.timeout, client::TAGS_LIMIT)
             .await
             .map_err(|e| e.into_gateway_error(&state))?;
     if !admitted.principal.as_ref().is_some_and(|p| p.key.admin) {

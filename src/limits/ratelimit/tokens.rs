@@ -19,7 +19,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-pub use crate::quota::{TokenDecision, TokenQuota};
+pub use crate::limits::quota::{TokenDecision, TokenQuota};
 
 /// The gateway's estimate of the tokens in `chars` characters of prompt: one token per three
 /// characters, on the high side for English and code (Qwen's tokenizer averages about four),
@@ -132,7 +132,7 @@ enum Held {
     /// Shared by every gateway through Redis; settled by a task on this worker.
     Redis {
         redis: actix_web::web::Data<super::redis::RedisLimiter>,
-        cfg: crate::quota::RedisLimits,
+        cfg: crate::limits::quota::RedisLimits,
         keys: Vec<String>,
         held: Vec<(u64, u64)>,
     },
@@ -141,7 +141,7 @@ enum Held {
 impl Reservation {
     pub fn redis(
         redis: actix_web::web::Data<super::redis::RedisLimiter>,
-        cfg: crate::quota::RedisLimits,
+        cfg: crate::limits::quota::RedisLimits,
         keys: Vec<String>,
         held: Vec<(u64, u64)>,
     ) -> Self {

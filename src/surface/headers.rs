@@ -3,7 +3,7 @@
 
 use actix_web::http::header::HeaderName;
 
-use crate::quota::Decision;
+use crate::limits::quota::Decision;
 
 pub(crate) fn with_rate_headers(
     resp: &mut actix_web::HttpResponseBuilder,
@@ -19,7 +19,7 @@ pub(crate) fn with_rate_headers(
 /// OpenAI's `x-ratelimit-*-tokens` headers, when a token quota applies.
 pub(crate) fn with_token_headers(
     resp: &mut actix_web::HttpResponseBuilder,
-    decision: Option<crate::ratelimit::tokens::TokenDecision>,
+    decision: Option<crate::limits::ratelimit::tokens::TokenDecision>,
 ) {
     if let Some(d) = decision {
         for (name, value) in d.headers() {
@@ -31,7 +31,7 @@ pub(crate) fn with_token_headers(
 /// `x-qwen-gateway-clamped: num_ctx=32768, ...` when the request clamps changed a value.
 pub(crate) fn with_clamped_header(
     resp: &mut actix_web::HttpResponseBuilder,
-    clamped: &crate::clamp::Clamped,
+    clamped: &crate::limits::clamp::Clamped,
 ) {
     if let Some(h) = clamped.header() {
         resp.insert_header((HeaderName::from_static("x-qwen-gateway-clamped"), h));
@@ -41,8 +41,8 @@ pub(crate) fn with_clamped_header(
 /// Everything the guards decided for the answer's headers, applied in one place.
 pub(crate) struct Decided {
     pub rate: Option<Decision>,
-    pub tokens: Option<crate::ratelimit::tokens::TokenDecision>,
-    pub clamped: crate::clamp::Clamped,
+    pub tokens: Option<crate::limits::ratelimit::tokens::TokenDecision>,
+    pub clamped: crate::limits::clamp::Clamped,
 }
 
 impl Decided {

@@ -1,6 +1,6 @@
 //! What differs between model routes: each route's description ([`Forward`]: how its body is
 //! read, where its clamps apply, how its stream is framed and ends), and the line handler
-//! that passes Ollama's own answers on under the public model name ([`PassThrough`]). The
+//! that passes Ollama's own answers on under the public model name (`PassThrough`). The
 //! handler all of them share is `pipeline.rs`.
 
 use bytes::{BufMut, BytesMut};
@@ -225,7 +225,7 @@ pub static V1_MESSAGES: Forward = Forward {
 /// What a route's whole answer is, for its size bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Answer {
-    /// Generated text: `upstream::ANSWER_LIMIT`.
+    /// Generated text: `client::ANSWER_LIMIT`.
     Text,
     /// Vectors, as large as the batch asks (1,000 inputs x 1,024 floats is ~20 MB as JSON):
     /// `limits.max_embed_answer_bytes`.

@@ -28,21 +28,21 @@ use super::forward::{
 };
 use super::headers::Decided;
 use super::native::{model_access, requested_model};
-use super::ollama;
 use super::openai::ChatRequest;
 use super::prompt::{self, Images, embed_inputs, prompt_tokens_estimate};
 use super::request::{parse_json, parse_object, read_body};
 use super::stream;
-use super::upstream::{self, Call, QueueFor, Upstream};
 use crate::admission::Admitted;
-use crate::auth::Principal;
-use crate::backends::Lease;
-use crate::clamp::{Clamped, Clamps};
+use crate::admission::auth::Principal;
 use crate::context::{RequestCtx, request_ctx};
 use crate::errors::GatewayError;
-use crate::meter::Meter;
+use crate::limits::clamp::{Clamped, Clamps};
+use crate::limits::meter::Meter;
 use crate::policy::{ApiKey, Guard, Limits};
 use crate::state::AppState;
+use crate::upstream::backends::Lease;
+use crate::upstream::client::{self, Call, QueueFor, Upstream};
+use crate::upstream::ollama;
 
 /// The actix route (POST) of a model route.
 pub fn route(spec: &'static Forward) -> actix_web::Route {
@@ -124,7 +124,10 @@ impl Read {
     fn chat(mut chat: ChatRequest, ctx: &RequestCtx) -> Result<Read, GatewayError> {
         let max_messages = ctx.policy.limits.max_messages;
         ctx.audit.update(|r| {
-            r.model = Some(crate::audit::clip(&chat.model, convert::MAX_MODEL_CHARS));
+            r.model = Some(crate::observe::audit::clip(
+                &chat.model,
+                convert::MAX_MODEL_CHARS,
+            ));
         });
         convert::check_request(&chat, max_messages)?;
         let chars = convert::prompt_chars(&chat);
@@ -382,10 +385,10 @@ pub async fn handle(
     }
 
     let limit = match spec.answer {
-        Answer::Text => upstream::ANSWER_LIMIT,
+        Answer::Text => client::ANSWER_LIMIT,
         Answer::Embeddings => policy.limits.max_embed_answer_bytes,
     };
-    let bytes = upstream::read_body(&mut resp, policy.upstream.first_token_timeout, limit)
+    let bytes = client::read_body(&mut resp, policy.upstream.first_token_timeout, limit)
         .await
         .map_err(|e| e.into_gateway_error(&state))?;
     drop(lease);
@@ -396,7 +399,7 @@ pub async fn handle(
             // of a 30 MB embeddings answer would take several times its size), then sent back
             // as Ollama wrote it, with the model's name replaced where Go's encoder wrote it.
             let probe: AnswerProbe = serde_json::from_slice(&bytes)
-                .map_err(|_| upstream::BodyError::Invalid.into_gateway_error(&state))?;
+                .map_err(|_| client::BodyError::Invalid.into_gateway_error(&state))?;
             if probe.error.is_some() {
                 state.metrics.upstream_error("error_body");
                 return Err(GatewayError::UpstreamFailed);
@@ -412,7 +415,7 @@ pub async fn handle(
         }
         Body::Chat { .. } => {
             let chunk: ollama::ChatChunk = serde_json::from_slice(&bytes)
-                .map_err(|_| upstream::BodyError::Invalid.into_gateway_error(&state))?;
+                .map_err(|_| client::BodyError::Invalid.into_gateway_error(&state))?;
             if chunk.error.is_some() {
                 state.metrics.upstream_error("error_body");
                 return Err(GatewayError::UpstreamFailed);
@@ -506,12 +509,18 @@ async fn reserve_tokens(
     prompt_chars: usize,
     images: usize,
     output_limit: Option<u64>,
-) -> Result<(Meter, Option<crate::ratelimit::tokens::TokenDecision>), GatewayError> {
+) -> Result<
+    (
+        Meter,
+        Option<crate::limits::ratelimit::tokens::TokenDecision>,
+    ),
+    GatewayError,
+> {
     let policy = &ctx.policy;
     // Everything the request carries: its text (a native `context`'s token ids included),
     // its images at their documented cost, and its output limit.
     let prompt_estimate = prompt_tokens_estimate(prompt_chars)
-        + images as u64 * crate::ratelimit::tokens::IMAGE_TOKENS;
+        + images as u64 * crate::limits::ratelimit::tokens::IMAGE_TOKENS;
     let estimate = prompt_estimate + output_limit.unwrap_or(0);
     let meter = |reservation| {
         Meter::new(
@@ -532,18 +541,24 @@ async fn reserve_tokens(
         crate::policy::LimitBackend::Memory => state.tokens.reserve(&identity, quotas, estimate),
         crate::policy::LimitBackend::Redis(cfg) => {
             let redis = req
-                .app_data::<web::Data<crate::ratelimit::redis::RedisLimiter>>()
+                .app_data::<web::Data<crate::limits::ratelimit::redis::RedisLimiter>>()
                 .cloned()
                 .ok_or(GatewayError::Internal)?;
-            let keys = crate::ratelimit::redis::RedisLimiter::token_keys(cfg, &identity, quotas);
+            let keys =
+                crate::limits::ratelimit::redis::RedisLimiter::token_keys(cfg, &identity, quotas);
             match redis.reserve_tokens(cfg, &keys, quotas, estimate).await {
                 Ok(Ok((held, d))) => Ok((
-                    crate::ratelimit::tokens::Reservation::redis(redis, cfg.clone(), keys, held),
+                    crate::limits::ratelimit::tokens::Reservation::redis(
+                        redis,
+                        cfg.clone(),
+                        keys,
+                        held,
+                    ),
                     d,
                 )),
                 Ok(Err(d)) => Err(d),
                 Err(trouble) => {
-                    crate::ratelimit::redis::on_trouble(
+                    crate::limits::ratelimit::redis::on_trouble(
                         &state.metrics,
                         cfg,
                         &trouble,
@@ -579,7 +594,7 @@ async fn reserve_tokens(
 /// its client address when auth is off.
 fn queue_for(ctx: &RequestCtx, principal: Option<&Principal>) -> QueueFor {
     QueueFor {
-        owner: crate::queue::Owner {
+        owner: crate::limits::queue::Owner {
             key: crate::admission::caller(principal, ctx.client_ip),
             weight: principal.map_or(1, |p| p.key.weight),
         },

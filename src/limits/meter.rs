@@ -7,8 +7,8 @@
 use std::cell::Cell;
 use std::sync::Arc;
 
-use crate::queue::Usage;
-use crate::ratelimit::tokens::Reservation;
+use crate::limits::queue::Usage;
+use crate::limits::ratelimit::tokens::Reservation;
 
 pub struct Meter {
     usage: Arc<Usage>,

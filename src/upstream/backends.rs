@@ -14,8 +14,8 @@ use std::sync::{Arc, RwLock};
 use actix_web::http::Uri;
 use arc_swap::ArcSwapOption;
 
-use crate::breaker::Breaker;
 use crate::policy::{Backend, Policy};
+use crate::upstream::breaker::Breaker;
 
 pub struct BackendState {
     pub url: String,
@@ -23,7 +23,7 @@ pub struct BackendState {
     pub chat_uri: Option<Uri>,
     pub breaker: Breaker,
     /// Each key's own run of failures here.
-    pub key_budgets: crate::breaker::KeyBudgets,
+    pub key_budgets: crate::upstream::breaker::KeyBudgets,
     in_flight: AtomicUsize,
     /// Model names from the last successful `/api/tags` (with `:latest` also stored bare);
     /// `None` until the first answer.
@@ -36,7 +36,7 @@ pub struct BackendState {
     /// the first answer (or from an Ollama without `/api/ps`).
     loaded: ArcSwapOption<HashSet<String>>,
     /// Its slots (`max_in_flight`) and fair queue.
-    pub slots: crate::queue::Slots,
+    pub slots: crate::limits::queue::Slots,
 }
 
 impl BackendState {
@@ -45,13 +45,13 @@ impl BackendState {
             url: url.to_owned(),
             chat_uri: Uri::try_from(format!("{url}/api/chat")).ok(),
             breaker: Breaker::default(),
-            key_budgets: crate::breaker::KeyBudgets::default(),
+            key_budgets: crate::upstream::breaker::KeyBudgets::default(),
             in_flight: AtomicUsize::new(0),
             models: ArcSwapOption::empty(),
             up: AtomicBool::new(true),
             model_count: AtomicI64::new(-1),
             loaded: ArcSwapOption::empty(),
-            slots: crate::queue::Slots::default(),
+            slots: crate::limits::queue::Slots::default(),
         }
     }
 
@@ -128,20 +128,24 @@ fn with_bare_names(names: impl IntoIterator<Item = String>) -> HashSet<String> {
 /// with the queue slot and the key's concurrency ticket it holds, released with it.
 pub struct Lease {
     backend: Arc<BackendState>,
-    slot: Option<crate::queue::Slot>,
-    ticket: Option<crate::queue::KeyTicket>,
+    slot: Option<crate::limits::queue::Slot>,
+    ticket: Option<crate::limits::queue::KeyTicket>,
     /// Why this backend was chosen, once it answered.
     choice: Option<&'static str>,
 }
 
 impl Lease {
-    pub fn hold(&mut self, slot: crate::queue::Slot, ticket: Option<crate::queue::KeyTicket>) {
+    pub fn hold(
+        &mut self,
+        slot: crate::limits::queue::Slot,
+        ticket: Option<crate::limits::queue::KeyTicket>,
+    ) {
         self.slot = Some(slot);
         self.ticket = ticket;
     }
 
     /// The key's ticket back, for the request's next attempt on another backend.
-    pub fn take_ticket(&mut self) -> Option<crate::queue::KeyTicket> {
+    pub fn take_ticket(&mut self) -> Option<crate::limits::queue::KeyTicket> {
         self.ticket.take()
     }
 
@@ -277,7 +281,7 @@ impl Backends {
         let mut list = self.ranked(policy, model);
         if let Some(home) = conversation.and_then(|c| self.affine(c))
             && let Some(i) = list.iter().position(|b| Arc::ptr_eq(b, &home))
-            && home.breaker.state() == crate::breaker::BreakerState::Closed
+            && home.breaker.state() == crate::upstream::breaker::BreakerState::Closed
             && home.in_flight() < policy.max_in_flight(&home.url)
         {
             let home = list.remove(i);

@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-pub(crate) use crate::ratelimit::tokens::{CHARS_PER_TOKEN, prompt_tokens_estimate};
+pub(crate) use crate::limits::ratelimit::tokens::{CHARS_PER_TOKEN, prompt_tokens_estimate};
 
 /// Characters of every string in a JSON value, object keys included: tool definitions,
 /// schemas and tool-call arguments are text the model reads, whatever their keys are called

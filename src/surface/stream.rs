@@ -18,12 +18,12 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 
 use super::openai::Usage;
-use crate::audit::{AuditCell, CLIENT_CLOSED};
-use crate::backends::Lease;
 use crate::errors::{Dialect, GatewayError};
-use crate::meter::Meter;
-use crate::metrics::Metrics;
+use crate::limits::meter::Meter;
+use crate::observe::audit::{AuditCell, CLIENT_CLOSED};
+use crate::observe::metrics::Metrics;
 use crate::shutdown::Shutdown;
+use crate::upstream::backends::Lease;
 
 /// Keeps the in-flight-streams gauge right however the stream ends.
 struct StreamGauge(Arc<Metrics>);
@@ -462,9 +462,9 @@ mod tests {
     use futures_util::stream;
 
     use super::*;
-    use crate::audit::{AuditRecord, AuditSink};
-    use crate::backends::BackendState;
-    use crate::proxy::convert::SseTranslator;
+    use crate::observe::audit::{AuditRecord, AuditSink};
+    use crate::surface::convert::SseTranslator;
+    use crate::upstream::backends::BackendState;
 
     /// Collects what the client would receive for the given upstream reads.
     async fn run(reads: Vec<&'static str>) -> String {

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant, SystemTime};
 use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
 
-use crate::metrics::ResultLabels;
+use crate::observe::metrics::ResultLabels;
 use crate::policy::source::{self, FileIdentity};
 use crate::policy::{Policy, PolicyError, sha256_hex};
 use crate::state::{AppState, ReloadEntry, ReloadStatus};
@@ -216,7 +216,7 @@ fn apply(
     let now = SystemTime::now();
     let mut status = lock(state);
     let entry = |result: &'static str| ReloadEntry {
-        at: crate::audit::rfc3339(now),
+        at: crate::observe::audit::rfc3339(now),
         trigger: trigger.history_name(),
         result,
         sha256: read_sha.clone(),

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use redis::aio::MultiplexedConnection;
 
 use super::Decision;
-use crate::quota::{Quota, RedisLimits};
-use crate::quota::{TokenDecision, TokenQuota};
+use crate::limits::quota::{Quota, RedisLimits};
+use crate::limits::quota::{TokenDecision, TokenQuota};
 
 const SCRIPT: &str = r#"
 local t = redis.call('TIME')
@@ -114,7 +114,7 @@ return {1}
 /// What a Redis failure means for a request: counted, logged (not while backing off), then
 /// admitted (`redis_failure: open`, `Ok`) or refused with 503 (`closed`).
 pub fn on_trouble(
-    metrics: &crate::metrics::Metrics,
+    metrics: &crate::observe::metrics::Metrics,
     cfg: &RedisLimits,
     trouble: &RedisTrouble,
     request_id: &str,
@@ -127,7 +127,7 @@ pub fn on_trouble(
     };
     metrics
         .ratelimit_backend_errors
-        .get_or_create(&crate::metrics::ResultLabels { result })
+        .get_or_create(&crate::observe::metrics::ResultLabels { result })
         .inc();
     if !matches!(trouble, RedisTrouble::Backoff) {
         tracing::warn!(

@@ -13,10 +13,10 @@ use crate::context::{RequestCtx, request_ctx};
 use crate::state::AppState;
 use std::sync::atomic::Ordering;
 
-use crate::audit::rfc3339;
-use crate::breaker::BreakerState;
 use crate::errors::GatewayError;
-use crate::proxy::upstream::Upstream;
+use crate::observe::audit::rfc3339;
+use crate::upstream::breaker::BreakerState;
+use crate::upstream::client::Upstream;
 
 fn observer(ctx: &RequestCtx) -> Result<(), GatewayError> {
     if ctx.policy.observers.contains(ctx.client_ip) {

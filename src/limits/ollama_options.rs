@@ -47,10 +47,10 @@ const KNOWN: [&str; 33] = [
     "rope_frequency_base",
 ];
 
-/// How many of [`KNOWN`] are sampling options: the default allowed set.
+/// How many of `KNOWN` are sampling options: the default allowed set.
 const SAMPLING: usize = 18;
 
-/// A set of option names, one bit per name in [`KNOWN`].
+/// A set of option names, one bit per name in `KNOWN`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OptionSet(u64);
 

@@ -9,7 +9,6 @@ pub mod count_tokens;
 pub mod forward;
 pub mod headers;
 pub mod native;
-pub mod ollama;
 pub mod one_reading;
 pub mod openai;
 pub mod pipeline;
@@ -17,7 +16,6 @@ pub mod prompt;
 pub mod public_names;
 pub mod request;
 pub mod stream;
-pub mod upstream;
 
 use actix_web::http::header::CONTENT_TYPE;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -26,9 +24,9 @@ use crate::admission::Admitted;
 use crate::context::request_ctx;
 use crate::errors::GatewayError;
 use crate::state::AppState;
+use crate::upstream::client::Upstream;
 use headers::with_rate_headers;
 use openai::{ModelEntry, ModelList};
-use upstream::Upstream;
 
 /// `GET /v1/models`: every backend's models under their public names, filtered by the key's
 /// `models`. Backends that do not answer are left out; none answering is a 503.
@@ -119,8 +117,12 @@ pub async fn model(
     let ctx = request_ctx(&req)?;
     let policy = &ctx.policy;
     let wanted = path.into_inner();
-    ctx.audit
-        .update(|r| r.model = Some(crate::audit::clip(&wanted, convert::MAX_MODEL_CHARS)));
+    ctx.audit.update(|r| {
+        r.model = Some(crate::observe::audit::clip(
+            &wanted,
+            convert::MAX_MODEL_CHARS,
+        ))
+    });
     let listed = native::gather(&state, policy, &upstream, &ctx.request_id, "/api/tags").await?;
     let (public, l) = native::visible(&listed, policy, admitted.principal.as_ref())
         .into_iter()

@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 
-use crate::quota::Quota;
-pub use crate::quota::{Decision, go_duration};
+use crate::limits::quota::Quota;
+pub use crate::limits::quota::{Decision, go_duration};
 
 /// One identity's admitted instants, and the window they were last judged by.
 struct Log {
@@ -281,7 +281,7 @@ fn decide(log: &mut VecDeque<Instant>, now: Instant, quota: Quota, record: bool)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quota::ceil_secs;
+    use crate::limits::quota::ceil_secs;
 
     fn q(n: u32, secs: u64) -> Quota {
         Quota {

@@ -305,9 +305,12 @@ impl Metrics {
     }
 
     /// The counters one limiter reports through.
-    pub fn limiter_counters(&self, limiter: &'static str) -> crate::ratelimit::LimiterCounters {
+    pub fn limiter_counters(
+        &self,
+        limiter: &'static str,
+    ) -> crate::limits::ratelimit::LimiterCounters {
         let labels = LimiterLabels { limiter };
-        crate::ratelimit::LimiterCounters {
+        crate::limits::ratelimit::LimiterCounters {
             evictions: self.ratelimit_evictions.get_or_create(&labels).clone(),
             overflow: self.ratelimit_overflow.get_or_create(&labels).clone(),
         }

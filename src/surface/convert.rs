@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use bytes::{BufMut, BytesMut};
 use serde_json::Value;
 
-use super::ollama;
 use super::openai::{
     ChatRequest, Content, Delta, OutFunction, OutMessage, OutToolCall, Part, Stop, Usage,
 };
@@ -19,6 +18,7 @@ use super::prompt::text_chars;
 use super::stream::{LineOutcome, Lines};
 use crate::errors::GatewayError;
 use crate::json_out::{int, json_opt_str, json_str};
+use crate::upstream::ollama;
 
 fn bad(message: impl Into<String>) -> GatewayError {
     GatewayError::BadRequest {

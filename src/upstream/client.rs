@@ -18,12 +18,12 @@ use actix_web::http::{Method, StatusCode, Uri};
 use awc::error::{ConnectError, SendRequestError};
 use bytes::Bytes;
 
-use crate::backends::{BackendState, Lease};
-use crate::breaker::Admit;
 use crate::context::X_REQUEST_ID;
 use crate::errors::GatewayError;
 use crate::policy::Policy;
 use crate::state::AppState;
+use crate::upstream::backends::{BackendState, Lease};
+use crate::upstream::breaker::Admit;
 
 /// The response type awc hands back; its body is read (non-stream) or streamed (SSE).
 /// (awc is built without decompression: Ollama does not compress, and the gateway must not
@@ -153,7 +153,7 @@ impl Upstream {
         for backend in candidates {
             let mut lease = backend.lease();
             if let Some(q) = &call.queue {
-                let limits = crate::queue::QueueLimits {
+                let limits = crate::limits::queue::QueueLimits {
                     max_in_flight: policy.max_in_flight(&backend.url),
                     max_waiting: policy.upstream.max_waiting,
                     max_waiting_per_key: policy.upstream.max_waiting_per_key,
@@ -165,17 +165,17 @@ impl Upstream {
                     .await
                     .map_err(|e| {
                         state.metrics.upstream_error(match e {
-                            crate::queue::QueueError::Full => "queue_full",
-                            crate::queue::QueueError::KeyFull => "queue_key_full",
-                            crate::queue::QueueError::Timeout => "queue_timeout",
+                            crate::limits::queue::QueueError::Full => "queue_full",
+                            crate::limits::queue::QueueError::KeyFull => "queue_key_full",
+                            crate::limits::queue::QueueError::Timeout => "queue_timeout",
                         });
                         let retry_after = Duration::from_secs(2);
                         match e {
-                            crate::queue::QueueError::Full => {
+                            crate::limits::queue::QueueError::Full => {
                                 GatewayError::QueueFull { retry_after }
                             }
-                            crate::queue::QueueError::KeyFull => GatewayError::KeyQueueFull,
-                            crate::queue::QueueError::Timeout => {
+                            crate::limits::queue::QueueError::KeyFull => GatewayError::KeyQueueFull,
+                            crate::limits::queue::QueueError::Timeout => {
                                 GatewayError::QueueTimeout { retry_after }
                             }
                         }
@@ -452,7 +452,7 @@ pub const TAGS_LIMIT: usize = 8 << 20;
 
 /// Who a model request queues as, for the fair queue and `max_concurrent`.
 pub struct QueueFor {
-    pub owner: crate::queue::Owner,
+    pub owner: crate::limits::queue::Owner,
     pub max_concurrent: Option<u32>,
 }
 

@@ -24,10 +24,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use actix_web::http::Method;
 use tokio::sync::Notify;
 
-use crate::client_ip::push_ipv4;
+use crate::admission::client_ip::push_ipv4;
 use crate::json_out::{int, json_opt_str, json_str, ms_into, opt_int, opt_ms};
-use crate::metrics::{FinishedRequest, Metrics};
-use crate::telemetry::AuditWriter;
+use crate::observe::metrics::{FinishedRequest, Metrics};
+use crate::observe::telemetry::AuditWriter;
 
 /// A batch is handed over once it holds this much...
 pub const FLUSH_BYTES: usize = 32 * 1024;

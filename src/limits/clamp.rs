@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::errors::GatewayError;
-use crate::ollama_options::OptionSet;
+use crate::limits::ollama_options::OptionSet;
 
 /// The bounds in force for one request (policy, key and model combined).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,6 +10,9 @@
 //! Body-level guards (size, JSON, prompt length, model access) need the body and run in the
 //! handler's pipeline (`proxy::pipeline`), the one handler of every model route.
 
+pub mod auth;
+pub mod client_ip;
+
 use std::future::{Ready, ready};
 use std::net::IpAddr;
 
@@ -18,12 +21,12 @@ use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 
-use crate::auth::{AuthFailure, Principal, X_API_KEY, authenticate};
+use crate::admission::auth::{AuthFailure, Principal, X_API_KEY, authenticate};
 use crate::context::{RequestCtx, request_ctx};
 use crate::errors::{Dialect, GatewayError};
+use crate::limits::ratelimit::Decision;
+use crate::limits::ratelimit::redis::{RedisLimiter, on_trouble};
 use crate::policy::{Guard, LimitBackend};
-use crate::ratelimit::Decision;
-use crate::ratelimit::redis::{RedisLimiter, on_trouble};
 use crate::state::AppState;
 
 /// What admission decided: who is asking (when auth is on) and the rate-limit headers to send.
@@ -122,7 +125,10 @@ async fn admit(
 /// Who a request is for the token quotas, the fair queue and per-key budgets: its key's id,
 /// or its client address's bucket when auth is off (`ip:` + the /64 for IPv6). Key ids have
 /// no `:`, so the two never meet.
-pub fn caller(principal: Option<&crate::auth::Principal>, client: IpAddr) -> std::sync::Arc<str> {
+pub fn caller(
+    principal: Option<&crate::admission::auth::Principal>,
+    client: IpAddr,
+) -> std::sync::Arc<str> {
     match principal {
         Some(p) => p.key.id.clone(),
         None => std::sync::Arc::from(ip_bucket(client)),
@@ -147,7 +153,7 @@ pub fn ip_bucket(ip: IpAddr) -> String {
         IpAddr::V4(v4) => {
             let mut s = Vec::with_capacity(18);
             s.extend_from_slice(b"ip:");
-            crate::client_ip::push_ipv4(&mut s, v4);
+            crate::admission::client_ip::push_ipv4(&mut s, v4);
             // Only ASCII was written.
             String::from_utf8(s).unwrap_or_default()
         }

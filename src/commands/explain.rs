@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use actix_web::ResponseError as _;
 use actix_web::http::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 
-use crate::auth::{Principal, authenticate};
+use crate::admission::auth::{Principal, authenticate};
 use crate::errors::GatewayError;
 use crate::policy::{ApiKey, Guard, Policy};
 use crate::routes::{Access, BodyGuards, table};
@@ -131,7 +131,7 @@ fn walk(w: &mut Walk<'_>, req: &Described) -> Result<(), GatewayError> {
     let p = w.policy;
     let peer = req.peer.unwrap_or(IpAddr::from([127, 0, 0, 1]));
     let h = headers(req);
-    let client = crate::client_ip::resolve(peer, &h, &p.trusted_proxies);
+    let client = crate::admission::client_ip::resolve(peer, &h, &p.trusted_proxies);
     let how = if !p.trusted_proxies.contains(peer) {
         format!("the peer itself ({peer} is not in trusted_proxies: forwarded headers ignored)")
     } else if client == peer {
@@ -324,7 +324,7 @@ fn walk(w: &mut Walk<'_>, req: &Described) -> Result<(), GatewayError> {
     }
     model_access(w, p, key, model)?;
     let clamps = p.clamps(key, model);
-    let mut noted = crate::clamp::Clamped::default();
+    let mut noted = crate::limits::clamp::Clamped::default();
     let mut output = req.max_tokens.and_then(|n| u64::try_from(n).ok());
     match clamps.output(req.max_tokens, &mut noted) {
         Err(e) => w.refuse(Guard::Clamps, format!("output limit: {}", e.message()), e)?,
@@ -347,7 +347,7 @@ fn walk(w: &mut Walk<'_>, req: &Described) -> Result<(), GatewayError> {
         w.say("token_limit", "off".to_owned());
     } else {
         // As the model routes reserve: the prompt's estimate, plus the output limit sent on.
-        let estimate = crate::ratelimit::tokens::prompt_tokens_estimate(req.prompt_chars)
+        let estimate = crate::limits::ratelimit::tokens::prompt_tokens_estimate(req.prompt_chars)
             + output.unwrap_or(0);
         let list: Vec<String> = quotas
             .iter()
