@@ -9,6 +9,7 @@
 #   scripts/instructions.sh            debug build, as scripts/test.sh runs it
 #   scripts/instructions.sh release    the figures the README quotes
 #   UPDATE_BUDGET=1 scripts/instructions.sh [release]   write the measured figures as the budget
+#   KEEP_PROFILE=dir scripts/instructions.sh release    keep the callgrind dumps for a profile
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROFILE=${1:-debug}
@@ -85,6 +86,9 @@ for path, body in routes.items():
     print(path, dump() // n)
 PY
 cat "$work/measured"
+# KEEP_PROFILE=dir keeps the dumps, for callgrind_annotate: per route, a warm-up dump, then the
+# measured one (cg.<pid>.2 is /api/chat's, .4 chat completions', .6 messages').
+if [ -n "${KEEP_PROFILE:-}" ]; then mkdir -p "$KEEP_PROFILE" && cp "$work"/cg.* "$KEEP_PROFILE"/; fi
 if [ "${UPDATE_BUDGET:-0}" = 1 ]; then
   { grep -v "^$PROFILE " "$BUDGET" 2>/dev/null || true; sed "s/^/$PROFILE /" "$work/measured"; } | sort > "$work/budget"
   mv "$work/budget" "$BUDGET"

@@ -194,7 +194,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     for d in table() {
         by_path.entry(d.path).or_default().push(d);
     }
-    for (path, defs) in by_path {
+    // actix tries resources in registration order, and a pattern with a `{segment}` is a
+    // regex match: fixed paths first, so a model route never pays for `/api/blobs/{digest}`.
+    let (fixed, patterns): (Vec<_>, Vec<_>) =
+        by_path.into_iter().partition(|(path, _)| !path.contains('{'));
+    for (path, defs) in fixed.into_iter().chain(patterns) {
         let access = defs[0].access;
         debug_assert!(defs.iter().all(|d| d.access == access), "{path}");
         let mut resource = web::resource(path).default_service(web::to(method_not_allowed));
