@@ -196,8 +196,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     }
     // actix tries resources in registration order, and a pattern with a `{segment}` is a
     // regex match: fixed paths first, so a model route never pays for `/api/blobs/{digest}`.
-    let (fixed, patterns): (Vec<_>, Vec<_>) =
-        by_path.into_iter().partition(|(path, _)| !path.contains('{'));
+    let (fixed, patterns): (Vec<_>, Vec<_>) = by_path
+        .into_iter()
+        .partition(|(path, _)| !path.contains('{'));
     for (path, defs) in fixed.into_iter().chain(patterns) {
         let access = defs[0].access;
         debug_assert!(defs.iter().all(|d| d.access == access), "{path}");
