@@ -182,6 +182,15 @@ fn run(path: &Path, workers: Option<usize>, watch: bool) -> anyhow::Result<()> {
         actix_web::rt::spawn(qwen_gateway::upstream::client::refresh_models(
             state.clone(),
         ));
+        let keeper = state.clone();
+        actix_web::rt::spawn(async move {
+            qwen_gateway::upstream::fleet::keep(
+                &keeper.fleet,
+                || keeper.policy.load_full(),
+                &keeper.backends,
+            )
+            .await;
+        });
         let result = app::run(state, workers).await;
         drop(reloader);
         result

@@ -86,6 +86,8 @@ pub struct AppState {
     pub tokens: Arc<crate::limits::ratelimit::tokens::TokenLimiter>,
     /// Each key's recent token use, which orders the fair queue (added to by each meter).
     pub usage: Arc<crate::limits::queue::Usage>,
+    /// This gateway's part of the slots shared through Redis.
+    pub fleet: crate::upstream::fleet::Fleet,
 }
 
 impl AppState {
@@ -116,6 +118,7 @@ impl AppState {
             backends: Backends::default(),
             audit: Arc::new(AuditSink::new(metrics.clone(), audit)),
             usage: Arc::default(),
+            fleet: crate::upstream::fleet::Fleet::default(),
             metrics,
             reload: Mutex::new(ReloadStatus {
                 ok: true,

@@ -51,6 +51,7 @@ pub struct BackendFile {
     pub url: String,
     pub weight: Option<u32>,
     pub max_in_flight: Option<usize>,
+    pub max_loaded_models: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -147,6 +148,8 @@ pub struct UpstreamFile {
     pub max_stream_seconds: Option<f64>,
     pub model_refresh_seconds: Option<f64>,
     pub max_in_flight: Option<usize>,
+    pub routing: Option<String>,
+    pub slot_lease_seconds: Option<f64>,
     pub breaker: Option<BreakerFile>,
 }
 

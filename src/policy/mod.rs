@@ -150,6 +150,21 @@ pub struct Backend {
     pub weight: u32,
     /// Requests sent to it at once (its `OLLAMA_NUM_PARALLEL`); the rest wait in the queue.
     pub max_in_flight: usize,
+    /// Models it holds in memory at once (its `OLLAMA_MAX_LOADED_MODELS`), when known: a
+    /// request that would load one more there while it is busy evicts a model in use.
+    pub max_loaded_models: Option<usize>,
+}
+
+/// How a backend is chosen among those that serve a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routing {
+    /// Where the work is cheapest: the conversation's backend (its prompt is cached there),
+    /// then a backend with the model in memory, then one that must load it (one that would
+    /// evict a model in use last), busy ones after free ones.
+    CacheAware,
+    /// Fewest requests in flight per unit of weight, ignoring loaded models and
+    /// conversations (the gateway's routing before issue 21; kept for comparison).
+    LeastBusy,
 }
 
 /// Where rate-limit counters live.
@@ -179,6 +194,10 @@ pub struct UpstreamPolicy {
     /// Of `max_waiting`, one key's share at most.
     pub max_waiting_per_key: usize,
     pub max_wait: Duration,
+    pub routing: Routing,
+    /// With `rate_limit.backend: redis`, a slot on a backend is a lease in Redis, renewed
+    /// while its request runs: a gateway that dies frees its slots within this time.
+    pub slot_lease: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -345,6 +364,14 @@ impl Guard {
 pub const DEFAULT_PATH: &str = "/etc/qwen-gateway/policy.yaml";
 
 impl Policy {
+    /// A backend's `max_loaded_models`, when the policy knows it.
+    pub fn max_loaded_models(&self, url: &str) -> Option<usize> {
+        self.backends
+            .iter()
+            .find(|b| b.url == url)
+            .and_then(|b| b.max_loaded_models)
+    }
+
     /// A backend's `max_in_flight` (1 for a URL the policy does not name).
     pub fn max_in_flight(&self, url: &str) -> usize {
         self.backends

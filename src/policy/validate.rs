@@ -241,11 +241,13 @@ fn validate_backends(f: &PolicyFile) -> Result<Vec<Backend>, PolicyError> {
             url: parse_ollama("ollama_api", one)?,
             weight: 1,
             max_in_flight: default_in_flight,
+            max_loaded_models: None,
         }],
         (None, None) => vec![Backend {
             url: parse_ollama("ollama_api", DEFAULT_OLLAMA)?,
             weight: 1,
             max_in_flight: default_in_flight,
+            max_loaded_models: None,
         }],
         (None, Some(list)) => {
             if list.is_empty() {
@@ -271,10 +273,20 @@ fn validate_backends(f: &PolicyFile) -> Result<Vec<Backend>, PolicyError> {
                     &format!("backends[{i}].max_in_flight"),
                     b.max_in_flight.unwrap_or(default_in_flight),
                 )?;
+                let max_loaded_models = match b.max_loaded_models {
+                    Some(0) => {
+                        return Err(PolicyError::invalid(
+                            format!("backends[{i}].max_loaded_models"),
+                            "must be > 0",
+                        ));
+                    }
+                    other => other,
+                };
                 out.push(Backend {
                     url,
                     weight,
                     max_in_flight,
+                    max_loaded_models,
                 });
             }
             out
@@ -525,6 +537,17 @@ fn validate_upstream(
             None => (qf.max_waiting.unwrap_or(256).min(1_000_000) / 4).max(1),
         },
         max_wait: seconds("queue.max_wait_seconds", qf.max_wait_seconds, 30.0)?,
+        routing: match uf.routing.as_deref() {
+            None | Some("cache_aware") => super::Routing::CacheAware,
+            Some("least_busy") => super::Routing::LeastBusy,
+            Some(_) => {
+                return Err(PolicyError::invalid(
+                    "upstream.routing",
+                    "must be cache_aware or least_busy",
+                ));
+            }
+        },
+        slot_lease: seconds("upstream.slot_lease_seconds", uf.slot_lease_seconds, 15.0)?,
         breaker: BreakerPolicy {
             failure_threshold: bf.failure_threshold.unwrap_or(5),
             cooldown: seconds(
@@ -534,6 +557,12 @@ fn validate_upstream(
             )?,
         },
     };
+    if upstream.slot_lease < std::time::Duration::from_secs(1) {
+        return Err(PolicyError::invalid(
+            "upstream.slot_lease_seconds",
+            "must be at least 1 (a lease is renewed every third of it)",
+        ));
+    }
     if upstream.first_token_timeout < upstream.timeout {
         return Err(PolicyError::invalid(
             "upstream.first_token_timeout_seconds",

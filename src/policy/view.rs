@@ -166,6 +166,8 @@ pub fn view(p: &Policy) -> Value {
         max_waiting,
         max_waiting_per_key,
         max_wait,
+        routing,
+        slot_lease,
     } = *upstream;
     let super::AuditPolicy {
         dir,
@@ -174,8 +176,9 @@ pub fn view(p: &Policy) -> Value {
     json!({
         "listen": listen.to_string(),
         "backends": backends.iter().map(|b| {
-            let super::Backend { url, weight, max_in_flight } = b;
-            json!({"url": url, "weight": weight, "max_in_flight": max_in_flight})
+            let super::Backend { url, weight, max_in_flight, max_loaded_models } = b;
+            json!({"url": url, "weight": weight, "max_in_flight": max_in_flight,
+                   "max_loaded_models": max_loaded_models})
         }).collect::<Vec<_>>(),
         "log_level": log_level,
         "auth": auth,
@@ -223,6 +226,11 @@ pub fn view(p: &Policy) -> Value {
             "stream_idle_timeout_seconds": secs(stream_idle_timeout),
             "max_stream_seconds": secs(max_stream),
             "model_refresh_seconds": secs(model_refresh),
+            "routing": match routing {
+                super::Routing::CacheAware => "cache_aware",
+                super::Routing::LeastBusy => "least_busy",
+            },
+            "slot_lease_seconds": secs(slot_lease),
             "breaker": {
                 "failure_threshold": breaker.failure_threshold,
                 "cooldown_seconds": secs(breaker.cooldown),
@@ -413,7 +421,7 @@ mod tests {
     const FULL: &str = r#"
 listen: "127.0.0.1:18789"
 backends:
-  - {url: "http://10.0.0.1:11434", weight: 2, max_in_flight: 3}
+  - {url: "http://10.0.0.1:11434", weight: 2, max_in_flight: 3, max_loaded_models: 2}
   - {url: "http://10.0.0.2:11434", weight: 1}
 log_level: info
 rate_limit: {enabled: true, max_requests: 30, window_seconds: 60, max_tracked_clients: 1000,
@@ -446,7 +454,8 @@ limits: {max_prompt_chars: 20000, max_body_bytes: 1048576, max_messages: 100, ma
   allowed_options: [temperature, top_p], body_timeout_seconds: 30, max_num_ctx: 8192,
   max_output_tokens: 2048, max_keep_alive_seconds: 600, over_limit: clamp}
 upstream: {timeout_seconds: 3, first_token_timeout_seconds: 100, stream_idle_timeout_seconds: 50,
-  max_stream_seconds: 3000, model_refresh_seconds: 15, max_in_flight: 4,
+  max_stream_seconds: 3000, model_refresh_seconds: 15, max_in_flight: 4, routing: cache_aware,
+  slot_lease_seconds: 15,
   breaker: {failure_threshold: 5, cooldown_seconds: 10}}
 queue: {max_waiting: 100, max_waiting_per_key: 20, max_wait_seconds: 30}
 token_limit: {tokens_per_minute: 5000, tokens_per_day: 500000}
@@ -469,6 +478,7 @@ report_only: [prompt_limit, clamps]
             Y::String(s) => Y::String(match (path, s.as_str()) {
                 (_, "info") => "debug".into(),
                 (_, "clamp") => "refuse".into(),
+                (_, "cache_aware") => "least_busy".into(),
                 (_, "closed") => "open".into(),
                 (_, "redis") => "memory".into(),
                 (_, "temperature") => "top_k".into(),

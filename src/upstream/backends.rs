@@ -9,7 +9,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Instant;
 
 use actix_web::http::Uri;
 use arc_swap::ArcSwapOption;
@@ -35,8 +36,19 @@ pub struct BackendState {
     /// The models Ollama has in memory (its `/api/ps`), from the last refresh; `None` until
     /// the first answer (or from an Ollama without `/api/ps`).
     loaded: ArcSwapOption<HashSet<String>>,
+    /// How many models `/api/ps` listed.
+    loaded_count: AtomicUsize,
+    /// When `loaded` was last read from Ollama.
+    loaded_at: std::sync::Mutex<Option<Instant>>,
+    /// Models a request was sent for since (by this gateway, or by another through Redis):
+    /// Ollama loaded them to answer, so they are warm until the next `/api/ps` says
+    /// otherwise.
+    sent: std::sync::Mutex<HashMap<String, Instant>>,
     /// Its slots (`max_in_flight`) and fair queue.
     pub slots: crate::limits::queue::Slots,
+    /// Requests this gateway sent here under its local share of the shared slots (Redis
+    /// could not be asked).
+    pub local_share: Arc<AtomicUsize>,
 }
 
 impl BackendState {
@@ -51,7 +63,11 @@ impl BackendState {
             up: AtomicBool::new(true),
             model_count: AtomicI64::new(-1),
             loaded: ArcSwapOption::empty(),
+            loaded_count: AtomicUsize::new(0),
+            loaded_at: std::sync::Mutex::new(None),
+            sent: std::sync::Mutex::new(HashMap::new()),
             slots: crate::limits::queue::Slots::default(),
+            local_share: Arc::default(),
         }
     }
 
@@ -75,15 +91,51 @@ impl BackendState {
 
     /// The models in memory, as its last `/api/ps` said.
     pub fn set_loaded(&self, names: impl IntoIterator<Item = String>) {
+        let now = Instant::now();
+        let names: Vec<String> = names.into_iter().collect();
+        self.loaded_count.store(names.len(), Ordering::Relaxed);
         self.loaded.store(Some(Arc::new(with_bare_names(names))));
+        *lock(&self.loaded_at) = Some(now);
+        // What Ollama just said replaces what was inferred before it.
+        lock(&self.sent).retain(|_, at| *at > now);
     }
 
-    /// Whether `model` is in memory here (a request for it starts without a load).
+    /// A request for `model` was sent here at `at` (by this gateway, or by another: shared
+    /// through Redis): Ollama loaded it to answer.
+    pub fn mark_sent(&self, model: &str, at: Instant) {
+        if lock(&self.loaded_at).is_some_and(|polled| polled >= at) {
+            return;
+        }
+        let mut sent = lock(&self.sent);
+        // Models are the policy's, a bounded set; a hostile list cannot grow this unboundedly.
+        if sent.len() >= 1024 {
+            sent.clear();
+        }
+        let e = sent.entry(model.to_owned()).or_insert(at);
+        *e = (*e).max(at);
+    }
+
+    /// Whether `model` is in memory here (a request for it starts without a load): Ollama's
+    /// last `/api/ps` said so, or a request for it was sent here since.
     pub fn is_warm(&self, model: &str) -> bool {
         self.loaded
             .load()
             .as_ref()
             .is_some_and(|m| m.contains(model))
+            || lock(&self.sent).contains_key(model)
+    }
+
+    /// Whether loading one more model here would evict one that requests are using: it
+    /// holds as many as it can (`max_loaded_models`, when known) and has requests in flight.
+    pub fn would_evict_in_use(&self, max_loaded: Option<usize>) -> bool {
+        let Some(max) = max_loaded else { return false };
+        let listed = self.loaded.load();
+        let inferred = lock(&self.sent)
+            .keys()
+            .filter(|m| !listed.as_ref().is_some_and(|l| l.contains(*m)))
+            .count();
+        let loaded = self.loaded_count.load(Ordering::Relaxed) + inferred;
+        loaded >= max && self.in_flight() > 0
     }
 
     /// The models in memory, sorted (for /readyz).
@@ -106,9 +158,14 @@ impl BackendState {
             backend: self.clone(),
             slot: None,
             ticket: None,
+            shared: None,
             choice: None,
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Model names as Ollama lists them, with `qwen3` beside `qwen3:latest` (a model pulled as
@@ -128,6 +185,10 @@ fn with_bare_names(names: impl IntoIterator<Item = String>) -> HashSet<String> {
 /// with the queue slot and the key's concurrency ticket it holds, released with it.
 pub struct Lease {
     backend: Arc<BackendState>,
+    /// Its slot among every gateway's (a lease in Redis, or of the local share). Declared
+    /// before `slot`: dropped first, so the release is on its way to Redis before the local
+    /// slot wakes the next request, which asks Redis at once.
+    shared: Option<super::fleet::Held>,
     slot: Option<crate::limits::queue::Slot>,
     ticket: Option<crate::limits::queue::KeyTicket>,
     /// Why this backend was chosen, once it answered.
@@ -142,6 +203,10 @@ impl Lease {
     ) {
         self.slot = Some(slot);
         self.ticket = ticket;
+    }
+
+    pub fn hold_shared(&mut self, held: super::fleet::Held) {
+        self.shared = Some(held);
     }
 
     /// The key's ticket back, for the request's next attempt on another backend.
@@ -230,10 +295,14 @@ impl Backends {
     /// must load it (`cold`), or, knowing neither, the least busy (`least_busy`).
     pub fn why(
         &self,
+        policy: &Policy,
         chosen: &Arc<BackendState>,
         model: Option<&str>,
         conversation: Option<u64>,
     ) -> &'static str {
+        if policy.upstream.routing == crate::policy::Routing::LeastBusy {
+            return "least_busy";
+        }
         if conversation
             .and_then(|c| self.affine(c))
             .is_some_and(|home| Arc::ptr_eq(&home, chosen))
@@ -248,7 +317,7 @@ impl Backends {
     }
 
     /// The backend that served this conversation's last turn, if it is still remembered.
-    fn affine(&self, conversation: u64) -> Option<Arc<BackendState>> {
+    pub fn affine(&self, conversation: u64) -> Option<Arc<BackendState>> {
         let map = self.affinity.lock().unwrap_or_else(|p| p.into_inner());
         map.get(&conversation)
             .filter(|(_, at)| at.elapsed() < AFFINITY_TTL)
@@ -279,6 +348,9 @@ impl Backends {
         conversation: Option<u64>,
     ) -> Vec<Arc<BackendState>> {
         let mut list = self.ranked(policy, model);
+        if policy.upstream.routing == crate::policy::Routing::LeastBusy {
+            return list;
+        }
         if let Some(home) = conversation.and_then(|c| self.affine(c))
             && let Some(i) = list.iter().position(|b| Arc::ptr_eq(b, &home))
             && home.breaker.state() == crate::upstream::breaker::BreakerState::Closed
@@ -291,6 +363,7 @@ impl Backends {
     }
 
     fn ranked(&self, policy: &Policy, model: Option<&str>) -> Vec<Arc<BackendState>> {
+        let cache_aware = policy.upstream.routing == crate::policy::Routing::CacheAware;
         let all = self.all(policy);
         let mut list: Vec<(Arc<BackendState>, u32)> = all
             .iter()
@@ -305,10 +378,16 @@ impl Backends {
             let start = self.turn.fetch_add(1, Ordering::Relaxed) % n;
             list.rotate_left(start);
             let rank = |s: &BackendState| {
+                if !cache_aware {
+                    return 0;
+                }
                 let room = s.in_flight() < policy.max_in_flight(&s.url);
                 let warm = model.is_some_and(|m| s.is_warm(m));
+                let evicts = || !warm && s.would_evict_in_use(policy.max_loaded_models(&s.url));
                 match (room, warm) {
                     (true, true) => 0,
+                    // Loading where it evicts a model in use is the last choice.
+                    _ if evicts() => 4,
                     (true, false) => 1,
                     (false, true) => 2,
                     (false, false) => 3,

@@ -35,6 +35,9 @@ const UA: &str = concat!("qwen-gateway/", env!("CARGO_PKG_VERSION"));
 /// One per worker: awc clients are not `Send`, and a per-worker pool keeps connections local.
 pub struct Upstream {
     client: awc::Client,
+    /// Slots shared with other gateways through Redis (`fleet.rs`), on this worker's
+    /// connection.
+    shared: super::fleet::Slots,
 }
 
 #[derive(Debug)]
@@ -63,6 +66,7 @@ impl Upstream {
                 .disable_redirects()
                 .add_default_header((USER_AGENT, UA))
                 .finish(),
+            shared: super::fleet::Slots::default(),
         }
     }
 
@@ -136,6 +140,19 @@ impl Upstream {
     ) -> Result<(UpstreamResponse, Lease), GatewayError> {
         let (request_id, model) = (call.request_id, call.model);
         let up_model = model.and_then(|m| policy.models.to_upstream(m));
+        let started = Instant::now();
+        let redis = match &policy.limit_backend {
+            crate::policy::LimitBackend::Redis(cfg) if call.queue.is_some() => Some(cfg),
+            _ => None,
+        };
+        // A conversation another gateway served: its backend, as Redis remembers it.
+        if let (Some(cfg), Some(c)) = (redis, call.conversation)
+            && state.backends.affine(c).is_none()
+            && let Some(url) = self.shared.affine(cfg, c).await
+            && let Some(b) = policy.backends.iter().find(|b| b.url == url)
+        {
+            state.backends.remember(c, &state.backends.get(b));
+        }
         let candidates = state
             .backends
             .candidates_for(policy, up_model, call.conversation);
@@ -159,7 +176,7 @@ impl Upstream {
                     max_waiting_per_key: policy.upstream.max_waiting_per_key,
                     max_wait: policy.upstream.max_wait,
                 };
-                let slot = backend
+                let mut slot = backend
                     .slots
                     .acquire(&q.owner, limits, &state.usage)
                     .await
@@ -180,18 +197,39 @@ impl Upstream {
                             }
                         }
                     })?;
+                if let Some(cfg) = redis {
+                    let held = self
+                        .shared_slot(state, policy, cfg, &backend, q, started)
+                        .await?;
+                    lease.hold_shared(held);
+                    slot.waited = started.elapsed();
+                }
                 state.metrics.queue_wait.observe(slot.waited.as_secs_f64());
                 lease.hold(slot, ticket.take());
             }
             match self.send_to(state, policy, &backend, call).await {
                 Ok(resp) => {
                     if call.queue.is_some() {
-                        let why = state.backends.why(&backend, up_model, call.conversation);
+                        let why =
+                            state
+                                .backends
+                                .why(policy, &backend, up_model, call.conversation);
                         state.metrics.backend_choice(why);
                         lease.set_choice(why);
+                        // Ollama loaded the model to answer: it is warm there now, for this
+                        // gateway and (through Redis) the others.
+                        if let Some(m) = up_model {
+                            backend.mark_sent(m, Instant::now());
+                            if redis.is_some() {
+                                state.fleet.warm(&backend.url, m);
+                            }
+                        }
                     }
                     if let Some(c) = call.conversation {
                         state.backends.remember(c, &backend);
+                        if redis.is_some() {
+                            state.fleet.affinity(c, &backend.url);
+                        }
                     }
                     return Ok((resp, lease));
                 }
@@ -209,6 +247,72 @@ impl Upstream {
         Err(last.unwrap_or_else(|| GatewayError::ModelNotFound {
             model: model.unwrap_or_default().to_owned(),
         }))
+    }
+
+    /// A slot on `backend` counted across every gateway sharing Redis (`fleet.rs`): asked
+    /// for every [`super::fleet::POLL`] until granted or `queue.max_wait_seconds` after the
+    /// request began to wait; while Redis cannot be asked, one of this gateway's local share.
+    async fn shared_slot(
+        &self,
+        state: &AppState,
+        policy: &Policy,
+        cfg: &crate::limits::quota::RedisLimits,
+        backend: &BackendState,
+        q: &QueueFor,
+        started: Instant,
+    ) -> Result<super::fleet::Held, GatewayError> {
+        use super::fleet::{Attempt, Held};
+        let max = policy.max_in_flight(&backend.url);
+        let keys = super::fleet::SlotKeys::new(cfg, &backend.url);
+        let id = super::fleet::lease_id(&state.fleet);
+        let priority = state.usage.recent(&q.owner.key) / f64::from(q.owner.weight.max(1));
+        let deadline = started + policy.upstream.max_wait;
+        let mut told = false;
+        loop {
+            match self
+                .shared
+                .try_acquire(
+                    &state.fleet,
+                    cfg,
+                    &keys,
+                    max,
+                    policy.upstream.slot_lease,
+                    &id,
+                    priority,
+                )
+                .await
+            {
+                Ok(Attempt::Got(held)) => return Ok(held),
+                Ok(Attempt::Wait) => {}
+                Err(trouble) => {
+                    let share = state.fleet.local_share(max);
+                    if !told {
+                        told = true;
+                        state
+                            .metrics
+                            .ratelimit_backend_errors
+                            .get_or_create(&crate::observe::metrics::ResultLabels {
+                                result: "local_share",
+                            })
+                            .inc();
+                        if !matches!(trouble, crate::limits::ratelimit::redis::RedisTrouble::Backoff) {
+                            tracing::warn!(?trouble, backend = %backend.url, share,
+                                "Redis could not count the shared slots: this gateway's local share applies.");
+                        }
+                    }
+                    if let Some(held) = Held::local(&backend.local_share, share) {
+                        return Ok(held);
+                    }
+                }
+            }
+            if Instant::now() + super::fleet::POLL > deadline {
+                state.metrics.upstream_error("queue_timeout");
+                return Err(GatewayError::QueueTimeout {
+                    retry_after: Duration::from_secs(2),
+                });
+            }
+            tokio::time::sleep(super::fleet::POLL).await;
+        }
     }
 
     /// One attempt on one backend, under its breaker and the time budgets. Only a 200 comes

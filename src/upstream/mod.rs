@@ -6,4 +6,5 @@
 pub mod backends;
 pub mod breaker;
 pub mod client;
+pub mod fleet;
 pub mod ollama;

@@ -237,8 +237,78 @@ impl RedisLimiter {
         cfg: &RedisLimits,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<Vec<i64>, RedisTrouble> {
+        self.invoke(cfg, invocation).await
+    }
+
+    /// A script whose reply is one integer.
+    pub(crate) async fn run_one(
+        &self,
+        cfg: &RedisLimits,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<i64, RedisTrouble> {
+        self.invoke(cfg, invocation).await
+    }
+
+    /// A script whose reply is a list of strings.
+    pub(crate) async fn run_strings(
+        &self,
+        cfg: &RedisLimits,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<Vec<String>, RedisTrouble> {
+        self.invoke(cfg, invocation).await
+    }
+
+    /// `GET key`.
+    pub(crate) async fn get(
+        &self,
+        cfg: &RedisLimits,
+        key: &str,
+    ) -> Result<Option<String>, RedisTrouble> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(key);
+        self.command(cfg, &cmd).await
+    }
+
+    /// `SET key value PX ms`.
+    pub(crate) async fn set_px(
+        &self,
+        cfg: &RedisLimits,
+        key: &str,
+        value: &str,
+        ms: u64,
+    ) -> Result<(), RedisTrouble> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key).arg(value).arg("PX").arg(ms);
+        self.command::<()>(cfg, &cmd).await
+    }
+
+    async fn command<T: redis::FromRedisValue>(
+        &self,
+        cfg: &RedisLimits,
+        cmd: &redis::Cmd,
+    ) -> Result<T, RedisTrouble> {
         let mut conn = self.connection(cfg).await?;
-        let call = invocation.invoke_async::<Vec<i64>>(&mut conn);
+        let call = cmd.query_async::<T>(&mut conn);
+        match tokio::time::timeout(cfg.timeout, call).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                self.broken();
+                Err(RedisTrouble::Command(e.to_string()))
+            }
+            Err(_) => {
+                self.broken();
+                Err(RedisTrouble::Timeout)
+            }
+        }
+    }
+
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        cfg: &RedisLimits,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, RedisTrouble> {
+        let mut conn = self.connection(cfg).await?;
+        let call = invocation.invoke_async::<T>(&mut conn);
         match tokio::time::timeout(cfg.timeout, call).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
