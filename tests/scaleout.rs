@@ -410,3 +410,194 @@ fn two_gateways_share_a_token_quota_through_redis() {
         assert_eq!(r.json()["error"]["code"], "token_limit_exceeded");
     }
 }
+
+/// Two gateways sharing one Redis in front of one Ollama: its `max_in_flight` holds for the
+/// pair (issue 21). `slow` adds the per-gateway settings after the shared ones.
+fn fleet_policy(redis: &Redis, max_in_flight: usize, extra: &str) -> String {
+    format!(
+        r#"
+ollama_api: "{{OLLAMA}}"
+whitelist: {{enabled: false}}
+auth: {{enabled: true, keys: [{{id: shared, key: "shared-key-000"}}, {{id: heavy, key: "heavy-key-0000"}}, {{id: light, key: "light-key-0000"}}]}}
+rate_limit: {{enabled: true, max_requests: 100000, window_seconds: 60, backend: redis, redis_url: "{}", redis_timeout_ms: 200}}
+upstream: {{max_in_flight: {max_in_flight}, slot_lease_seconds: 2}}
+queue: {{max_wait_seconds: 20}}
+{extra}"#,
+        redis.url()
+    )
+}
+
+/// A streamed chat whose answer takes ~300 ms with `--chunk-delay-ms 100`.
+fn slow_chat() -> String {
+    json!({"model":"qwen3:32b","stream":true,"messages":[{"role":"user","content":"hello"}]})
+        .to_string()
+}
+
+/// Waits until the gateway's /readyz says `n` gateways share its slots.
+fn wait_for_gateways(gw: &Gateway, n: u64) {
+    wait_for(Duration::from_secs(15), "the gateways' heartbeat", || {
+        let r = request(gw.addr, "GET", "/readyz", &[], None);
+        (r.json()["shared_slots"]["gateways"].as_u64() == Some(n)).then_some(())
+    });
+}
+
+#[test]
+fn a_backends_slots_are_counted_across_gateways() {
+    let redis = Redis::start();
+    // Each answer takes ~300 ms (three chunks, 100 ms apart).
+    let fake = Fake::start(&["--workers", "4", "--chunk-delay-ms", "100"]);
+    let policy = fleet_policy(&redis, 2, "");
+    let g1 = Gateway::start(&policy, &fake.url());
+    let g2 = Gateway::start(&policy, &fake.url());
+    let rs = burst(&[g1.addr, g2.addr], 12, "shared-key-000", &slow_chat());
+    for r in &rs {
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    // Each gateway alone would have let 2 through: 4 at once. Together they keep to 2.
+    let most = fake.stats()["max_active"].as_i64().unwrap();
+    assert_eq!(most, 2, "the host had {most} requests at once");
+}
+
+#[test]
+fn a_dead_gateways_slots_are_free_again_within_the_lease() {
+    let redis = Redis::start();
+    let fake = Fake::start(&["--workers", "4"]);
+    let policy = fleet_policy(&redis, 2, "");
+    let mut g1 = Gateway::start(&policy, &fake.url());
+    let g2 = Gateway::start(&policy, &fake.url());
+    // Two endless streams through the first gateway hold both slots.
+    let streams: Vec<_> = (0..2)
+        .map(|_| {
+            let addr = g1.addr;
+            std::thread::spawn(move || {
+                let body = json!({"model":"test/forever:200","stream":true,
+                    "messages":[{"role":"user","content":"hold"}]})
+                .to_string();
+                request(
+                    addr,
+                    "POST",
+                    "/v1/chat/completions",
+                    &[("X-Api-Key", "shared-key-000")],
+                    Some(body.as_bytes()),
+                )
+            })
+        })
+        .collect();
+    wait_for(Duration::from_secs(10), "both slots held", || {
+        (fake.stats()["active_chats"].as_i64() == Some(2)).then_some(())
+    });
+    // The second gateway's request waits for a slot...
+    let g2_addr = g2.addr;
+    let waiting = std::thread::spawn(move || {
+        let r = request(
+            g2_addr,
+            "POST",
+            "/v1/chat/completions",
+            &[("X-Api-Key", "shared-key-000")],
+            Some(hello("qwen3:32b").to_string().as_bytes()),
+        );
+        (r, Instant::now())
+    });
+    let deadline = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < deadline {
+        assert!(
+            !waiting.is_finished(),
+            "the request went through while both slots were held by the other gateway"
+        );
+        std::thread::yield_now();
+    }
+    // ...until the gateway that holds them dies without a word: its leases are not renewed
+    // and expire (2 s), and the waiting request gets one.
+    let killed = Instant::now();
+    let _ = g1.child.kill();
+    let _ = g1.child.wait();
+    let (r, done) = waiting.join().unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let took = done.duration_since(killed);
+    assert!(
+        took < Duration::from_millis(3500),
+        "slots freed after {took:?}"
+    );
+    for s in streams {
+        let _ = s.join();
+    }
+}
+
+#[test]
+fn with_redis_down_each_gateway_keeps_to_its_local_share() {
+    let mut redis = Redis::start();
+    let fake = Fake::start(&["--workers", "4", "--chunk-delay-ms", "100"]);
+    let policy = fleet_policy(&redis, 4, "");
+    let g1 = Gateway::start(&policy, &fake.url());
+    let g2 = Gateway::start(&policy, &fake.url());
+    wait_for_gateways(&g1, 2);
+    wait_for_gateways(&g2, 2);
+    redis.down();
+    // Redis cannot be asked: the first gateway falls back to its share, 4 / 2 gateways = 2;
+    // never to unlimited. Every request is still served.
+    let rs = burst(&[g1.addr], 8, "shared-key-000", &slow_chat());
+    for r in &rs {
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let most = fake.stats()["max_active"].as_i64().unwrap();
+    assert_eq!(most, 2, "the host had {most} requests at once");
+    let m = request(g1.addr, "GET", "/metrics", &[], None).text();
+    assert!(
+        m.contains("ratelimit_backend_errors_total{result=\"local_share\"}"),
+        "{m}"
+    );
+}
+
+#[test]
+fn across_two_gateways_a_key_with_many_queued_does_not_starve_a_key_with_one() {
+    let redis = Redis::start();
+    let fake = Fake::start(&["--workers", "4", "--chunk-delay-ms", "100"]);
+    let policy = fleet_policy(&redis, 1, "");
+    let g1 = Gateway::start(&policy, &fake.url());
+    let g2 = Gateway::start(&policy, &fake.url());
+    let body = slow_chat();
+    // Twelve of the heavy key's through the first gateway, ~300 ms each, one at a time.
+    let heavy: Vec<_> = (0..12)
+        .map(|_| {
+            let (addr, body) = (g1.addr, body.clone());
+            std::thread::spawn(move || {
+                let r = request(
+                    addr,
+                    "POST",
+                    "/v1/chat/completions",
+                    &[("X-Api-Key", "heavy-key-0000")],
+                    Some(body.as_bytes()),
+                );
+                (r.status, Instant::now())
+            })
+        })
+        .collect();
+    wait_for(
+        Duration::from_secs(10),
+        "the heavy key to be served",
+        || (fake.stats()["chat_requests"].as_u64() >= Some(2)).then_some(()),
+    );
+    // The light key's one request, through the other gateway, goes before most of them.
+    let r = request(
+        g2.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("X-Api-Key", "light-key-0000")],
+        Some(body.as_bytes()),
+    );
+    let light_done = Instant::now();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let done: Vec<Instant> = heavy
+        .into_iter()
+        .map(|h| {
+            let (status, at) = h.join().unwrap();
+            assert_eq!(status, 200);
+            at
+        })
+        .collect();
+    let after = done.iter().filter(|at| **at > light_done).count();
+    assert!(
+        after >= 6,
+        "only {after} of the heavy key's 12 requests were served after the light key's one"
+    );
+}

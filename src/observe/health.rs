@@ -40,6 +40,15 @@ struct Ready<'a> {
     breaker: &'static str,
     ollama: OllamaState,
     backends: Vec<BackendReady>,
+    /// With `rate_limit.backend: redis`: the slots shared with other gateways.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shared_slots: Option<SharedSlots>,
+}
+
+#[derive(Serialize)]
+struct SharedSlots {
+    /// Gateways sharing the slots, as the last heartbeat in Redis counted them.
+    gateways: usize,
 }
 
 #[derive(Serialize)]
@@ -162,6 +171,11 @@ pub async fn readyz(
         breaker: worst.as_str(),
         ollama: OllamaState { reachable },
         backends,
+        shared_slots: matches!(p.limit_backend, crate::policy::LimitBackend::Redis(_)).then(|| {
+            SharedSlots {
+                gateways: state.fleet.gateways(),
+            }
+        }),
     };
     let mut resp = if reachable {
         HttpResponse::Ok()

@@ -210,10 +210,9 @@ impl Upstream {
             match self.send_to(state, policy, &backend, call).await {
                 Ok(resp) => {
                     if call.queue.is_some() {
-                        let why =
-                            state
-                                .backends
-                                .why(policy, &backend, up_model, call.conversation);
+                        let why = state
+                            .backends
+                            .why(policy, &backend, up_model, call.conversation);
                         state.metrics.backend_choice(why);
                         lease.set_choice(why);
                         // Ollama loaded the model to answer: it is warm there now, for this
@@ -295,7 +294,10 @@ impl Upstream {
                                 result: "local_share",
                             })
                             .inc();
-                        if !matches!(trouble, crate::limits::ratelimit::redis::RedisTrouble::Backoff) {
+                        if !matches!(
+                            trouble,
+                            crate::limits::ratelimit::redis::RedisTrouble::Backoff
+                        ) {
                             tracing::warn!(?trouble, backend = %backend.url, share,
                                 "Redis could not count the shared slots: this gateway's local share applies.");
                         }

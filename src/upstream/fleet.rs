@@ -349,12 +349,7 @@ pub async fn keep(
     policy_now: impl Fn() -> Arc<crate::policy::Policy>,
     backends: &super::backends::Backends,
 ) {
-    let Some(mut rx) = fleet
-        .rx
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take()
-    else {
+    let Some(mut rx) = fleet.rx.lock().unwrap_or_else(|p| p.into_inner()).take() else {
         return;
     };
     let redis = RedisLimiter::default();
@@ -437,7 +432,11 @@ pub async fn keep(
                 inv.key(&**slots).arg(&**id);
             }
             if let Err(trouble) = redis.run_one(cfg, &inv).await {
-                tracing::warn!(?trouble, leases = held.len(), "Could not renew this gateway's slot leases in Redis.");
+                tracing::warn!(
+                    ?trouble,
+                    leases = held.len(),
+                    "Could not renew this gateway's slot leases in Redis."
+                );
             }
         }
         let mut beat = heartbeat.prepare_invoke();

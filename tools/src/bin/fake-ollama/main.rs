@@ -22,6 +22,8 @@
 //! many chat requests are still being answered: like Ollama, it notices a caller that hung
 //! up and stops).
 
+mod gpu;
+
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::net::TcpListener;
@@ -70,6 +72,26 @@ struct Args {
     /// parsing or recording, so the stand-in is never the bottleneck.
     #[arg(long)]
     fast: bool,
+    /// Simulate a GPU host's costs (`gpu.rs`): model loads, a limit of models in memory,
+    /// slots with prompt caches, prompt evaluation and generation time. `/api/ps` then lists
+    /// what is in memory, and `/_fake/stats` counts loads and evaluated prompt tokens.
+    #[arg(long)]
+    gpu: bool,
+    /// Milliseconds to load a model that is not in memory.
+    #[arg(long, default_value_t = 2000)]
+    gpu_load_ms: u64,
+    /// Models in memory at most (Ollama's OLLAMA_MAX_LOADED_MODELS).
+    #[arg(long, default_value_t = 2)]
+    gpu_max_loaded: usize,
+    /// Slots per loaded model (Ollama's OLLAMA_NUM_PARALLEL).
+    #[arg(long, default_value_t = 2)]
+    gpu_parallel: usize,
+    /// Microseconds to evaluate one prompt token not in the slot's cache.
+    #[arg(long, default_value_t = 200)]
+    gpu_prompt_us: u64,
+    /// Microseconds to generate one token.
+    #[arg(long, default_value_t = 20_000)]
+    gpu_gen_us: u64,
 }
 
 /// Pre-serialised answers for `--fast`.
@@ -129,15 +151,20 @@ struct Shared {
     connections: Arc<AtomicU64>,
     /// Chat requests being answered now (handler running or answer streaming).
     active_chats: Arc<AtomicI64>,
+    /// The most model requests (chat, embed) this host had at once.
+    max_active: Arc<AtomicI64>,
+    /// `--gpu`: the simulated host.
+    gpu: Option<Arc<gpu::Gpu>>,
 }
 
 /// Counts a chat request as active until its handler or its streamed body is dropped.
 struct Active(Arc<AtomicI64>);
 
 impl Active {
-    fn new(n: &Arc<AtomicI64>) -> Self {
-        n.fetch_add(1, Ordering::SeqCst);
-        Active(n.clone())
+    fn new(shared: &Shared) -> Self {
+        let now = shared.active_chats.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.max_active.fetch_max(now, Ordering::SeqCst);
+        Active(shared.active_chats.clone())
     }
 }
 
@@ -167,6 +194,15 @@ fn main() -> std::io::Result<()> {
         return Ok(());
     }
     let workers = args.workers;
+    let gpu = args.gpu.then(|| {
+        gpu::Gpu::new(gpu::Costs {
+            load_ms: args.gpu_load_ms,
+            max_loaded: args.gpu_max_loaded.max(1),
+            parallel: args.gpu_parallel.max(1),
+            prompt_us: args.gpu_prompt_us,
+            gen_us: args.gpu_gen_us,
+        })
+    });
     let canned = Canned::new(args.chunks.unwrap_or(50));
     let connections = Arc::new(AtomicU64::new(0));
     let counter = connections.clone();
@@ -176,6 +212,8 @@ fn main() -> std::io::Result<()> {
         canned,
         connections,
         active_chats: Arc::new(AtomicI64::new(0)),
+        max_active: Arc::new(AtomicI64::new(0)),
+        gpu,
     });
     announce(&addr.to_string());
     actix_web::rt::System::new().block_on(async move {
@@ -241,6 +279,8 @@ async fn stats(shared: web::Data<Shared>) -> HttpResponse {
         "chat_log": s.chat_log,
         "connections": shared.connections.load(Ordering::Relaxed),
         "active_chats": shared.active_chats.load(Ordering::SeqCst),
+        "max_active": shared.max_active.load(Ordering::SeqCst),
+        "gpu": shared.gpu.as_ref().map(|g| g.stats()),
     }))
 }
 
@@ -346,7 +386,7 @@ async fn chat(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -> 
         s.chat_log.push(said);
         s.last_headers = headers_of(&req);
     }
-    let active = Active::new(&shared.active_chats);
+    let active = Active::new(&shared);
     let args = &shared.args;
     let model = body["model"].as_str().unwrap_or("").to_owned();
     let stream = body["stream"].as_bool().unwrap_or(true);
@@ -465,8 +505,37 @@ async fn chat(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -> 
         }
     }
     let eval = lines.len();
+    // The simulated host: load, a slot, the prompt's uncached part (time to first token).
+    let mut turn = match &shared.gpu {
+        Some(gpu) => {
+            let prompt: String = body["messages"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|m| {
+                    format!(
+                        "{}: {}\n",
+                        m["role"].as_str().unwrap_or(""),
+                        m["content"].as_str().unwrap_or("")
+                    )
+                })
+                .collect();
+            Some(gpu.start(&model, &prompt).await)
+        }
+        None => None,
+    };
+    let gen_delay = shared.gpu.as_ref().map(|g| g.gen_delay());
 
     if !stream {
+        if let (Some(turn), Some(per)) = (&mut turn, gen_delay) {
+            actix_web::rt::time::sleep(per * u32::try_from(eval).unwrap_or(u32::MAX)).await;
+            turn.text.push_str("assistant: ");
+            for l in &lines {
+                turn.text
+                    .push_str(l["message"]["content"].as_str().unwrap_or(""));
+            }
+            turn.text.push('\n');
+        }
         let mut content = String::new();
         let mut tool_calls = Value::Null;
         let mut thinking = Value::Null;
@@ -490,8 +559,17 @@ async fn chat(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -> 
         return HttpResponse::Ok().json(fin);
     }
 
-    let delay = Duration::from_millis(args.chunk_delay_ms);
+    let delay = gen_delay.unwrap_or(Duration::from_millis(args.chunk_delay_ms));
     let fin = final_line(&model, reason, prompt_tokens, eval);
+    if let Some(turn) = &mut turn {
+        // What the slot caches once the answer is out (as Ollama's does).
+        turn.text.push_str("assistant: ");
+        for l in &lines {
+            turn.text
+                .push_str(l["message"]["content"].as_str().unwrap_or(""));
+        }
+        turn.text.push('\n');
+    }
     let script: Vec<(Duration, Option<Bytes>)> = {
         let mut s = Vec::new();
         for (i, l) in lines.iter().enumerate() {
@@ -520,14 +598,14 @@ async fn chat(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -> 
         s
     };
     let body = futures_util::stream::unfold(
-        (script.into_iter(), active),
-        |(mut it, active)| async move {
+        (script.into_iter(), active, turn),
+        |(mut it, active, turn)| async move {
             let (wait, bytes) = it.next()?;
             if !wait.is_zero() {
                 actix_web::rt::time::sleep(wait).await;
             }
             let bytes = bytes?;
-            Some((Ok::<Bytes, actix_web::Error>(bytes), (it, active)))
+            Some((Ok::<Bytes, actix_web::Error>(bytes), (it, active, turn)))
         },
     );
     HttpResponse::Ok()
@@ -753,11 +831,15 @@ async fn show(req: HttpRequest, body: web::Json<Value>, shared: web::Data<Shared
 
 /// `GET /api/ps`: the models in memory (`--loaded`; default every served model).
 async fn ps(shared: web::Data<Shared>) -> HttpResponse {
-    let models: Vec<Value> = shared
-        .args
-        .loaded
-        .as_deref()
-        .unwrap_or(&shared.args.models)
+    let listed = match &shared.gpu {
+        Some(gpu) => gpu.loaded().join(","),
+        None => shared
+            .args
+            .loaded
+            .clone()
+            .unwrap_or_else(|| shared.args.models.clone()),
+    };
+    let models: Vec<Value> = listed
         .split(',')
         .filter(|m| !m.is_empty())
         .map(|m| {
@@ -1195,6 +1277,13 @@ async fn embed(
     let inputs = inputs_of(&body["input"]);
     if inputs.is_empty() {
         return err(StatusCode::BAD_REQUEST, "invalid input");
+    }
+    let _active = Active::new(&shared);
+    if let Some(gpu) = &shared.gpu {
+        // Embeddings evaluate every input; nothing is generated or reused.
+        let model = body["model"].as_str().unwrap_or("");
+        let mut turn = gpu.start(model, &inputs.concat()).await;
+        turn.text.clear();
     }
     let embeddings: Vec<Vec<f64>> = inputs.iter().map(|s| embedding_of(s)).collect();
     let tokens: usize = inputs.iter().map(|s| s.split_whitespace().count()).sum();

@@ -1,0 +1,200 @@
+//! A simulated GPU host, for the fleet benchmark (`scripts/bench.sh fleet`): what decides
+//! time to first token on a real Ollama host, as costs.
+//!
+//! - A model not in memory takes `load_ms` to load; at most `max_loaded` models are in
+//!   memory; loading one more evicts the least recently used model no request is using
+//!   (none free: the load waits until one is).
+//! - Each loaded model has `parallel` slots (Ollama's `OLLAMA_NUM_PARALLEL`); a request takes
+//!   the free slot whose cached prompt shares the longest prefix with its own (as Ollama's
+//!   runner does) and evaluates only the rest, `prompt_us` per token (4 characters).
+//! - Generation costs `gen_us` per token; a finished request leaves its prompt and answer in
+//!   its slot's cache.
+//!
+//! Counters: loads, prompt tokens evaluated, and the most requests in flight at once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Costs {
+    pub load_ms: u64,
+    pub max_loaded: usize,
+    pub parallel: usize,
+    pub prompt_us: u64,
+    pub gen_us: u64,
+}
+
+#[derive(Default)]
+struct Model {
+    /// Each slot's cached text and whether a request holds it.
+    slots: Vec<(String, bool)>,
+    last_used: u64,
+}
+
+#[derive(Default)]
+struct State {
+    models: HashMap<String, Model>,
+    loading: Option<String>,
+    clock: u64,
+    loads: u64,
+    evictions: u64,
+    prompt_tokens: u64,
+    cached_tokens: u64,
+}
+
+pub struct Gpu {
+    pub costs: Costs,
+    state: Mutex<State>,
+    changed: Notify,
+}
+
+/// A request's hold on a slot, given back (with its text cached) when dropped.
+pub struct Turn {
+    gpu: Arc<Gpu>,
+    model: String,
+    slot: usize,
+    /// What the slot caches afterwards: the prompt, then the answer as it is produced.
+    pub text: String,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        {
+            let mut s = self.gpu.lock();
+            s.clock += 1;
+            let clock = s.clock;
+            if let Some(m) = s.models.get_mut(&self.model) {
+                if let Some(slot) = m.slots.get_mut(self.slot) {
+                    *slot = (std::mem::take(&mut self.text), false);
+                }
+                m.last_used = clock;
+            }
+        }
+        self.gpu.changed.notify_waiters();
+    }
+}
+
+fn tokens(chars: usize) -> u64 {
+    chars.div_ceil(4) as u64
+}
+
+fn common_prefix(a: &str, b: &str) -> usize {
+    a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count()
+}
+
+impl Gpu {
+    pub fn new(costs: Costs) -> Arc<Gpu> {
+        Arc::new(Gpu {
+            costs,
+            state: Mutex::new(State::default()),
+            changed: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits for the model to be in memory and a slot, then for the prompt's evaluation;
+    /// returns the slot (answer tokens cost [`Gpu::gen_delay`] each).
+    pub async fn start(self: &Arc<Gpu>, model: &str, prompt: &str) -> Turn {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let mut load = false;
+            {
+                let mut s = self.lock();
+                s.clock += 1;
+                let clock = s.clock;
+                if let Some(m) = s.models.get_mut(model) {
+                    let best = m
+                        .slots
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, (_, busy))| !busy)
+                        .max_by_key(|(_, (cached, _))| common_prefix(cached, prompt))
+                        .map(|(i, (cached, _))| (i, common_prefix(cached, prompt)));
+                    if let Some((slot, cached)) = best {
+                        m.slots[slot].1 = true;
+                        m.last_used = clock;
+                        let fresh = tokens(prompt.len() - cached);
+                        s.prompt_tokens += fresh;
+                        s.cached_tokens += tokens(cached);
+                        drop(s);
+                        let turn = Turn {
+                            gpu: self.clone(),
+                            model: model.to_owned(),
+                            slot,
+                            text: prompt.to_owned(),
+                        };
+                        tokio::time::sleep(Duration::from_micros(fresh * self.costs.prompt_us))
+                            .await;
+                        return turn;
+                    }
+                } else if s.loading.is_none() {
+                    if s.models.len() >= self.costs.max_loaded {
+                        let idle = s
+                            .models
+                            .iter()
+                            .filter(|(_, m)| m.slots.iter().all(|(_, busy)| !busy))
+                            .min_by_key(|(_, m)| m.last_used)
+                            .map(|(name, _)| name.clone());
+                        if let Some(victim) = idle {
+                            s.models.remove(&victim);
+                            s.evictions += 1;
+                            load = true;
+                        }
+                    } else {
+                        load = true;
+                    }
+                    if load {
+                        s.loading = Some(model.to_owned());
+                    }
+                }
+            }
+            if load {
+                tokio::time::sleep(Duration::from_millis(self.costs.load_ms)).await;
+                let mut s = self.lock();
+                s.loading = None;
+                s.loads += 1;
+                s.models.insert(
+                    model.to_owned(),
+                    Model {
+                        slots: vec![(String::new(), false); self.costs.parallel.max(1)],
+                        last_used: 0,
+                    },
+                );
+                drop(s);
+                self.changed.notify_waiters();
+                continue;
+            }
+            notified.await;
+        }
+    }
+
+    pub fn gen_delay(&self) -> Duration {
+        Duration::from_micros(self.costs.gen_us)
+    }
+
+    /// The models in memory, most recently used first.
+    pub fn loaded(&self) -> Vec<String> {
+        let s = self.lock();
+        let mut v: Vec<(&String, u64)> = s.models.iter().map(|(n, m)| (n, m.last_used)).collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1));
+        v.into_iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    pub fn stats(&self) -> serde_json::Value {
+        let s = self.lock();
+        serde_json::json!({
+            "loads": s.loads,
+            "evictions": s.evictions,
+            "prompt_tokens_evaluated": s.prompt_tokens,
+            "prompt_tokens_cached": s.cached_tokens,
+        })
+    }
+}
