@@ -4,6 +4,7 @@
 #
 #   scripts/bench.sh            full run (release build, ~5 minutes), results in target/bench/
 #   scripts/bench.sh --smoke    seconds-long run of every step (debug build), for CI
+#   scripts/bench.sh fleet      the fleet benchmark (scripts/bench-fleet.sh)
 #
 # Systems: (a) direct to the stand-in's /api/chat, (b) a plain Nginx hop (1 worker, upstream
 # keepalive), (c) the gateway with every guard on (key, IP allowlist, a rate limit too high to
@@ -15,6 +16,8 @@
 # so a slow spell of the shared host hits every system alike. Ratios are the figures that
 # count. Prints a markdown table and writes results.json.
 set -euo pipefail
+# `scripts/bench.sh fleet [--smoke]`: the fleet benchmark (several hosts, several gateways).
+[ "${1:-}" = fleet ] && exec "$(dirname "$0")/bench-fleet.sh" "${@:2}"
 cd "$(dirname "$0")/.."
 repo=$PWD
 
