@@ -2,7 +2,7 @@
 # Runs every check and test, exactly as CI does: format, clippy (warnings are errors), unit and
 # integration tests (real binaries, real sockets, real Nginx). Installs what the tests need
 # when it is missing: Debian's nginx, redis-server, golang-go, valgrind, openssl, nftables, curl, wrk, systemd's
-# analyzer and promtool, cargo-deb, plus a Python venv with the official OpenAI, Ollama and Anthropic clients for the
+# analyzer and promtool, cargo-deb, cargo-deny, plus a Python venv with the official OpenAI, Ollama and Anthropic clients for the
 # end-to-end client checks.
 # Ends with the instruction-count budget (callgrind, scripts/instructions.sh) and a
 # seconds-long smoke run of the benchmark.
@@ -44,6 +44,12 @@ if ! command -v cargo-deb >/dev/null 2>&1; then
   cargo install --locked --quiet cargo-deb --version '^3.8'
 fi
 
+# cargo-deny checks the dependency graph against deny.toml (licenses, banned crates, sources).
+if ! command -v cargo-deny >/dev/null 2>&1; then
+  say "installing cargo-deny"
+  cargo install --locked --quiet cargo-deny --version '^0.20'
+fi
+
 VENV="${QWEN_TEST_VENV:-$PWD/target/test-venv}"
 # The official clients, unmodified: OpenAI's, Ollama's and Anthropic's Python libraries.
 if ! "$VENV/bin/python" -c 'import openai, ollama, anthropic' >/dev/null 2>&1; then
@@ -60,6 +66,9 @@ cargo fmt --all -- --check
 
 say "cargo clippy -D warnings"
 cargo clippy --locked --workspace --all-targets -- -D warnings
+
+say "cargo deny (licenses, bans, sources; the advisories check needs the RustSec database from GitHub)"
+cargo deny --log-level error check bans licenses sources
 
 say "cargo build (the gateway and the test helpers in tools/, which the tests start)"
 cargo build --locked --workspace --bins
