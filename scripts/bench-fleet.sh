@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The fleet benchmark (issue 21), run as `scripts/bench.sh fleet`: 3 simulated GPU hosts
-# (fake-ollama --gpu: model loads, 2 models in memory at most, 2 slots per model with prompt
+# (fake-ollama --gpu: model loads, 2 models in memory at most, 4 slots per model with prompt
 # caches, prompt evaluation and generation time) behind 2 gateways sharing a real
 # redis-server, with a seeded mixed workload (scripts/fleet_workload.py: agent sessions whose
 # conversations grow turn by turn, chat users, embedding batches; three models). The same
@@ -57,7 +57,7 @@ run_config() { # name routing limit-backend
     local f="$work/fake.$name.$i"
     "$BIN/fake-ollama" --listen 127.0.0.1:0 --workers 2 --chunks 20 \
       --models "qwen3:32b,llama3.2:3b,nomic-embed-text" --gpu --gpu-load-ms 3000 \
-      --gpu-max-loaded 2 --gpu-parallel 2 --gpu-prompt-us 250 --gpu-gen-us 15000 > "$f" 2>/dev/null &
+      --gpu-max-loaded 2 --gpu-parallel 4 --gpu-prompt-us 250 --gpu-gen-us 15000 > "$f" 2>/dev/null &
     pids+=($!)
     for _ in $(seq 200); do [ -s "$f" ] && break; sleep 0.05; done
     fakes+=("$(awk '{print $3}' "$f")")
@@ -71,6 +71,7 @@ PY
   {
     echo 'listen: "127.0.0.1:0"'
     echo 'log_level: info'
+    echo "audit: {dir: \"$OUT/audit-$name\"}"
     echo 'backends:'
     for f in "${fakes[@]}"; do echo "  - {url: \"http://$f\", max_loaded_models: 2}"; done
     echo 'whitelist: {enabled: false}'
@@ -116,6 +117,7 @@ res["evictions"] = sum(s["gpu"]["evictions"] for s in stats)
 res["prompt_tokens_evaluated"] = sum(s["gpu"]["prompt_tokens_evaluated"] for s in stats)
 res["max_in_flight_seen"] = max(s["max_active"] for s in stats)
 res["max_in_flight"] = limit
+res["load_logs"] = [s["gpu"]["load_log"] for s in stats]
 json.dump(res, open(out, "w"), indent=1)
 PY
   # Stop this configuration's hosts and gateways before the next.

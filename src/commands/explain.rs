@@ -374,7 +374,35 @@ fn walk(w: &mut Walk<'_>, req: &Described) -> Result<(), GatewayError> {
             ),
         );
     }
+    backend_choice(w, p, model);
     Ok(())
+}
+
+/// Which rule chooses the backend (which backends hold the model in memory, or served the
+/// conversation, is live state `explain` does not know: `/readyz` shows it).
+fn backend_choice(w: &mut Walk<'_>, p: &Policy, model: &str) {
+    let shared = match &p.limit_backend {
+        crate::policy::LimitBackend::Redis(_) => format!(
+            "; slots counted across every gateway sharing Redis (leases of {} s)",
+            p.upstream.slot_lease.as_secs()
+        ),
+        crate::policy::LimitBackend::Memory => "; slots counted by this gateway".to_owned(),
+    };
+    let decision = match (p.backends.as_slice(), p.upstream.routing) {
+        ([one], _) => format!(
+            "one backend, {} ({} slots, fair queue){shared}",
+            one.url, one.max_in_flight
+        ),
+        (all, crate::policy::Routing::LeastBusy) => format!(
+            "routing least_busy over {} backends: fewest requests in flight per weight{shared}",
+            all.len()
+        ),
+        (all, crate::policy::Routing::CacheAware) => format!(
+            "routing cache_aware over {} backends that list {model}: the conversation's backend              while it has room (affinity), else one with the model in memory and a free slot              (warm), else one with a free slot that must load it (cold), else the busy ones              (queue), one that would evict a model in use last{shared}",
+            all.len()
+        ),
+    };
+    w.say("backend", decision);
 }
 
 /// The key's access to the model, as the server decides it ([`Policy::model_refusal`], then

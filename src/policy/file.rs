@@ -149,6 +149,7 @@ pub struct UpstreamFile {
     pub model_refresh_seconds: Option<f64>,
     pub max_in_flight: Option<usize>,
     pub routing: Option<String>,
+    pub warm_wait_seconds: Option<f64>,
     pub slot_lease_seconds: Option<f64>,
     pub breaker: Option<BreakerFile>,
 }

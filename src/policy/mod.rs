@@ -195,6 +195,10 @@ pub struct UpstreamPolicy {
     pub max_waiting_per_key: usize,
     pub max_wait: Duration,
     pub routing: Routing,
+    /// Longest a request waits for a busy backend that has its model in memory (or its
+    /// conversation's prompt) while another backend has a free slot but would have to load
+    /// the model.
+    pub warm_wait: Duration,
     /// With `rate_limit.backend: redis`, a slot on a backend is a lease in Redis, renewed
     /// while its request runs: a gateway that dies frees its slots within this time.
     pub slot_lease: Duration,

@@ -547,6 +547,10 @@ fn validate_upstream(
                 ));
             }
         },
+        warm_wait: match uf.warm_wait_seconds {
+            Some(0.0) => Duration::ZERO,
+            other => seconds("upstream.warm_wait_seconds", other, 3.0)?,
+        },
         slot_lease: seconds("upstream.slot_lease_seconds", uf.slot_lease_seconds, 15.0)?,
         breaker: BreakerPolicy {
             failure_threshold: bf.failure_threshold.unwrap_or(5),

@@ -167,6 +167,7 @@ pub fn view(p: &Policy) -> Value {
         max_waiting_per_key,
         max_wait,
         routing,
+        warm_wait,
         slot_lease,
     } = *upstream;
     let super::AuditPolicy {
@@ -230,6 +231,7 @@ pub fn view(p: &Policy) -> Value {
                 super::Routing::CacheAware => "cache_aware",
                 super::Routing::LeastBusy => "least_busy",
             },
+            "warm_wait_seconds": secs(warm_wait),
             "slot_lease_seconds": secs(slot_lease),
             "breaker": {
                 "failure_threshold": breaker.failure_threshold,
@@ -455,7 +457,7 @@ limits: {max_prompt_chars: 20000, max_body_bytes: 1048576, max_messages: 100, ma
   max_output_tokens: 2048, max_keep_alive_seconds: 600, over_limit: clamp}
 upstream: {timeout_seconds: 3, first_token_timeout_seconds: 100, stream_idle_timeout_seconds: 50,
   max_stream_seconds: 3000, model_refresh_seconds: 15, max_in_flight: 4, routing: cache_aware,
-  slot_lease_seconds: 15,
+  warm_wait_seconds: 3, slot_lease_seconds: 15,
   breaker: {failure_threshold: 5, cooldown_seconds: 10}}
 queue: {max_waiting: 100, max_waiting_per_key: 20, max_wait_seconds: 30}
 token_limit: {tokens_per_minute: 5000, tokens_per_day: 500000}

@@ -95,17 +95,13 @@ impl BackendState {
         let names: Vec<String> = names.into_iter().collect();
         self.loaded_count.store(names.len(), Ordering::Relaxed);
         self.loaded.store(Some(Arc::new(with_bare_names(names))));
+        // What Ollama just said replaces what was inferred before it (`is_warm` compares).
         *lock(&self.loaded_at) = Some(now);
-        // What Ollama just said replaces what was inferred before it.
-        lock(&self.sent).retain(|_, at| *at > now);
     }
 
     /// A request for `model` was sent here at `at` (by this gateway, or by another: shared
-    /// through Redis): Ollama loaded it to answer.
+    /// through Redis): Ollama loaded it to answer, and it is in use.
     pub fn mark_sent(&self, model: &str, at: Instant) {
-        if lock(&self.loaded_at).is_some_and(|polled| polled >= at) {
-            return;
-        }
         let mut sent = lock(&self.sent);
         // Models are the policy's, a bounded set; a hostile list cannot grow this unboundedly.
         if sent.len() >= 1024 {
@@ -122,20 +118,38 @@ impl BackendState {
             .load()
             .as_ref()
             .is_some_and(|m| m.contains(model))
-            || lock(&self.sent).contains_key(model)
+            || self.sent_since_poll(model)
     }
 
-    /// Whether loading one more model here would evict one that requests are using: it
-    /// holds as many as it can (`max_loaded_models`, when known) and has requests in flight.
-    pub fn would_evict_in_use(&self, max_loaded: Option<usize>) -> bool {
+    fn sent_since_poll(&self, model: &str) -> bool {
+        let polled = *lock(&self.loaded_at);
+        lock(&self.sent)
+            .get(model)
+            .is_some_and(|at| polled.is_none_or(|p| *at > p))
+    }
+
+    /// Whether loading `model` here would evict a model that requests are using: the backend
+    /// holds as many models as it can (`max_loaded_models`, when known), and has requests in
+    /// flight or sent one for another of its models within [`IN_USE`].
+    pub fn would_evict_in_use(&self, model: &str, max_loaded: Option<usize>) -> bool {
         let Some(max) = max_loaded else { return false };
         let listed = self.loaded.load();
-        let inferred = lock(&self.sent)
-            .keys()
-            .filter(|m| !listed.as_ref().is_some_and(|l| l.contains(*m)))
+        let polled = *lock(&self.loaded_at);
+        let sent = lock(&self.sent);
+        let inferred = sent
+            .iter()
+            .filter(|(m, at)| {
+                polled.is_none_or(|p| **at > p) && !listed.as_ref().is_some_and(|l| l.contains(*m))
+            })
             .count();
         let loaded = self.loaded_count.load(Ordering::Relaxed) + inferred;
-        loaded >= max && self.in_flight() > 0
+        if loaded < max {
+            return false;
+        }
+        let recently_used = sent
+            .iter()
+            .any(|(m, at)| m != model && at.elapsed() < IN_USE);
+        self.in_flight() > 0 || recently_used
     }
 
     /// The models in memory, sorted (for /readyz).
@@ -163,6 +177,10 @@ impl BackendState {
         }
     }
 }
+
+/// A model a request was sent for this recently counts as in use: more are likely coming,
+/// and evicting it costs the next one a load.
+pub const IN_USE: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -235,6 +253,14 @@ impl Drop for Lease {
     }
 }
 
+/// A backend a request may go to, in the order of [`Backends::candidates_for`].
+pub struct Candidate {
+    pub backend: Arc<BackendState>,
+    /// Busy while a backend further down has a free slot: its queue is waited for at most
+    /// `upstream.warm_wait_seconds`, then the request moves on.
+    pub bounded: bool,
+}
+
 #[derive(Default)]
 pub struct Backends {
     states: RwLock<HashMap<String, Arc<BackendState>>>,
@@ -280,14 +306,19 @@ impl Backends {
     }
 
     /// Backends that may serve `model`, preferred first. Where the work is cheapest: a backend
-    /// with the model in memory and a free slot, then one with a free slot that must load it
-    /// (a request does not wait for a busy warm backend while a cold one is free), then the
-    /// busy ones, warm first; within each, fewest requests in flight per unit of weight, ties
-    /// rotated. Backends whose last model list lacks the model are left out, unless every
-    /// backend lacks it: lists can be stale (a model pulled since the last refresh), and asking
-    /// costs one quick 404 each.
+    /// with the model in memory and a free slot; then a busy one with the model in memory,
+    /// waited for at most `upstream.warm_wait_seconds` when a backend further down has a free
+    /// slot (a load costs more than a short wait, but a GPU must not sit idle for long);
+    /// then one with a free slot that must load it; then the busy cold ones; last, one that
+    /// would evict a model requests are using. Within each, fewest requests in flight per
+    /// unit of weight, ties rotated. Backends whose last model list lacks the model are left
+    /// out, unless every backend lacks it: lists can be stale (a model pulled since the last
+    /// refresh), and asking costs one quick 404 each.
     pub fn candidates(&self, policy: &Policy, model: Option<&str>) -> Vec<Arc<BackendState>> {
         self.candidates_for(policy, model, None)
+            .into_iter()
+            .map(|c| c.backend)
+            .collect()
     }
 
     /// Why `chosen` serves a request for `model` (an Ollama name) of `conversation`: the
@@ -338,28 +369,57 @@ impl Backends {
     }
 
     /// [`Backends::candidates`], with conversation affinity: the backend that served the
-    /// conversation's last turn goes first while it is in the list, its breaker is closed and
-    /// it has a free slot (its cache holds the conversation's prompt: Ollama evaluates only
-    /// what is new). Affinity never overrides the model filter, the breaker or a full backend.
+    /// conversation's last turn goes first while it is in the list and its breaker is closed
+    /// (its cache holds the conversation's prompt: Ollama evaluates only what is new); when it
+    /// is busy, it is waited for at most `upstream.warm_wait_seconds` if another backend has
+    /// a free slot. Affinity never overrides the model filter or the breaker.
     pub fn candidates_for(
         &self,
         policy: &Policy,
         model: Option<&str>,
         conversation: Option<u64>,
-    ) -> Vec<Arc<BackendState>> {
+    ) -> Vec<Candidate> {
         let mut list = self.ranked(policy, model);
+        let room = |b: &BackendState| b.in_flight() < policy.max_in_flight(&b.url);
         if policy.upstream.routing == crate::policy::Routing::LeastBusy {
-            return list;
+            return list
+                .into_iter()
+                .map(|backend| Candidate {
+                    backend,
+                    bounded: false,
+                })
+                .collect();
         }
         if let Some(home) = conversation.and_then(|c| self.affine(c))
             && let Some(i) = list.iter().position(|b| Arc::ptr_eq(b, &home))
             && home.breaker.state() == crate::upstream::breaker::BreakerState::Closed
-            && home.in_flight() < policy.max_in_flight(&home.url)
         {
             let home = list.remove(i);
             list.insert(0, home);
         }
-        list
+        // A busy backend is waited for only briefly while one further down has room that it
+        // can use without evicting a model in use.
+        let evicts = |b: &BackendState| {
+            model.is_some_and(|m| {
+                !b.is_warm(m) && b.would_evict_in_use(m, policy.max_loaded_models(&b.url))
+            })
+        };
+        let mut later_room = false;
+        let mut out: Vec<Candidate> = list
+            .into_iter()
+            .rev()
+            .map(|backend| {
+                let free = room(&backend) && !evicts(&backend);
+                let c = Candidate {
+                    bounded: !free && later_room,
+                    backend,
+                };
+                later_room |= free;
+                c
+            })
+            .collect();
+        out.reverse();
+        out
     }
 
     fn ranked(&self, policy: &Policy, model: Option<&str>) -> Vec<Arc<BackendState>> {
@@ -383,13 +443,19 @@ impl Backends {
                 }
                 let room = s.in_flight() < policy.max_in_flight(&s.url);
                 let warm = model.is_some_and(|m| s.is_warm(m));
-                let evicts = || !warm && s.would_evict_in_use(policy.max_loaded_models(&s.url));
+                let evicts = || {
+                    !warm
+                        && model.is_some_and(|m| {
+                            s.would_evict_in_use(m, policy.max_loaded_models(&s.url))
+                        })
+                };
                 match (room, warm) {
                     (true, true) => 0,
+                    // Waited for briefly (`candidates_for`) before a load elsewhere.
+                    (false, true) => 1,
                     // Loading where it evicts a model in use is the last choice.
                     _ if evicts() => 4,
-                    (true, false) => 1,
-                    (false, true) => 2,
+                    (true, false) => 2,
                     (false, false) => 3,
                 }
             };
@@ -451,9 +517,24 @@ mod tests {
         for _ in 0..4 {
             assert_eq!(reg.candidates(&p, Some("qwen3:32b"))[0].url, "http://b:1");
         }
-        // The warm one is full: the cold one with room goes first.
+        // The warm one is full: it is waited for, briefly, before the cold one with room.
         let _busy = b.lease();
-        assert_eq!(reg.candidates(&p, Some("qwen3:32b"))[0].url, "http://a:1");
+        let c = reg.candidates_for(&p, Some("qwen3:32b"), None);
+        assert_eq!(
+            (c[0].backend.url.as_str(), c[0].bounded),
+            ("http://b:1", true)
+        );
+        assert_eq!(
+            (c[1].backend.url.as_str(), c[1].bounded),
+            ("http://a:1", false)
+        );
+        // Both full: the warm one is waited for without a bound.
+        let _busy_too = a.lease();
+        let c = reg.candidates_for(&p, Some("qwen3:32b"), None);
+        assert_eq!(
+            (c[0].backend.url.as_str(), c[0].bounded),
+            ("http://b:1", false)
+        );
     }
 
     #[test]
@@ -466,11 +547,19 @@ mod tests {
         let b = all[1].0.clone();
         reg.remember(7, &b);
         for _ in 0..4 {
-            assert_eq!(reg.candidates_for(&p, None, Some(7))[0].url, "http://b:1");
+            assert_eq!(
+                reg.candidates_for(&p, None, Some(7))[0].backend.url,
+                "http://b:1"
+            );
         }
-        // Full: affinity gives way.
+        // Full: waited for briefly, then the other.
         let _busy = b.lease();
-        assert_eq!(reg.candidates_for(&p, None, Some(7))[0].url, "http://a:1");
+        let c = reg.candidates_for(&p, None, Some(7));
+        assert_eq!(
+            (c[0].backend.url.as_str(), c[0].bounded),
+            ("http://b:1", true)
+        );
+        assert_eq!(c[1].backend.url, "http://a:1");
     }
 
     #[test]

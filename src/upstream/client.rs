@@ -167,62 +167,81 @@ impl Upstream {
             ),
             None => None,
         };
-        for backend in candidates {
+        for candidate in candidates {
+            let backend = candidate.backend;
             let mut lease = backend.lease();
             if let Some(q) = &call.queue {
+                use crate::limits::queue::QueueError;
+                // A busy backend with the model in memory is waited for only briefly while
+                // another has a free slot (`upstream.warm_wait_seconds`); otherwise up to
+                // `queue.max_wait_seconds` since the request began to wait.
+                let last_moment = started + policy.upstream.max_wait;
+                let deadline = if candidate.bounded {
+                    (Instant::now() + policy.upstream.warm_wait).min(last_moment)
+                } else {
+                    last_moment
+                };
                 let limits = crate::limits::queue::QueueLimits {
                     max_in_flight: policy.max_in_flight(&backend.url),
                     max_waiting: policy.upstream.max_waiting,
                     max_waiting_per_key: policy.upstream.max_waiting_per_key,
-                    max_wait: policy.upstream.max_wait,
+                    max_wait: deadline.saturating_duration_since(Instant::now()),
                 };
-                let mut slot = backend
-                    .slots
-                    .acquire(&q.owner, limits, &state.usage)
-                    .await
-                    .map_err(|e| {
+                let acquired = backend.slots.acquire(&q.owner, limits, &state.usage).await;
+                let mut slot = match acquired {
+                    Ok(slot) => slot,
+                    Err(QueueError::Timeout) if candidate.bounded => continue,
+                    Err(e) => {
                         state.metrics.upstream_error(match e {
-                            crate::limits::queue::QueueError::Full => "queue_full",
-                            crate::limits::queue::QueueError::KeyFull => "queue_key_full",
-                            crate::limits::queue::QueueError::Timeout => "queue_timeout",
+                            QueueError::Full => "queue_full",
+                            QueueError::KeyFull => "queue_key_full",
+                            QueueError::Timeout => "queue_timeout",
                         });
                         let retry_after = Duration::from_secs(2);
-                        match e {
-                            crate::limits::queue::QueueError::Full => {
-                                GatewayError::QueueFull { retry_after }
-                            }
-                            crate::limits::queue::QueueError::KeyFull => GatewayError::KeyQueueFull,
-                            crate::limits::queue::QueueError::Timeout => {
-                                GatewayError::QueueTimeout { retry_after }
-                            }
-                        }
-                    })?;
+                        return Err(match e {
+                            QueueError::Full => GatewayError::QueueFull { retry_after },
+                            QueueError::KeyFull => GatewayError::KeyQueueFull,
+                            QueueError::Timeout => GatewayError::QueueTimeout { retry_after },
+                        });
+                    }
+                };
                 if let Some(cfg) = redis {
-                    let held = self
-                        .shared_slot(state, policy, cfg, &backend, q, started)
-                        .await?;
-                    lease.hold_shared(held);
-                    slot.waited = started.elapsed();
+                    match self
+                        .shared_slot(state, policy, cfg, &backend, q, deadline)
+                        .await
+                    {
+                        Ok(held) => lease.hold_shared(held),
+                        Err(GatewayError::QueueTimeout { .. }) if candidate.bounded => continue,
+                        Err(e) => {
+                            state.metrics.upstream_error("queue_timeout");
+                            return Err(e);
+                        }
+                    }
                 }
+                slot.waited = started.elapsed();
                 state.metrics.queue_wait.observe(slot.waited.as_secs_f64());
                 lease.hold(slot, ticket.take());
             }
+            // Why this backend, decided before it is marked warm below.
+            let why = call.queue.as_ref().map(|_| {
+                state
+                    .backends
+                    .why(policy, &backend, up_model, call.conversation)
+            });
+            // From now on Ollama loads the model there (if it has not already): the next
+            // request for it goes there too rather than loading it on another backend, for
+            // this gateway and (through Redis) the others.
+            if let (Some(_), Some(m)) = (&call.queue, up_model) {
+                backend.mark_sent(m, Instant::now());
+                if redis.is_some() {
+                    state.fleet.warm(&backend.url, m);
+                }
+            }
             match self.send_to(state, policy, &backend, call).await {
                 Ok(resp) => {
-                    if call.queue.is_some() {
-                        let why = state
-                            .backends
-                            .why(policy, &backend, up_model, call.conversation);
+                    if let Some(why) = why {
                         state.metrics.backend_choice(why);
                         lease.set_choice(why);
-                        // Ollama loaded the model to answer: it is warm there now, for this
-                        // gateway and (through Redis) the others.
-                        if let Some(m) = up_model {
-                            backend.mark_sent(m, Instant::now());
-                            if redis.is_some() {
-                                state.fleet.warm(&backend.url, m);
-                            }
-                        }
                     }
                     if let Some(c) = call.conversation {
                         state.backends.remember(c, &backend);
@@ -249,8 +268,8 @@ impl Upstream {
     }
 
     /// A slot on `backend` counted across every gateway sharing Redis (`fleet.rs`): asked
-    /// for every [`super::fleet::POLL`] until granted or `queue.max_wait_seconds` after the
-    /// request began to wait; while Redis cannot be asked, one of this gateway's local share.
+    /// for every [`super::fleet::POLL`] until granted or `deadline`; while Redis cannot be
+    /// asked, one of this gateway's local share.
     async fn shared_slot(
         &self,
         state: &AppState,
@@ -258,14 +277,13 @@ impl Upstream {
         cfg: &crate::limits::quota::RedisLimits,
         backend: &BackendState,
         q: &QueueFor,
-        started: Instant,
+        deadline: Instant,
     ) -> Result<super::fleet::Held, GatewayError> {
         use super::fleet::{Attempt, Held};
         let max = policy.max_in_flight(&backend.url);
         let keys = super::fleet::SlotKeys::new(cfg, &backend.url);
         let id = super::fleet::lease_id(&state.fleet);
         let priority = state.usage.recent(&q.owner.key) / f64::from(q.owner.weight.max(1));
-        let deadline = started + policy.upstream.max_wait;
         let mut told = false;
         loop {
             match self
@@ -308,7 +326,6 @@ impl Upstream {
                 }
             }
             if Instant::now() + super::fleet::POLL > deadline {
-                state.metrics.upstream_error("queue_timeout");
                 return Err(GatewayError::QueueTimeout {
                     retry_after: Duration::from_secs(2),
                 });

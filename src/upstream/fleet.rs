@@ -46,6 +46,9 @@ const WAITER_TTL_MS: u64 = 250;
 /// How long a conversation's backend is shared (as `backends::AFFINITY_TTL`).
 const AFFINITY_TTL_MS: u64 = 10 * 60 * 1000;
 
+/// How often the warm marks other gateways left are read.
+const WARM_EVERY: Duration = Duration::from_millis(250);
+
 /// How long a "sent there" mark counts as warm: Ollama's default keep-alive.
 const WARM_TTL_MS: u64 = 5 * 60 * 1000;
 
@@ -361,6 +364,7 @@ pub async fn keep(
     let (warm_put, warm_get) = (redis::Script::new(WARM_PUT), redis::Script::new(WARM_GET));
     let mut held: HashMap<Arc<str>, Arc<str>> = HashMap::new(); // id -> slot set
     let mut next_beat = Instant::now();
+    let mut next_warm = Instant::now();
     loop {
         let policy = policy_now();
         let crate::policy::LimitBackend::Redis(cfg) = &policy.limit_backend else {
@@ -373,7 +377,9 @@ pub async fn keep(
         };
         let lease = policy.upstream.slot_lease;
         let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
-        let wait = next_beat.saturating_duration_since(Instant::now());
+        let wait = next_beat
+            .min(next_warm)
+            .saturating_duration_since(Instant::now());
         let first = match tokio::time::timeout(wait, rx.recv()).await {
             Ok(None) => return,
             Ok(Some(m)) => Some(m),
@@ -421,6 +427,29 @@ pub async fn keep(
             }
             let _ = redis.run_one(cfg, &inv).await;
         }
+        if Instant::now() >= next_warm {
+            next_warm = Instant::now() + WARM_EVERY;
+            // What the other gateways sent where: those models are in memory there.
+            for b in &policy.backends {
+                let mut inv = warm_get.prepare_invoke();
+                inv.key(format!("{}warm:{}", cfg.key_prefix, b.url))
+                    .arg(WARM_TTL_MS);
+                let Ok(pairs) = redis.run_strings(cfg, &inv).await else {
+                    continue;
+                };
+                let state_b = backends.get(b);
+                for pair in pairs.chunks(2) {
+                    if let [model, age] = pair
+                        && let Ok(age) = age.parse::<u64>()
+                    {
+                        let at = Instant::now()
+                            .checked_sub(Duration::from_millis(age))
+                            .unwrap_or_else(Instant::now);
+                        state_b.mark_sent(model, at);
+                    }
+                }
+            }
+        }
         if Instant::now() < next_beat {
             continue;
         }
@@ -447,26 +476,6 @@ pub async fn keep(
             fleet
                 .gateways
                 .store(usize::try_from(n).unwrap_or(1).max(1), Ordering::Relaxed);
-        }
-        // What the other gateways sent where: those models are in memory there.
-        for b in &policy.backends {
-            let mut inv = warm_get.prepare_invoke();
-            inv.key(format!("{}warm:{}", cfg.key_prefix, b.url))
-                .arg(WARM_TTL_MS);
-            let Ok(pairs) = redis.run_strings(cfg, &inv).await else {
-                continue;
-            };
-            let state_b = backends.get(b);
-            for pair in pairs.chunks(2) {
-                if let [model, age] = pair
-                    && let Ok(age) = age.parse::<u64>()
-                {
-                    let at = Instant::now()
-                        .checked_sub(Duration::from_millis(age))
-                        .unwrap_or_else(Instant::now);
-                    state_b.mark_sent(model, at);
-                }
-            }
         }
     }
 }

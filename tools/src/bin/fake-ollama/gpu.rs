@@ -43,10 +43,13 @@ struct State {
     evictions: u64,
     prompt_tokens: u64,
     cached_tokens: u64,
+    /// Each load: when (ms since start), the model, the model it evicted.
+    log: Vec<(u64, String, Option<String>)>,
 }
 
 pub struct Gpu {
     pub costs: Costs,
+    started: std::time::Instant,
     state: Mutex<State>,
     changed: Notify,
 }
@@ -89,6 +92,7 @@ impl Gpu {
     pub fn new(costs: Costs) -> Arc<Gpu> {
         Arc::new(Gpu {
             costs,
+            started: std::time::Instant::now(),
             state: Mutex::new(State::default()),
             changed: Notify::new(),
         })
@@ -106,6 +110,7 @@ impl Gpu {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let mut load = false;
+            let mut evicted = None;
             {
                 let mut s = self.lock();
                 s.clock += 1;
@@ -147,6 +152,7 @@ impl Gpu {
                             s.models.remove(&victim);
                             s.evictions += 1;
                             load = true;
+                            evicted = Some(victim);
                         }
                     } else {
                         load = true;
@@ -161,16 +167,36 @@ impl Gpu {
                 let mut s = self.lock();
                 s.loading = None;
                 s.loads += 1;
+                s.clock += 1;
+                let clock = s.clock;
+                let at = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                if s.log.len() < 1000 {
+                    s.log.push((at, model.to_owned(), evicted));
+                }
+                // The request that asked for the load takes the first slot at once (as
+                // Ollama's scheduler hands the new runner to the request that waited for it):
+                // no other request can evict the model in between.
+                let mut slots = vec![(String::new(), false); self.costs.parallel.max(1)];
+                slots[0].1 = true;
                 s.models.insert(
                     model.to_owned(),
                     Model {
-                        slots: vec![(String::new(), false); self.costs.parallel.max(1)],
-                        last_used: 0,
+                        slots,
+                        last_used: clock,
                     },
                 );
+                let fresh = tokens(prompt.len());
+                s.prompt_tokens += fresh;
                 drop(s);
                 self.changed.notify_waiters();
-                continue;
+                let turn = Turn {
+                    gpu: self.clone(),
+                    model: model.to_owned(),
+                    slot: 0,
+                    text: prompt.to_owned(),
+                };
+                tokio::time::sleep(Duration::from_micros(fresh * self.costs.prompt_us)).await;
+                return turn;
             }
             notified.await;
         }
@@ -180,12 +206,16 @@ impl Gpu {
         Duration::from_micros(self.costs.gen_us)
     }
 
-    /// The models in memory, most recently used first.
+    /// The models in memory, most recently used first, and the one loading (as Ollama's
+    /// `/api/ps` lists a runner while it loads).
     pub fn loaded(&self) -> Vec<String> {
         let s = self.lock();
         let mut v: Vec<(&String, u64)> = s.models.iter().map(|(n, m)| (n, m.last_used)).collect();
         v.sort_by(|a, b| b.1.cmp(&a.1));
-        v.into_iter().map(|(n, _)| n.clone()).collect()
+        v.into_iter()
+            .map(|(n, _)| n.clone())
+            .chain(s.loading.clone())
+            .collect()
     }
 
     pub fn stats(&self) -> serde_json::Value {
@@ -195,6 +225,7 @@ impl Gpu {
             "evictions": s.evictions,
             "prompt_tokens_evaluated": s.prompt_tokens,
             "prompt_tokens_cached": s.cached_tokens,
+            "load_log": s.log,
         })
     }
 }

@@ -925,6 +925,11 @@ async fn v1_embeddings(
         return HttpResponse::BadRequest().json(json!({"error": {"message": "invalid input",
             "type": "invalid_request_error", "param": null, "code": null}}));
     }
+    let _active = Active::new(&shared);
+    if let Some(gpu) = &shared.gpu {
+        let mut turn = gpu.start(&model, &inputs.concat()).await;
+        turn.text.clear();
+    }
     let base64 = body["encoding_format"] == "base64";
     let data: Vec<Value> = inputs
         .iter()
