@@ -398,8 +398,13 @@ fn backend_choice(w: &mut Walk<'_>, p: &Policy, model: &str) {
             all.len()
         ),
         (all, crate::policy::Routing::CacheAware) => format!(
-            "routing cache_aware over {} backends that list {model}: the conversation's backend              while it has room (affinity), else one with the model in memory and a free slot              (warm), else one with a free slot that must load it (cold), else the busy ones              (queue), one that would evict a model in use last{shared}",
-            all.len()
+            "routing cache_aware over {} backends that list {model}: the conversation's backend \
+             (affinity), else one with the model in memory (warm), a busy one waited for at \
+             most {} s while another has a free slot, else one with a free slot that must load \
+             it (cold), else the busy ones (queue), one that would evict a model in use \
+             last{shared}",
+            all.len(),
+            p.upstream.warm_wait.as_secs_f64()
         ),
     };
     w.say("backend", decision);

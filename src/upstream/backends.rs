@@ -3,9 +3,11 @@
 //! The state of each backend (its circuit breaker, requests in flight, the models it serves)
 //! lives here, keyed by URL, outside the policy: a reload that keeps a backend keeps its state.
 //! A request is offered only to backends that serve its model (per their last `/api/tags`;
-//! unknown counts as "maybe"), least busy first relative to their weight, with ties rotated so
-//! light load spreads too. `proxy::upstream` walks that list, retrying on the next backend when
-//! one fails before sending a byte of its answer, never after.
+//! unknown counts as "maybe"), in the order `upstream.routing` says: where the work is
+//! cheapest (the conversation's backend, then the model in memory, then a load, one that
+//! would evict a model in use last), or least busy; least busy relative to weight within a
+//! rank, ties rotated so light load spreads too. `upstream::client` walks that list, retrying
+//! on the next backend when one fails before sending a byte of its answer, never after.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
