@@ -601,3 +601,66 @@ fn across_two_gateways_a_key_with_many_queued_does_not_starve_a_key_with_one() {
         "only {after} of the heavy key's 12 requests were served after the light key's one"
     );
 }
+
+/// A conversation keeps its backend whichever gateway each turn reaches (affinity shared
+/// through Redis), and leaves it when it dies: the next turn goes to a live one and stays.
+#[test]
+fn a_conversation_keeps_its_backend_across_gateways_and_leaves_a_dead_one() {
+    let redis = Redis::start();
+    let mut fakes = [
+        Some(Fake::start(&["--models", "qwen3:32b"])),
+        Some(Fake::start(&["--models", "qwen3:32b"])),
+    ];
+    let policy = format!(
+        "{}rate_limit: {{enabled: true, max_requests: 100000, window_seconds: 60, backend: redis, redis_url: \"{}\", redis_timeout_ms: 200}}\n",
+        backends_policy(&[fakes[0].as_ref().unwrap(), fakes[1].as_ref().unwrap()])
+            .replace("rate_limit: {enabled: false}\n", ""),
+        redis.url()
+    );
+    let gws = [
+        Gateway::start(&policy, "unused"),
+        Gateway::start(&policy, "unused"),
+    ];
+    let counts = |fakes: &[Option<Fake>; 2]| -> Vec<u64> {
+        fakes
+            .iter()
+            .map(|f| f.as_ref().map_or(0, Fake::chat_requests))
+            .collect()
+    };
+    let mut messages = vec![
+        json!({"role": "system", "content": "You are the shared agent."}),
+        json!({"role": "user", "content": "first question"}),
+    ];
+    let mut turn = |gw: &Gateway, n: usize| {
+        let body = json!({"model": "qwen3:32b", "stream": false, "messages": messages});
+        let r = request(
+            gw.addr,
+            "POST",
+            "/api/chat",
+            &[("X-Api-Key", "shared-key-000")],
+            Some(body.to_string().as_bytes()),
+        );
+        assert_eq!(r.status, 200, "turn {n}: {}", r.text());
+        messages.push(json!({"role": "assistant", "content": format!("answer {n}")}));
+        messages.push(json!({"role": "user", "content": format!("question {n}")}));
+    };
+    turn(&gws[0], 0);
+    let first = counts(&fakes);
+    let home = usize::from(first[1] == 1);
+    // The next turns alternate gateways: every one reaches the same backend (the other
+    // gateway learns it from Redis, within its next request).
+    for n in 1..7 {
+        turn(&gws[n % 2], n);
+    }
+    let c = counts(&fakes);
+    assert_eq!(c[home], 7, "turns reached {c:?}");
+    assert_eq!(c[1 - home], 0, "turns reached {c:?}");
+    // The conversation's backend dies: the next turn goes to the other, and stays there.
+    if let Some(mut f) = fakes[home].take() {
+        f.kill();
+    }
+    for n in 7..11 {
+        turn(&gws[n % 2], n);
+    }
+    assert_eq!(counts(&fakes)[1 - home], 4);
+}
