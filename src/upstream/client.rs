@@ -231,7 +231,8 @@ impl Upstream {
             // From now on Ollama loads the model there (if it has not already): the next
             // request for it goes there too rather than loading it on another backend, for
             // this gateway and (through Redis) the others.
-            if let (Some(_), Some(m)) = (&call.queue, up_model) {
+            // (With one backend there is no choice to inform.)
+            if let (Some(_), Some(m), true) = (&call.queue, up_model, policy.backends.len() > 1) {
                 backend.mark_sent(m, Instant::now());
                 if redis.is_some() {
                     state.fleet.warm(&backend.url, m);
