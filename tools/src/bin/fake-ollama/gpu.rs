@@ -54,6 +54,12 @@ pub struct Gpu {
     changed: Notify,
 }
 
+enum Claim {
+    Slot { slot: usize, fresh: u64 },
+    Load { evicted: Option<String> },
+    Wait,
+}
+
 /// A request's hold on a slot, given back (with its text cached) when dropped.
 pub struct Turn {
     gpu: Arc<Gpu>,
@@ -109,97 +115,103 @@ impl Gpu {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let mut load = false;
-            let mut evicted = None;
-            {
-                let mut s = self.lock();
-                s.clock += 1;
-                let clock = s.clock;
-                if let Some(m) = s.models.get_mut(model) {
-                    let best = m
-                        .slots
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, (_, busy))| !busy)
-                        .max_by_key(|(_, (cached, _))| common_prefix(cached, prompt))
-                        .map(|(i, (cached, _))| (i, common_prefix(cached, prompt)));
-                    if let Some((slot, cached)) = best {
-                        m.slots[slot].1 = true;
-                        m.last_used = clock;
-                        let fresh = tokens(prompt.len() - cached);
-                        s.prompt_tokens += fresh;
-                        s.cached_tokens += tokens(cached);
-                        drop(s);
-                        let turn = Turn {
-                            gpu: self.clone(),
-                            model: model.to_owned(),
-                            slot,
-                            text: prompt.to_owned(),
-                        };
-                        tokio::time::sleep(Duration::from_micros(fresh * self.costs.prompt_us))
-                            .await;
-                        return turn;
-                    }
-                } else if s.loading.is_none() {
-                    if s.models.len() >= self.costs.max_loaded {
-                        let idle = s
-                            .models
-                            .iter()
-                            .filter(|(_, m)| m.slots.iter().all(|(_, busy)| !busy))
-                            .min_by_key(|(_, m)| m.last_used)
-                            .map(|(name, _)| name.clone());
-                        if let Some(victim) = idle {
-                            s.models.remove(&victim);
-                            s.evictions += 1;
-                            load = true;
-                            evicted = Some(victim);
-                        }
-                    } else {
-                        load = true;
-                    }
-                    if load {
-                        s.loading = Some(model.to_owned());
-                    }
+            let (slot, fresh) = match self.claim(model, prompt) {
+                Claim::Slot { slot, fresh } => (slot, fresh),
+                Claim::Load { evicted } => {
+                    tokio::time::sleep(Duration::from_millis(self.costs.load_ms)).await;
+                    let fresh = self.loaded_for(model, prompt, evicted);
+                    self.changed.notify_waiters();
+                    (0, fresh)
                 }
-            }
-            if load {
-                tokio::time::sleep(Duration::from_millis(self.costs.load_ms)).await;
-                let mut s = self.lock();
-                s.loading = None;
-                s.loads += 1;
-                s.clock += 1;
-                let clock = s.clock;
-                let at = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-                if s.log.len() < 1000 {
-                    s.log.push((at, model.to_owned(), evicted));
+                Claim::Wait => {
+                    notified.await;
+                    continue;
                 }
-                // The request that asked for the load takes the first slot at once (as
-                // Ollama's scheduler hands the new runner to the request that waited for it):
-                // no other request can evict the model in between.
-                let mut slots = vec![(String::new(), false); self.costs.parallel.max(1)];
-                slots[0].1 = true;
-                s.models.insert(
-                    model.to_owned(),
-                    Model {
-                        slots,
-                        last_used: clock,
-                    },
-                );
-                let fresh = tokens(prompt.len());
-                s.prompt_tokens += fresh;
-                drop(s);
-                self.changed.notify_waiters();
-                let turn = Turn {
-                    gpu: self.clone(),
-                    model: model.to_owned(),
-                    slot: 0,
-                    text: prompt.to_owned(),
-                };
-                tokio::time::sleep(Duration::from_micros(fresh * self.costs.prompt_us)).await;
-                return turn;
-            }
-            notified.await;
+            };
+            let turn = Turn {
+                gpu: self.clone(),
+                model: model.to_owned(),
+                slot,
+                text: prompt.to_owned(),
+            };
+            tokio::time::sleep(Duration::from_micros(fresh * self.costs.prompt_us)).await;
+            return turn;
         }
+    }
+
+    /// A free slot of the model (the one whose cache shares the longest prefix with the
+    /// prompt), a load to start (evicting the least recently used idle model when memory is
+    /// full), or a wait.
+    fn claim(&self, model: &str, prompt: &str) -> Claim {
+        let mut s = self.lock();
+        s.clock += 1;
+        let clock = s.clock;
+        if let Some(m) = s.models.get_mut(model) {
+            let best = m
+                .slots
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, busy))| !busy)
+                .map(|(i, (cached, _))| (i, common_prefix(cached, prompt)))
+                .max_by_key(|(_, cached)| *cached);
+            let Some((slot, cached)) = best else {
+                return Claim::Wait;
+            };
+            m.slots[slot].1 = true;
+            m.last_used = clock;
+            let fresh = tokens(prompt.len() - cached);
+            s.prompt_tokens += fresh;
+            s.cached_tokens += tokens(cached);
+            return Claim::Slot { slot, fresh };
+        }
+        if s.loading.is_some() {
+            return Claim::Wait;
+        }
+        let mut evicted = None;
+        if s.models.len() >= self.costs.max_loaded {
+            let idle = s
+                .models
+                .iter()
+                .filter(|(_, m)| m.slots.iter().all(|(_, busy)| !busy))
+                .min_by_key(|(_, m)| m.last_used)
+                .map(|(name, _)| name.clone());
+            let Some(victim) = idle else {
+                return Claim::Wait;
+            };
+            s.models.remove(&victim);
+            s.evictions += 1;
+            evicted = Some(victim);
+        }
+        s.loading = Some(model.to_owned());
+        Claim::Load { evicted }
+    }
+
+    /// The load finished: the model is in memory, and the request that asked for it takes
+    /// the first slot at once (as Ollama's scheduler hands the new runner to the request
+    /// that waited for it), so no other request can evict it in between. Returns the prompt
+    /// tokens to evaluate.
+    fn loaded_for(&self, model: &str, prompt: &str, evicted: Option<String>) -> u64 {
+        let mut s = self.lock();
+        s.loading = None;
+        s.loads += 1;
+        s.clock += 1;
+        let clock = s.clock;
+        let at = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if s.log.len() < 1000 {
+            s.log.push((at, model.to_owned(), evicted));
+        }
+        let mut slots = vec![(String::new(), false); self.costs.parallel.max(1)];
+        slots[0].1 = true;
+        s.models.insert(
+            model.to_owned(),
+            Model {
+                slots,
+                last_used: clock,
+            },
+        );
+        let fresh = tokens(prompt.len());
+        s.prompt_tokens += fresh;
+        fresh
     }
 
     pub fn gen_delay(&self) -> Duration {
@@ -211,7 +223,7 @@ impl Gpu {
     pub fn loaded(&self) -> Vec<String> {
         let s = self.lock();
         let mut v: Vec<(&String, u64)> = s.models.iter().map(|(n, m)| (n, m.last_used)).collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1));
+        v.sort_by_key(|m| std::cmp::Reverse(m.1));
         v.into_iter()
             .map(|(n, _)| n.clone())
             .chain(s.loading.clone())
