@@ -187,7 +187,7 @@ fn run(path: &Path, workers: Option<usize>, watch: bool) -> anyhow::Result<()> {
             qwen_gateway::upstream::fleet::keep(
                 &keeper.fleet,
                 || keeper.policy.load_full(),
-                &keeper.backends,
+                |b, model, at| keeper.backends.get(b).mark_sent(model, at),
             )
             .await;
         });

@@ -13,44 +13,10 @@ use actix_web::middleware::from_fn;
 use actix_web::{HttpRequest, HttpResponse, Route, web};
 
 use crate::admission;
+pub use crate::admission::steps::{Access, BodyGuards, Step, steps};
 use crate::errors::GatewayError;
 use crate::observe::health;
 use crate::surface::{self, count_tokens, forward, native, pipeline};
-
-/// Who may call a route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    /// Anyone: `/healthz` only.
-    Open,
-    /// The addresses in `observers` (default: the host itself), no key: `/readyz`, `/metrics`.
-    Observer,
-    /// The gateway's own host (addresses in `trusted_proxies`, by the resolved client
-    /// address, so never a client behind Nginx): `/status`, with the redacted policy and
-    /// the reload history.
-    Operator,
-    /// A valid key (when auth is on), after the IP allowlist and the rate limit.
-    Key,
-    /// A valid key, with a limit of its own (10x the request limit): model lists, details,
-    /// version. Chat UIs call these on every page view.
-    Listing,
-    /// A valid key marked `admin: true`: model management.
-    Admin,
-}
-
-/// Which guards a route's request runs after admission: what `explain` walks for it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyGuards {
-    /// None: lists, health, model management.
-    None,
-    /// The key's model access only, for the model the request names (details of a model, a
-    /// token count): 403/404 like a model route, no GPU spent.
-    ModelAccess,
-    /// One entry of the model list: a model the key may not use is not in its list, so it is
-    /// not found (404), like one the gateway does not serve.
-    ModelVisible,
-    /// Work for the model: prompt limit, model access, clamps, token quota.
-    Model,
-}
 
 pub struct RouteDef {
     pub method: Method,
@@ -79,6 +45,11 @@ impl RouteDef {
     fn guards(mut self, body: BodyGuards) -> RouteDef {
         self.body = body;
         self
+    }
+
+    /// This route's guards, in order.
+    pub fn steps(&self) -> Vec<Step> {
+        steps(self.access, self.body)
     }
 }
 
@@ -207,7 +178,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             resource = resource.route((d.route)());
         }
         match access {
-            Access::Open | Access::Observer | Access::Operator => cfg.service(resource),
+            Access::Open => cfg.service(resource),
+            Access::Observer => cfg.service(resource.wrap(from_fn(admission::observer))),
+            Access::Operator => cfg.service(resource.wrap(from_fn(admission::operator))),
             Access::Key => cfg.service(resource.wrap(from_fn(admission::key))),
             Access::Listing => cfg.service(resource.wrap(from_fn(admission::listing))),
             Access::Admin => cfg.service(resource.wrap(from_fn(admission::admin))),

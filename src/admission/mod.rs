@@ -1,17 +1,19 @@
 //! Admission: the guards every route except the open ones passes before its handler runs.
 //!
 //! They are applied by the route table (`routes.rs`) as middleware on every guarded resource,
-//! never by a call a handler must remember: client IP allowlist, then API key (with per-IP
-//! throttling of failed keys), then the rate limit, and for model-management routes an admin
-//! key. What they decide travels to the handler as an [`Admitted`] extractor, which fails
+//! never by a call a handler must remember, and run the table's list of guards for the route's
+//! access class (`steps.rs`, which `explain` walks too): the observers' or the operator's
+//! addresses; or client IP allowlist, then API key (with per-IP throttling of failed keys),
+//! then the rate limit, and for model-management routes an admin key. What they decide travels to the handler as an [`Admitted`] extractor, which fails
 //! closed: a handler reached without admission (a route added outside the table's guarded
 //! classes) answers 500, never serves.
 //!
 //! Body-level guards (size, JSON, prompt length, model access) need the body and run in the
-//! handler's pipeline (`proxy::pipeline`), the one handler of every model route.
+//! handler's pipeline (`surface::pipeline`), the one handler of every model route.
 
 pub mod auth;
 pub mod client_ip;
+pub mod steps;
 
 use std::future::{Ready, ready};
 use std::net::IpAddr;
@@ -28,6 +30,7 @@ use crate::limits::ratelimit::Decision;
 use crate::limits::ratelimit::redis::{RedisLimiter, on_trouble};
 use crate::policy::{Guard, LimitBackend};
 use crate::state::AppState;
+use steps::{Access, BodyGuards, Step, steps};
 
 /// What admission decided: who is asking (when auth is on) and the rate-limit headers to send.
 #[derive(Clone, Debug)]
@@ -56,7 +59,7 @@ pub async fn key(
     req: ServiceRequest,
     next: Next<BoxBody>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    admit(req, next, Class::Inference).await
+    admit(req, next, Access::Key).await
 }
 
 /// Middleware for the listing routes (model lists, details, version): a valid key, and a
@@ -66,7 +69,7 @@ pub async fn listing(
     req: ServiceRequest,
     next: Next<BoxBody>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    admit(req, next, Class::Listing).await
+    admit(req, next, Access::Listing).await
 }
 
 /// Middleware for model-management routes: a valid key marked `admin: true`.
@@ -74,27 +77,35 @@ pub async fn admin(
     req: ServiceRequest,
     next: Next<BoxBody>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    admit(req, next, Class::Admin).await
+    admit(req, next, Access::Admin).await
 }
 
-/// Which budget a guarded route spends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Class {
-    /// The key's (or the address's) request limit.
-    Inference,
-    /// A separate limit, [`LISTING_FACTOR`] times the request limit in the same window.
-    Listing,
-    /// The request limit, and an admin key.
-    Admin,
+/// Middleware for the observers' routes (`/readyz`, `/metrics`): addresses in `observers`.
+pub async fn observer(
+    req: ServiceRequest,
+    next: Next<BoxBody>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    admit(req, next, Access::Observer).await
+}
+
+/// Middleware for the operator's route (`/status`): addresses in `trusted_proxies`.
+pub async fn operator(
+    req: ServiceRequest,
+    next: Next<BoxBody>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    admit(req, next, Access::Operator).await
 }
 
 /// How many listing requests a key may make per inference request it is allowed.
 pub const LISTING_FACTOR: u32 = 10;
 
+/// Runs the admission part of the access class's guards ([`steps::steps`]), in the
+/// table's order; the body guards are the handler's. What they decide goes to the handler as
+/// [`Admitted`].
 async fn admit(
     req: ServiceRequest,
     next: Next<BoxBody>,
-    class: Class,
+    access: Access,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let ctx = request_ctx(req.request())?;
     let state = req
@@ -105,21 +116,70 @@ async fn admit(
         .app_data::<web::Data<RedisLimiter>>()
         .cloned()
         .ok_or(GatewayError::Internal)?;
-    let (principal, decision) = guard(&req, &ctx, &state, &redis, class).await?;
-    if class == Class::Admin && !principal.as_ref().is_some_and(Principal::is_admin) {
-        ctx.audit.update(|r| {
-            r.reason = Some(match &principal {
-                Some(p) => format!("admin: auth.keys[{}] has no admin: true", p.key_id()),
-                None => "admin: model management needs an admin key".to_owned(),
-            });
-        });
-        return Err(GatewayError::AdminOnly.into());
+    let mut principal = None;
+    let mut decision = None;
+    for step in steps(access, BodyGuards::None) {
+        match step {
+            Step::Observer => by_address(&ctx, "observer", "observers", |p| &p.observers)?,
+            Step::Operator => {
+                by_address(&ctx, "operator", "trusted_proxies", |p| &p.trusted_proxies)?
+            }
+            Step::Whitelist => allowlist(&req, &ctx)?,
+            Step::Key => principal = key_step(&req, &ctx, &state)?,
+            Step::RateLimit => {
+                decision = rate_limit(
+                    &ctx,
+                    &state,
+                    &redis,
+                    principal.as_ref(),
+                    access == Access::Listing,
+                )
+                .await?;
+            }
+            Step::Admin => admin_step(&ctx, principal.as_ref())?,
+            // The body guards: the handler's.
+            Step::PromptLimit
+            | Step::ModelAccess
+            | Step::ModelVisible
+            | Step::Clamps
+            | Step::TokenLimit => {}
+        }
     }
     req.extensions_mut().insert(Admitted {
         principal,
         decision,
     });
     next.call(req).await
+}
+
+/// `observers` or `trusted_proxies`: by the resolved client address alone, no key.
+fn by_address(
+    ctx: &RequestCtx,
+    who: &str,
+    field: &str,
+    set: impl Fn(&crate::policy::Policy) -> &client_ip::IpSet,
+) -> Result<(), GatewayError> {
+    if set(&ctx.policy).contains(ctx.client_ip) {
+        return Ok(());
+    }
+    ctx.audit.update(|r| {
+        r.reason = Some(format!("{who}: {} is not in {field}", ctx.client_ip));
+    });
+    Err(GatewayError::IpNotAllowed)
+}
+
+/// A key with `admin: true`, for model management.
+fn admin_step(ctx: &RequestCtx, principal: Option<&Principal>) -> Result<(), GatewayError> {
+    if principal.is_some_and(Principal::is_admin) {
+        return Ok(());
+    }
+    ctx.audit.update(|r| {
+        r.reason = Some(match principal {
+            Some(p) => format!("admin: auth.keys[{}] has no admin: true", p.key_id()),
+            None => "admin: model management needs an admin key".to_owned(),
+        });
+    });
+    Err(GatewayError::AdminOnly)
 }
 
 /// Who a request is for the token quotas, the fair queue and per-key budgets: its key's id,
@@ -164,16 +224,9 @@ pub fn ip_bucket(ip: IpAddr) -> String {
     }
 }
 
-/// IP allowlist, key (with the failed-key throttle), rate limit: in this order, so a refused
-/// request costs no upstream connection and a request from a refused address learns nothing
-/// about keys.
-async fn guard(
-    req: &ServiceRequest,
-    ctx: &RequestCtx,
-    state: &AppState,
-    redis: &RedisLimiter,
-    class: Class,
-) -> Result<(Option<Principal>, Option<Decision>), GatewayError> {
+/// The IP allowlist: first, so a request from a refused address learns nothing about keys
+/// and costs no upstream connection.
+fn allowlist(req: &ServiceRequest, ctx: &RequestCtx) -> Result<(), GatewayError> {
     let policy = &ctx.policy;
     if let Some(allow) = &policy.whitelist
         && !allow.contains(ctx.client_ip)
@@ -194,6 +247,17 @@ async fn guard(
         }
         refused?;
     }
+    Ok(())
+}
+
+/// The API key (with the failed-key throttle per address); `None` when auth is off (or,
+/// report-only, a refused key). Also names the key and the user in the audit line.
+fn key_step(
+    req: &ServiceRequest,
+    ctx: &RequestCtx,
+    state: &AppState,
+) -> Result<Option<Principal>, GatewayError> {
+    let policy = &ctx.policy;
     let principal = match &policy.auth {
         None => None,
         Some(auth) => {
@@ -248,16 +312,27 @@ async fn guard(
         r.key_id = principal.as_ref().map(|p| p.key_id().clone());
         r.user_id = user_id;
     });
+    Ok(principal)
+}
 
+/// The rate limit: the key's own, or the default per key or per address; listing routes
+/// count apart, at [`LISTING_FACTOR`] times the limit.
+async fn rate_limit(
+    ctx: &RequestCtx,
+    state: &AppState,
+    redis: &RedisLimiter,
+    principal: Option<&Principal>,
+    listing_route: bool,
+) -> Result<Option<Decision>, GatewayError> {
+    let policy = &ctx.policy;
     let quota = principal
-        .as_ref()
         .and_then(Principal::rate_limit)
         .or(policy.rate_limit);
     let decision = match quota {
         None => None,
         Some(q) => {
             let by_ip;
-            let mut identity = match &principal {
+            let mut identity = match principal {
                 Some(p) => p.key.limit_identity.as_str(),
                 None => {
                     by_ip = ip_bucket(ctx.client_ip);
@@ -265,7 +340,7 @@ async fn guard(
                 }
             };
             let listing;
-            let q = if class == Class::Listing {
+            let q = if listing_route {
                 listing = format!("list:{identity}");
                 identity = listing.as_str();
                 crate::policy::Quota {
@@ -290,9 +365,8 @@ async fn guard(
                     ctx.refuse(
                         Guard::RateLimit,
                         || {
-                            let scope =
-                                rate_scope(principal.as_ref().map(|p| &*p.key), ctx.client_ip);
-                            let listing = if class == Class::Listing {
+                            let scope = rate_scope(principal.map(|p| &*p.key), ctx.client_ip);
+                            let listing = if listing_route {
                                 " (listing routes: x10)"
                             } else {
                                 ""
@@ -311,7 +385,7 @@ async fn guard(
             }
         }
     };
-    Ok((principal, decision))
+    Ok(decision)
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use actix_web::http::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue}
 use crate::admission::auth::{Principal, authenticate};
 use crate::errors::GatewayError;
 use crate::policy::{ApiKey, Guard, Policy};
-use crate::routes::{Access, BodyGuards, table};
+use crate::routes::{Access, BodyGuards, Step as GuardStep, table};
 
 /// The request to explain, as Nginx would hand it to the gateway.
 #[derive(Debug, Clone, Default)]
@@ -161,20 +161,57 @@ fn walk(w: &mut Walk<'_>, req: &Described) -> Result<(), GatewayError> {
         "route",
         format!("{method} {} ({:?} access)", route.path, route.access),
     );
-    match route.access {
-        Access::Open => return Ok(()),
-        Access::Observer => {
-            let ok = p.observers.contains(client);
-            return by_address(w, "observer", ok, client, "observers");
+    let mut principal: Option<Principal> = None;
+    // The output limit the clamps leave, for the token estimate.
+    let mut output = req.max_tokens.and_then(|n| u64::try_from(n).ok());
+    // The route's guards, in the order the server runs them (`admission::steps`).
+    for step in route.steps() {
+        let key = principal.as_ref().map(|pr| &*pr.key);
+        match step {
+            GuardStep::Observer => {
+                let ok = p.observers.contains(client);
+                by_address(w, "observer", ok, client, "observers")?;
+            }
+            GuardStep::Operator => {
+                let ok = p.trusted_proxies.contains(client);
+                by_address(w, "operator", ok, client, "trusted_proxies")?;
+            }
+            GuardStep::Whitelist => whitelist(w, p, client)?,
+            GuardStep::Key => principal = key_step(w, p, req, &h)?,
+            GuardStep::RateLimit => rate_limit(w, p, key, client, route.access == Access::Listing),
+            GuardStep::Admin => admin(w, key)?,
+            GuardStep::PromptLimit
+            | GuardStep::ModelAccess
+            | GuardStep::ModelVisible
+            | GuardStep::Clamps
+            | GuardStep::TokenLimit => {
+                let Some(model) = &req.model else {
+                    w.say(
+                        "model",
+                        "no model given: body guards not explained".to_owned(),
+                    );
+                    return Ok(());
+                };
+                match step {
+                    GuardStep::PromptLimit => prompt_limit(w, p, key, model, req.prompt_chars)?,
+                    GuardStep::ModelVisible => model_visible(w, p, key, model)?,
+                    GuardStep::Clamps => output = clamps(w, p, key, model, req.max_tokens, output)?,
+                    GuardStep::TokenLimit => token_limit(w, p, key, req.prompt_chars, output),
+                    _ => model_access(w, p, key, model)?,
+                }
+            }
         }
-        Access::Operator => {
-            let ok = p.trusted_proxies.contains(client);
-            return by_address(w, "operator", ok, client, "trusted_proxies");
-        }
-        Access::Key | Access::Listing | Access::Admin => {}
     }
+    if route.body == BodyGuards::Model
+        && let Some(model) = &req.model
+    {
+        backend_choice(w, p, model);
+    }
+    Ok(())
+}
 
-    // 1. The allowlist.
+/// `whitelist`.
+fn whitelist(w: &mut Walk<'_>, p: &Policy, client: IpAddr) -> Result<(), GatewayError> {
     match &p.whitelist {
         None => w.say(
             "whitelist",
@@ -192,8 +229,16 @@ fn walk(w: &mut Walk<'_>, req: &Described) -> Result<(), GatewayError> {
             )?,
         },
     }
+    Ok(())
+}
 
-    // 2. The key.
+/// `auth`: the key, by its secret (checked as the server does) or by its id alone.
+fn key_step(
+    w: &mut Walk<'_>,
+    p: &Policy,
+    req: &Described,
+    h: &HeaderMap,
+) -> Result<Option<Principal>, GatewayError> {
     let principal: Option<Principal> = match &p.auth {
         None => {
             w.say(
@@ -221,7 +266,7 @@ fn walk(w: &mut Walk<'_>, req: &Described) -> Result<(), GatewayError> {
                     None
                 }
             },
-            (Some(_), None) => match authenticate(&h, auth, None) {
+            (Some(_), None) => match authenticate(h, auth, None) {
                 Ok(pr) => {
                     w.say("auth", format!("key id `{}`", pr.key_id()));
                     Some(pr)
@@ -241,10 +286,11 @@ fn walk(w: &mut Walk<'_>, req: &Described) -> Result<(), GatewayError> {
             }
         },
     };
-    let key: Option<&ApiKey> = principal.as_ref().map(|pr| &*pr.key);
+    Ok(principal)
+}
 
-    // 3. The rate limit (its live count is the server's).
-    let listing = route.access == Access::Listing;
+/// `rate_limit` (its live count is the server's).
+fn rate_limit(w: &mut Walk<'_>, p: &Policy, key: Option<&ApiKey>, client: IpAddr, listing: bool) {
     let quota = key.and_then(|k| k.rate_limit).or(p.rate_limit);
     match quota {
         None => w.say("rate_limit", "off".to_owned()),
@@ -270,66 +316,82 @@ fn walk(w: &mut Walk<'_>, req: &Described) -> Result<(), GatewayError> {
             );
         }
     }
+}
 
-    // 4. Admin routes.
-    if route.access == Access::Admin {
-        if key.is_some_and(|k| k.admin) {
-            w.say("admin", "the key has admin: true".to_owned());
-        } else {
-            w.say(
-                "admin",
-                "model management needs a key with admin: true -> REFUSED".to_owned(),
-            );
-            return Err(GatewayError::AdminOnly);
-        }
-    }
-    // 5. The body guards the route table gives this route.
-    if route.body == BodyGuards::None {
-        return Ok(());
-    }
-    let Some(model) = &req.model else {
+/// A key with `admin: true`, for model management.
+fn admin(w: &mut Walk<'_>, key: Option<&ApiKey>) -> Result<(), GatewayError> {
+    if key.is_some_and(|k| k.admin) {
+        w.say("admin", "the key has admin: true".to_owned());
+        Ok(())
+    } else {
         w.say(
-            "model",
-            "no model given: body guards not explained".to_owned(),
+            "admin",
+            "model management needs a key with admin: true -> REFUSED".to_owned(),
         );
-        return Ok(());
-    };
-    if route.body == BodyGuards::ModelAccess {
-        return model_access(w, p, key, model);
+        Err(GatewayError::AdminOnly)
     }
-    if route.body == BodyGuards::ModelVisible {
-        if let Some(rule) = p.model_refusal(key, model) {
-            w.say(
-                "models",
-                format!("{rule}: not in this key's model list -> 404"),
-            );
-            return Err(GatewayError::ModelNotFound {
-                model: model.clone(),
-            });
-        }
-        return model_access(w, p, key, model);
-    }
+}
+
+/// The prompt limit of this key and model.
+fn prompt_limit(
+    w: &mut Walk<'_>,
+    p: &Policy,
+    key: Option<&ApiKey>,
+    model: &str,
+    chars: usize,
+) -> Result<(), GatewayError> {
     let (max, field) = p.prompt_limit_rule(key, Some(model));
-    if req.prompt_chars > max {
+    if chars > max {
         w.refuse(
             Guard::PromptLimit,
-            format!("{} chars over {field} {max}", req.prompt_chars),
+            format!("{chars} chars over {field} {max}"),
             GatewayError::PromptTooLong { max },
-        )?;
+        )
     } else {
         w.say(
             "prompt_limit",
-            format!("{} chars within {field} {max}", req.prompt_chars),
+            format!("{chars} chars within {field} {max}"),
         );
+        Ok(())
     }
-    model_access(w, p, key, model)?;
+}
+
+/// One entry of the model list: a model the key may not use is not found.
+fn model_visible(
+    w: &mut Walk<'_>,
+    p: &Policy,
+    key: Option<&ApiKey>,
+    model: &str,
+) -> Result<(), GatewayError> {
+    if let Some(rule) = p.model_refusal(key, model) {
+        w.say(
+            "models",
+            format!("{rule}: not in this key's model list -> 404"),
+        );
+        return Err(GatewayError::ModelNotFound {
+            model: model.to_owned(),
+        });
+    }
+    model_access(w, p, key, model)
+}
+
+/// The output limit's clamp; returns the limit sent on (`asked` when report-only refuses).
+fn clamps(
+    w: &mut Walk<'_>,
+    p: &Policy,
+    key: Option<&ApiKey>,
+    model: &str,
+    asked: Option<i64>,
+    output: Option<u64>,
+) -> Result<Option<u64>, GatewayError> {
     let clamps = p.clamps(key, model);
     let mut noted = crate::limits::clamp::Clamped::default();
-    let mut output = req.max_tokens.and_then(|n| u64::try_from(n).ok());
-    match clamps.output(req.max_tokens, &mut noted) {
-        Err(e) => w.refuse(Guard::Clamps, format!("output limit: {}", e.message()), e)?,
+    match clamps.output(asked, &mut noted) {
+        Err(e) => {
+            w.refuse(Guard::Clamps, format!("output limit: {}", e.message()), e)?;
+            Ok(output)
+        }
         Ok(n) => {
-            output = n;
             w.say(
                 "clamps",
                 match (noted.clamps(), n) {
@@ -337,45 +399,54 @@ fn walk(w: &mut Walk<'_>, req: &Described) -> Result<(), GatewayError> {
                     (None, Some(n)) => format!("output limit {n} tokens"),
                     (None, None) => "no output limit".to_owned(),
                 },
-            )
+            );
+            Ok(n)
         }
     }
+}
+
+/// The token quotas: what applies (what is left of them is live state).
+fn token_limit(
+    w: &mut Walk<'_>,
+    p: &Policy,
+    key: Option<&ApiKey>,
+    prompt_chars: usize,
+    output: Option<u64>,
+) {
     let quotas = key
         .and_then(|k| k.token_limit.as_deref())
         .unwrap_or(&p.token_limit);
     if quotas.is_empty() {
         w.say("token_limit", "off".to_owned());
-    } else {
-        // As the model routes reserve: the prompt's estimate, plus the output limit sent on.
-        let estimate = crate::limits::ratelimit::tokens::prompt_tokens_estimate(req.prompt_chars)
-            + output.unwrap_or(0);
-        let list: Vec<String> = quotas
-            .iter()
-            .map(|q| format!("{}/{}s", q.limit, q.window.as_secs()))
-            .collect();
-        // The server reserves at most a whole quota, so one request always fits an empty
-        // window; what is left of each window is live state.
-        let capped = if quotas.iter().any(|q| estimate > q.limit) {
-            " (more than a whole quota: it reserves the whole quota, so it is served only when \
-             that window is empty)"
-        } else {
-            ""
-        };
-        let mode = if p.reports(Guard::TokenLimit) {
-            "; report_only: over it is served and reported"
-        } else {
-            "; over what is left: 429 with Retry-After"
-        };
-        w.say(
-            "token_limit",
-            format!(
-                "an estimated {estimate} tokens against {}{capped}{mode}",
-                list.join(", ")
-            ),
-        );
+        return;
     }
-    backend_choice(w, p, model);
-    Ok(())
+    // As the model routes reserve: the prompt's estimate, plus the output limit sent on.
+    let estimate = crate::limits::ratelimit::tokens::prompt_tokens_estimate(prompt_chars)
+        + output.unwrap_or(0);
+    let list: Vec<String> = quotas
+        .iter()
+        .map(|q| format!("{}/{}s", q.limit, q.window.as_secs()))
+        .collect();
+    // The server reserves at most a whole quota, so one request always fits an empty
+    // window; what is left of each window is live state.
+    let capped = if quotas.iter().any(|q| estimate > q.limit) {
+        " (more than a whole quota: it reserves the whole quota, so it is served only when \
+         that window is empty)"
+    } else {
+        ""
+    };
+    let mode = if p.reports(Guard::TokenLimit) {
+        "; report_only: over it is served and reported"
+    } else {
+        "; over what is left: 429 with Retry-After"
+    };
+    w.say(
+        "token_limit",
+        format!(
+            "an estimated {estimate} tokens against {}{capped}{mode}",
+            list.join(", ")
+        ),
+    );
 }
 
 /// Which rule chooses the backend (which backends hold the model in memory, or served the
@@ -499,4 +570,52 @@ pub fn render(e: &Explanation) -> String {
         Some(code) => out.push_str(&format!("final         {} {code}\n", e.status)),
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// `explain` walks each route's guards in the order of the one list the server runs
+    /// (`admission::steps`): for an allowed request, the guards it names are that list.
+    #[test]
+    fn explain_walks_the_routes_guard_list() {
+        let policy = Policy::from_bytes(
+            b"auth: {enabled: true, keys: [{id: ops, key: ops-key-0123456789abcdef, admin: true}]}\n\
+              whitelist: {enabled: true, ips: [127.0.0.1]}\n\
+              rate_limit: {enabled: true, max_requests: 10, window_seconds: 60}\n\
+              token_limit: {tokens_per_minute: 100000}\n",
+            std::path::Path::new("p.yaml"),
+        )
+        .unwrap();
+        for route in table() {
+            let path = route
+                .path
+                .split('/')
+                .map(|s| if s.starts_with('{') { "qwen3:32b" } else { s })
+                .collect::<Vec<_>>()
+                .join("/");
+            let e = explain(
+                &policy,
+                &Described {
+                    key: Some("ops-key-0123456789abcdef".to_owned()),
+                    method: route.method.to_string(),
+                    path: path.clone(),
+                    model: Some("qwen3:32b".to_owned()),
+                    prompt_chars: 10,
+                    ..Described::default()
+                },
+            );
+            assert_eq!(e.status, 200, "{path}: {:?}", e.steps);
+            let walked: Vec<&str> = e
+                .steps
+                .iter()
+                .map(|s| s.guard)
+                .filter(|g| !matches!(*g, "client" | "route" | "backend"))
+                .collect();
+            let listed: Vec<&str> = route.steps().iter().map(|s| s.name()).collect();
+            assert_eq!(walked, listed, "{} {path}", route.method);
+        }
+    }
 }

@@ -2,14 +2,14 @@
 //! `/metrics`.
 //!
 //! `/healthz` is open to every caller: Nginx and systemd probe it, and it says nothing. The
-//! other two need no key but answer only observers: clients from `trusted_proxies` (the
-//! local host by default) or, when the whitelist is on, from an allowed range.
+//! other two need no key but answer only the addresses in `observers`, and `/status` only
+//! the gateway's own host (`trusted_proxies`): the admission middleware checks both.
 
 use actix_web::http::header::CONTENT_TYPE;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Serialize;
 
-use crate::context::{RequestCtx, request_ctx};
+use crate::context::request_ctx;
 use crate::state::AppState;
 use std::sync::atomic::Ordering;
 
@@ -17,14 +17,6 @@ use crate::errors::GatewayError;
 use crate::observe::audit::rfc3339;
 use crate::upstream::breaker::BreakerState;
 use crate::upstream::client::Upstream;
-
-fn observer(ctx: &RequestCtx) -> Result<(), GatewayError> {
-    if ctx.policy.observers.contains(ctx.client_ip) {
-        Ok(())
-    } else {
-        Err(GatewayError::IpNotAllowed)
-    }
-}
 
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok()
@@ -102,7 +94,6 @@ pub async fn readyz(
     upstream: web::Data<Upstream>,
 ) -> Result<HttpResponse, GatewayError> {
     let ctx = request_ctx(&req)?;
-    observer(&ctx)?;
     let p = &ctx.policy;
     // Probe every backend at once: a dead one must not make /readyz take N x the timeout.
     let all = state.backends.all(p);
@@ -185,12 +176,7 @@ pub async fn readyz(
     Ok(resp.json(body))
 }
 
-pub async fn metrics(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, GatewayError> {
-    let ctx = request_ctx(&req)?;
-    observer(&ctx)?;
+pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, GatewayError> {
     state.backend_gauges();
     state
         .metrics
@@ -230,15 +216,6 @@ pub async fn status(
 ) -> Result<HttpResponse, GatewayError> {
     let ctx = request_ctx(&req)?;
     let p = &ctx.policy;
-    if !p.trusted_proxies.contains(ctx.client_ip) {
-        ctx.audit.update(|r| {
-            r.reason = Some(format!(
-                "operator: {} is not in trusted_proxies (/status is for the gateway's host)",
-                ctx.client_ip
-            ));
-        });
-        return Err(GatewayError::IpNotAllowed);
-    }
     let r = state.reload.lock().unwrap_or_else(|e| e.into_inner());
     let body = Status {
         version: env!("CARGO_PKG_VERSION"),

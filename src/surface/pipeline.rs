@@ -34,6 +34,7 @@ use super::request::{parse_json, parse_object, read_body};
 use super::stream;
 use crate::admission::Admitted;
 use crate::admission::auth::Principal;
+use crate::admission::steps::{MODEL_BODY_STEPS, Step};
 use crate::context::{RequestCtx, request_ctx};
 use crate::errors::GatewayError;
 use crate::limits::clamp::{Clamped, Clamps};
@@ -292,21 +293,41 @@ pub async fn handle(
     let mut read = Read::of(spec, &body, &ctx)?;
     drop(body);
 
-    // 2. The body guards, in one order for every route.
-    prompt_guard(&ctx, key, &read.public, read.chars)?;
-    let up = model_access(&read.public, &ctx, principal.as_ref())?;
+    // 2. The body guards, in the table's order (`admission::steps`, which `explain` walks).
     let clamps = policy.clamps(key, &read.public);
-    let clamped = read.clamp(spec, &ctx, &clamps)?;
-    let (meter, tokens) = reserve_tokens(
-        &req,
-        &state,
-        &ctx,
-        principal.as_ref(),
-        read.chars,
-        read.images.count,
-        read.output_limit(spec, &clamps),
-    )
-    .await?;
+    let (mut up, mut clamped, mut reserved) = (None, Clamped::default(), None);
+    for step in MODEL_BODY_STEPS {
+        match step {
+            Step::PromptLimit => prompt_guard(&ctx, key, &read.public, read.chars)?,
+            Step::ModelAccess => up = Some(model_access(&read.public, &ctx, principal.as_ref())?),
+            Step::Clamps => clamped = read.clamp(spec, &ctx, &clamps)?,
+            Step::TokenLimit => {
+                reserved = Some(
+                    reserve_tokens(
+                        &req,
+                        &state,
+                        &ctx,
+                        principal.as_ref(),
+                        read.chars,
+                        read.images.count,
+                        read.output_limit(spec, &clamps),
+                    )
+                    .await?,
+                );
+            }
+            // Admission's, before the handler.
+            Step::Observer
+            | Step::Operator
+            | Step::Whitelist
+            | Step::Key
+            | Step::RateLimit
+            | Step::Admin
+            | Step::ModelVisible => {}
+        }
+    }
+    let (Some(up), Some((meter, tokens))) = (up, reserved) else {
+        return Err(GatewayError::Internal);
+    };
     let decided = Decided {
         rate: decision,
         tokens,

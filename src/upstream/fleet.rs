@@ -350,7 +350,7 @@ pub fn lease_id(fleet: &Fleet) -> Arc<str> {
 pub async fn keep(
     fleet: &Fleet,
     policy_now: impl Fn() -> Arc<crate::policy::Policy>,
-    backends: &super::backends::Backends,
+    mark_sent: impl Fn(&crate::policy::Backend, &str, Instant),
 ) {
     let Some(mut rx) = fleet.rx.lock().unwrap_or_else(|p| p.into_inner()).take() else {
         return;
@@ -437,7 +437,6 @@ pub async fn keep(
                 let Ok(pairs) = redis.run_strings(cfg, &inv).await else {
                     continue;
                 };
-                let state_b = backends.get(b);
                 for pair in pairs.chunks(2) {
                     if let [model, age] = pair
                         && let Ok(age) = age.parse::<u64>()
@@ -445,7 +444,7 @@ pub async fn keep(
                         let at = Instant::now()
                             .checked_sub(Duration::from_millis(age))
                             .unwrap_or_else(Instant::now);
-                        state_b.mark_sent(model, at);
+                        mark_sent(b, model, at);
                     }
                 }
             }
