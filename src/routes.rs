@@ -1,6 +1,6 @@
 //! The route table: every route the gateway serves, with its access class, in one list.
 //!
-//! The access class decides which admission middleware wraps the route (`admission.rs`), so a
+//! The access class decides which admission middleware wraps the route (`admission/`), so a
 //! route cannot be added without saying who may call it, and the open ones are listed here by
 //! name. `tests/routes.rs` walks this table and proves that every route but the open ones
 //! refuses a request without a valid key. Unknown paths answer 404 naming the method and path

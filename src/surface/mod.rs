@@ -2,7 +2,7 @@
 //! route's description in `forward.rs`), and the listing routes answered from every
 //! backend's model list (`native.rs`, and `/v1/models` here).
 //!
-//! Admission (IP allowlist, key, rate limit) has run before any of them (`admission.rs`).
+//! Admission (IP allowlist, key, rate limit) has run before any of them (`admission/`).
 
 pub mod convert;
 pub mod count_tokens;

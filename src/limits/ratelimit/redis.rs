@@ -288,18 +288,7 @@ impl RedisLimiter {
         cmd: &redis::Cmd,
     ) -> Result<T, RedisTrouble> {
         let mut conn = self.connection(cfg).await?;
-        let call = cmd.query_async::<T>(&mut conn);
-        match tokio::time::timeout(cfg.timeout, call).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
-                self.broken();
-                Err(RedisTrouble::Command(e.to_string()))
-            }
-            Err(_) => {
-                self.broken();
-                Err(RedisTrouble::Timeout)
-            }
-        }
+        self.bounded(cfg, cmd.query_async::<T>(&mut conn)).await
     }
 
     async fn invoke<T: redis::FromRedisValue>(
@@ -308,7 +297,17 @@ impl RedisLimiter {
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<T, RedisTrouble> {
         let mut conn = self.connection(cfg).await?;
-        let call = invocation.invoke_async::<T>(&mut conn);
+        self.bounded(cfg, invocation.invoke_async::<T>(&mut conn))
+            .await
+    }
+
+    /// One call within `redis_timeout_ms`; a failed or late one drops the connection (the
+    /// next call after the back-off dials again).
+    async fn bounded<T>(
+        &self,
+        cfg: &RedisLimits,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, RedisTrouble> {
         match tokio::time::timeout(cfg.timeout, call).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
@@ -405,18 +404,9 @@ impl RedisLimiter {
             .arg(quota.max_requests)
             .arg(window_us)
             .arg(crate::ids::hex128());
-        let call = invocation.invoke_async::<Vec<i64>>(&mut conn);
-        let reply = match tokio::time::timeout(cfg.timeout, call).await {
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) => {
-                self.broken();
-                return Err(RedisTrouble::Command(e.to_string()));
-            }
-            Err(_) => {
-                self.broken();
-                return Err(RedisTrouble::Timeout);
-            }
-        };
+        let reply = self
+            .bounded(cfg, invocation.invoke_async::<Vec<i64>>(&mut conn))
+            .await?;
         let [allowed, remaining, reset_us] = reply[..] else {
             return Err(RedisTrouble::Command(format!("unexpected reply {reply:?}")));
         };
