@@ -763,6 +763,17 @@ fn ndjson_values(lines: Vec<Value>, delay: Duration) -> HttpResponse {
     ndjson_stream(lines.iter().map(ndjson).collect(), delay)
 }
 
+/// An embedding request on the host: counted as active while it runs, and with `--gpu` its
+/// inputs evaluated (every one: nothing is generated, and nothing of it is cached).
+async fn embedding_work(shared: &Shared, model: &str, inputs: &[String]) -> Active {
+    let active = Active::new(shared);
+    if let Some(gpu) = &shared.gpu {
+        let mut turn = gpu.start(model, &inputs.concat()).await;
+        turn.text.clear();
+    }
+    active
+}
+
 /// `POST /api/generate`: completion of `prompt` (echoed), fill-in-the-middle with `suffix`,
 /// and the unload request Open WebUI sends (`keep_alive: 0`, no prompt).
 async fn generate(
@@ -925,11 +936,7 @@ async fn v1_embeddings(
         return HttpResponse::BadRequest().json(json!({"error": {"message": "invalid input",
             "type": "invalid_request_error", "param": null, "code": null}}));
     }
-    let _active = Active::new(&shared);
-    if let Some(gpu) = &shared.gpu {
-        let mut turn = gpu.start(&model, &inputs.concat()).await;
-        turn.text.clear();
-    }
+    let _active = embedding_work(&shared, &model, &inputs).await;
     let base64 = body["encoding_format"] == "base64";
     let data: Vec<Value> = inputs
         .iter()
@@ -1283,13 +1290,7 @@ async fn embed(
     if inputs.is_empty() {
         return err(StatusCode::BAD_REQUEST, "invalid input");
     }
-    let _active = Active::new(&shared);
-    if let Some(gpu) = &shared.gpu {
-        // Embeddings evaluate every input; nothing is generated or reused.
-        let model = body["model"].as_str().unwrap_or("");
-        let mut turn = gpu.start(model, &inputs.concat()).await;
-        turn.text.clear();
-    }
+    let _active = embedding_work(&shared, body["model"].as_str().unwrap_or(""), &inputs).await;
     let embeddings: Vec<Vec<f64>> = inputs.iter().map(|s| embedding_of(s)).collect();
     let tokens: usize = inputs.iter().map(|s| s.split_whitespace().count()).sum();
     HttpResponse::Ok().json(json!({"model": body["model"], "embeddings": embeddings,
