@@ -295,6 +295,8 @@ pub async fn handle(
 
     // 2. The body guards, in the table's order (`admission::steps`, which `explain` walks).
     let clamps = policy.clamps(key, &read.public);
+    // Who the request is for the token quota and the queue, worked out once.
+    let caller = crate::admission::caller(principal.as_ref(), ctx.client_ip);
     let (mut up, mut clamped, mut reserved) = (None, Clamped::default(), None);
     for step in MODEL_BODY_STEPS {
         match step {
@@ -308,8 +310,8 @@ pub async fn handle(
                         &state,
                         &ctx,
                         principal.as_ref(),
-                        read.chars,
-                        read.images.count,
+                        &caller,
+                        &read,
                         read.output_limit(spec, &clamps),
                     )
                     .await?,
@@ -335,7 +337,7 @@ pub async fn handle(
     };
 
     // 3. Send.
-    let queue = queue_for(&ctx, principal.as_ref());
+    let queue = queue_for(caller, principal.as_ref());
     // Affinity chooses between backends: with one there is nothing to remember.
     let conversation = (policy.backends.len() > 1)
         .then(|| read.conversation(spec, &queue.owner.key))
@@ -527,8 +529,8 @@ async fn reserve_tokens(
     state: &AppState,
     ctx: &RequestCtx,
     principal: Option<&Principal>,
-    prompt_chars: usize,
-    images: usize,
+    identity: &std::sync::Arc<str>,
+    read: &Read,
     output_limit: Option<u64>,
 ) -> Result<
     (
@@ -540,8 +542,8 @@ async fn reserve_tokens(
     let policy = &ctx.policy;
     // Everything the request carries: its text (a native `context`'s token ids included),
     // its images at their documented cost, and its output limit.
-    let prompt_estimate = prompt_tokens_estimate(prompt_chars)
-        + images as u64 * crate::limits::ratelimit::tokens::IMAGE_TOKENS;
+    let prompt_estimate = prompt_tokens_estimate(read.chars)
+        + read.images.count as u64 * crate::limits::ratelimit::tokens::IMAGE_TOKENS;
     let estimate = prompt_estimate + output_limit.unwrap_or(0);
     let meter = |reservation| {
         Meter::new(
@@ -557,16 +559,15 @@ async fn reserve_tokens(
     if quotas.is_empty() {
         return Ok((meter(None), None));
     }
-    let identity = crate::admission::caller(principal, ctx.client_ip);
     let reserved = match &policy.limit_backend {
-        crate::policy::LimitBackend::Memory => state.tokens.reserve(&identity, quotas, estimate),
+        crate::policy::LimitBackend::Memory => state.tokens.reserve(identity, quotas, estimate),
         crate::policy::LimitBackend::Redis(cfg) => {
             let redis = req
                 .app_data::<web::Data<crate::limits::ratelimit::redis::RedisLimiter>>()
                 .cloned()
                 .ok_or(GatewayError::Internal)?;
             let keys =
-                crate::limits::ratelimit::redis::RedisLimiter::token_keys(cfg, &identity, quotas);
+                crate::limits::ratelimit::redis::RedisLimiter::token_keys(cfg, identity, quotas);
             match redis.reserve_tokens(cfg, &keys, quotas, estimate).await {
                 Ok(Ok((held, d))) => Ok((
                     crate::limits::ratelimit::tokens::Reservation::redis(
@@ -613,10 +614,10 @@ async fn reserve_tokens(
 
 /// Who a model request queues as: its key (with the key's weight and `max_concurrent`), or
 /// its client address when auth is off.
-fn queue_for(ctx: &RequestCtx, principal: Option<&Principal>) -> QueueFor {
+fn queue_for(caller: std::sync::Arc<str>, principal: Option<&Principal>) -> QueueFor {
     QueueFor {
         owner: crate::limits::queue::Owner {
-            key: crate::admission::caller(principal, ctx.client_ip),
+            key: caller,
             weight: principal.map_or(1, |p| p.key.weight),
         },
         max_concurrent: principal.and_then(|p| p.key.max_concurrent),
