@@ -382,41 +382,28 @@ impl Backends {
         conversation: Option<u64>,
     ) -> Vec<Candidate> {
         let mut list = self.ranked(policy, model);
-        let room = |b: &BackendState| b.in_flight() < policy.max_in_flight(&b.url);
-        if policy.upstream.routing == crate::policy::Routing::LeastBusy {
-            return list
-                .into_iter()
-                .map(|backend| Candidate {
-                    backend,
-                    bounded: false,
-                })
-                .collect();
-        }
-        if let Some(home) = conversation.and_then(|c| self.affine(c))
-            && let Some(i) = list.iter().position(|b| Arc::ptr_eq(b, &home))
+        if policy.upstream.routing == crate::policy::Routing::CacheAware
+            && let Some(home) = conversation.and_then(|c| self.affine(c))
+            && let Some(i) = list.iter().position(|s| Arc::ptr_eq(&s.backend, &home))
             && home.breaker.state() == crate::upstream::breaker::BreakerState::Closed
         {
             let home = list.remove(i);
             list.insert(0, home);
         }
         // A busy backend is waited for only briefly while one further down has room that it
-        // can use without evicting a model in use.
-        let evicts = |b: &BackendState| {
-            model.is_some_and(|m| {
-                !b.is_warm(m) && b.would_evict_in_use(m, policy.max_loaded_models(&b.url))
-            })
-        };
-        let mut later_room = false;
+        // can use without evicting a model in use (never with `least_busy`, which ranks by
+        // load alone).
+        let bounding = policy.upstream.routing == crate::policy::Routing::CacheAware;
+        let mut later_free = false;
         let mut out: Vec<Candidate> = list
             .into_iter()
             .rev()
-            .map(|backend| {
-                let free = room(&backend) && !evicts(&backend);
+            .map(|s| {
                 let c = Candidate {
-                    bounded: !free && later_room,
-                    backend,
+                    bounded: bounding && !s.free && later_free,
+                    backend: s.backend,
                 };
-                later_room |= free;
+                later_free |= s.free;
                 c
             })
             .collect();
@@ -424,7 +411,10 @@ impl Backends {
         out
     }
 
-    fn ranked(&self, policy: &Policy, model: Option<&str>) -> Vec<Arc<BackendState>> {
+    /// The backends that may serve `model`, ranked. Each backend's counters are read once,
+    /// before sorting: counters that move under the sort (other requests start and end
+    /// meanwhile) would make the comparison inconsistent.
+    fn ranked(&self, policy: &Policy, model: Option<&str>) -> Vec<Seen> {
         let cache_aware = policy.upstream.routing == crate::policy::Routing::CacheAware;
         let all = self.all(policy);
         let mut list: Vec<(Arc<BackendState>, u32)> = all
@@ -435,41 +425,70 @@ impl Backends {
         if list.is_empty() {
             list = all;
         }
-        if list.len() > 1 {
-            let n = list.len();
-            let start = self.turn.fetch_add(1, Ordering::Relaxed) % n;
-            list.rotate_left(start);
-            let rank = |s: &BackendState| {
-                if !cache_aware {
-                    return 0;
-                }
-                let room = s.in_flight() < policy.max_in_flight(&s.url);
-                let warm = model.is_some_and(|m| s.is_warm(m));
-                let evicts = || {
-                    !warm
-                        && model.is_some_and(|m| {
-                            s.would_evict_in_use(m, policy.max_loaded_models(&s.url))
-                        })
-                };
-                match (room, warm) {
+        if list.len() <= 1 {
+            // No choice to make.
+            return list
+                .into_iter()
+                .map(|(backend, _)| Seen {
+                    backend,
+                    load: 0,
+                    weight: 1,
+                    rank: 0,
+                    free: true,
+                })
+                .collect();
+        }
+        let start = self.turn.fetch_add(1, Ordering::Relaxed) % list.len();
+        list.rotate_left(start);
+        let mut seen: Vec<Seen> = list
+            .into_iter()
+            .map(|(backend, weight)| {
+                let in_flight = backend.in_flight();
+                let room = in_flight < policy.max_in_flight(&backend.url);
+                let warm = model.is_some_and(|m| backend.is_warm(m));
+                let evicts = !warm
+                    && model.is_some_and(|m| {
+                        backend.would_evict_in_use(m, policy.max_loaded_models(&backend.url))
+                    });
+                let rank = match (room, warm) {
+                    _ if !cache_aware => 0,
                     (true, true) => 0,
                     // Waited for briefly (`candidates_for`) before a load elsewhere.
                     (false, true) => 1,
                     // Loading where it evicts a model in use is the last choice.
-                    _ if evicts() => 4,
+                    _ if evicts => 4,
                     (true, false) => 2,
                     (false, false) => 3,
+                };
+                Seen {
+                    backend,
+                    load: in_flight as u64 + 1,
+                    weight: u64::from(weight),
+                    rank,
+                    free: room && !evicts,
                 }
-            };
-            // Stable sort: equal ranks and loads keep the rotated order.
-            list.sort_by(|(a, wa), (b, wb)| {
-                let la = (a.in_flight() as u64 + 1) * u64::from(*wb);
-                let lb = (b.in_flight() as u64 + 1) * u64::from(*wa);
-                rank(a).cmp(&rank(b)).then(la.cmp(&lb))
-            });
-        }
-        list.into_iter().map(|(s, _)| s).collect()
+            })
+            .collect();
+        // Stable sort: equal ranks and loads keep the rotated order. Fewest in flight per
+        // unit of weight first: load_a / weight_a against load_b / weight_b, multiplied out.
+        seen.sort_by(|a, b| {
+            a.rank
+                .cmp(&b.rank)
+                .then((a.load * b.weight).cmp(&(b.load * a.weight)))
+        });
+        seen
     }
+}
+
+/// A backend as one request's routing saw it.
+struct Seen {
+    backend: Arc<BackendState>,
+    /// Requests in flight, plus one.
+    load: u64,
+    weight: u64,
+    rank: u8,
+    /// It has a free slot, usable without evicting a model in use.
+    free: bool,
 }
 
 #[cfg(test)]
