@@ -120,10 +120,13 @@ async fn admit(
     let mut decision = None;
     for step in steps(access, BodyGuards::None) {
         match step {
-            Step::Observer => by_address(&ctx, "observer", "observers", |p| &p.observers)?,
-            Step::Operator => {
-                by_address(&ctx, "operator", "trusted_proxies", |p| &p.trusted_proxies)?
-            }
+            Step::Observer => by_address(&ctx, "observer", "observers", &ctx.policy.observers)?,
+            Step::Operator => by_address(
+                &ctx,
+                "operator",
+                "trusted_proxies",
+                &ctx.policy.trusted_proxies,
+            )?,
             Step::Whitelist => allowlist(&req, &ctx)?,
             Step::Key => principal = key_step(&req, &ctx, &state)?,
             Step::RateLimit => {
@@ -157,9 +160,9 @@ fn by_address(
     ctx: &RequestCtx,
     who: &str,
     field: &str,
-    set: impl Fn(&crate::policy::Policy) -> &client_ip::IpSet,
+    set: &client_ip::IpSet,
 ) -> Result<(), GatewayError> {
-    if set(&ctx.policy).contains(ctx.client_ip) {
+    if set.contains(ctx.client_ip) {
         return Ok(());
     }
     ctx.audit.update(|r| {

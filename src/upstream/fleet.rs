@@ -245,11 +245,6 @@ impl Held {
         .ok()
         .map(|_| Held(Kind::Local(held.clone())))
     }
-
-    /// Whether this is a lease in Redis (not the local share).
-    pub fn is_lease(&self) -> bool {
-        matches!(self.0, Kind::Lease { .. })
-    }
 }
 
 impl Drop for Held {
