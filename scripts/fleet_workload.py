@@ -78,29 +78,28 @@ def agent(i):
     tools = [{"type": "function", "function": {"name": f"tool_{t}", "description": words(rng, 40),
               "parameters": {"type": "object", "properties": {"arg": {"type": "string"}}}}}
              for t in range(12)]
-    messages = [{"role": "system", "content": system}]
-    for turn in range(AGENT_TURNS):
-        messages.append({"role": "user", "content": words(rng, 60)})
-        body = {"model": "agent-model", "stream": True, "messages": messages, "tools": tools}
-        status, ttft, answer, total = post(rng.choice(GATEWAYS), f"agent-key-{i:04d}",
-                                           "/v1/chat/completions", body, True)
-        record("agent", status, ttft, total)
-        messages.append({"role": "assistant", "content": answer})
-        time.sleep(rng.uniform(0.5, 1.5))
+    converse(rng, "agent", i, system, AGENT_TURNS, 60, (0.5, 1.5), {"tools": tools})
 
 
 def chat(i):
     rng = random.Random(SEED * 2000 + i)
     time.sleep(rng.uniform(0, STAGGER_S))
-    messages = [{"role": "system", "content": "You are a helpful assistant. " + words(rng, 60)}]
-    for turn in range(CHAT_TURNS):
-        messages.append({"role": "user", "content": words(rng, 25)})
-        body = {"model": "chat-model", "stream": True, "messages": messages}
-        status, ttft, answer, total = post(rng.choice(GATEWAYS), f"chat-key-{i:04d}",
+    system = "You are a helpful assistant. " + words(rng, 60)
+    converse(rng, "chat", i, system, CHAT_TURNS, 25, (1.0, 3.0), {})
+
+
+def converse(rng, kind, i, system, turns, user_words, think, extra):
+    """A streamed conversation of `turns` turns on `kind`-model with `kind`-key-i, each turn
+    adding the answer and a new user message, `think` seconds (uniform) between turns."""
+    messages = [{"role": "system", "content": system}]
+    for _ in range(turns):
+        messages.append({"role": "user", "content": words(rng, user_words)})
+        body = {"model": f"{kind}-model", "stream": True, "messages": messages, **extra}
+        status, ttft, answer, total = post(rng.choice(GATEWAYS), f"{kind}-key-{i:04d}",
                                            "/v1/chat/completions", body, True)
-        record("chat", status, ttft, total)
+        record(kind, status, ttft, total)
         messages.append({"role": "assistant", "content": answer})
-        time.sleep(rng.uniform(1.0, 3.0))
+        time.sleep(rng.uniform(*think))
 
 
 def embedder(i):
